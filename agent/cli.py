@@ -1,0 +1,95 @@
+"""`mlink-agent`: run the agent, check a config, or show what it would select."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from agent.config import ConfigError, load_config
+from agent.publisher import Publisher, PublishError
+from agent.scheduler import Agent
+from agent.selection import SelectionError
+from links_tflite.bundle import BundleError
+from links_tflite.interpreter import InterpreterUnavailable
+from links_tflite.recording import RecordingError
+
+log = logging.getLogger("agent")
+
+EXPECTED_ERRORS = (ConfigError, BundleError, RecordingError, SelectionError, PublishError,
+                   InterpreterUnavailable, FileNotFoundError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlink-agent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent against the configured broker")
+    run.add_argument("--config", required=True, help="agent config (TOML)")
+    run.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    check = sub.add_parser("validate-config", help="exit 0 if the config is valid, 1 if not")
+    check.add_argument("config")
+    select = sub.add_parser("select", help="measure costs on this box and print the selection")
+    select.add_argument("--config", required=True)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    publisher = Publisher(config.mqtt, config.device_id)
+    agent = Agent(config, publisher)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping after this frame", signum)
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    publisher.connect()
+    try:
+        counters = agent.run(args.frames)
+    finally:
+        drained = publisher.close()
+    log.info("done: %d frames at %.1f fps, %d executed and %d predicted outputs",
+             counters.frames, counters.fps(), counters.executed, counters.predicted)
+    return 0 if drained else 1
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    agent = Agent(load_config(args.config))
+    agent.start()
+    assert agent.selection is not None
+    print(json.dumps({"selection": agent.selection.to_dict(),
+                      "costs": agent.status("select")["costs"]}, indent=2))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config}: ok")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select}
+    try:
+        return commands[args.command](args)
+    except EXPECTED_ERRORS as exc:
+        print(f"mlink-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The agent's configuration: one TOML file, one strictly typed model.
+
+Unknown keys are rejected and every error names its path (e.g. `models.1.path`), as
+Frigate and zigbee2mqtt do it. Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `errors` holds (path, message) pairs."""
+
+    def __init__(self, errors: list[tuple[str, str]], source: str = "config") -> None:
+        self.errors = errors
+        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
+        super().__init__(f"{source}: invalid configuration\n{lines}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    prefix: Identifier = "mlink"
+    client_id: str | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    qos: Literal[0, 1] = 1
+
+
+class BundleConfig(Strict):
+    path: Path
+
+
+class SourceConfig(Strict):
+    type: Literal["replay"] = "replay"
+    path: Path
+    fps: float = Field(0.0, ge=0.0, description="frames per second; 0 = as fast as possible")
+    loop: bool = False
+
+
+class ModelConfig(Strict):
+    id: Identifier
+    adapter: Literal["tflite"] = "tflite"
+    path: Path
+    input: Identifier
+    threads: int = Field(1, ge=1, le=64)
+    enabled: bool = True
+
+
+class BudgetConfig(Strict):
+    memory_mb: float | None = Field(None, gt=0.0, le=1_000_000.0)
+    delay_ms: float | None = Field(None, gt=0.0, le=3_600_000.0)
+
+
+class SelectionConfig(Strict):
+    policy: Literal["activation", "standalone", "all"] = "activation"
+
+
+class ProfilingConfig(Strict):
+    warmup_runs: int = Field(3, ge=0, le=1000)
+    delay_runs: int = Field(20, ge=1, le=10_000)
+
+
+class AgentConfig(Strict):
+    device_id: Identifier
+    mqtt: MqttConfig = MqttConfig()
+    bundle: BundleConfig
+    source: SourceConfig
+    models: list[ModelConfig] = Field(min_length=1)
+    budget: BudgetConfig = BudgetConfig()
+    selection: SelectionConfig = SelectionConfig()
+    profiling: ProfilingConfig = ProfilingConfig()
+    max_frames: int | None = Field(None, ge=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        seen: set[str] = set()
+        for model in models:
+            if model.id in seen:
+                raise ValueError(f"duplicate model id {model.id!r}")
+            seen.add(model.id)
+        return models
+
+    @model_validator(mode="after")
+    def _some_enabled(self) -> AgentConfig:
+        if not any(m.enabled for m in self.models):
+            raise ValueError("at least one model must be enabled")
+        return self
+
+    @property
+    def enabled_models(self) -> list[ModelConfig]:
+        return [m for m in self.models if m.enabled]
+
+
+def _error_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validate(data: dict[str, Any], base_dir: Path, source: str = "config") -> AgentConfig:
+    """Validate a parsed config; relative paths become relative to `base_dir`."""
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = [(_error_path(e["loc"]), e["msg"]) for e in exc.errors()]
+        raise ConfigError(errors, source) from None
+    return _resolve_paths(config, base_dir)
+
+
+def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else (base_dir / path).resolve()
+
+    return config.model_copy(
+        update={
+            "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
+            "source": config.source.model_copy(update={"path": resolve(config.source.path)}),
+            "models": [m.model_copy(update={"path": resolve(m.path)}) for m in config.models],
+        }
+    )
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        where = f"line {match.group(1)}" if match else ""
+        raise ConfigError([(where, f"not valid TOML: {exc}")], str(path)) from None
+    return validate(data, path.parent.resolve(), str(path))

@@ -1,0 +1,147 @@
+"""The interpreter shim: one way to run a .tflite file, whichever runtime the box has.
+
+LiteRT (`ai_edge_litert`) is preferred; `tflite_runtime` (frozen at 2.14, numpy<2) is the
+fallback for older boxes. TensorFlow's own interpreter is deliberately not a candidate: the
+device side must never import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RUNTIMES: tuple[tuple[str, str], ...] = (
+    ("ai_edge_litert", "ai_edge_litert.interpreter"),
+    ("tflite_runtime", "tflite_runtime.interpreter"),
+)
+
+
+class InterpreterUnavailable(RuntimeError):
+    """No TFLite runtime could be imported."""
+
+
+def interpreter_class() -> tuple[str, type]:
+    """The first importable runtime's Interpreter class, with the runtime's name."""
+    failures = []
+    for name, module_name in RUNTIMES:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # a broken wheel raises more than ImportError
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        return name, module.Interpreter
+    raise InterpreterUnavailable(
+        "no TFLite runtime found; install 'ai-edge-litert' (pip install ai-edge-litert) or, on "
+        "older boxes, 'tflite-runtime' with numpy<2. Tried: " + "; ".join(failures)
+    )
+
+
+def _quantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return values.astype(dtype, copy=False)
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        return values.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if np.issubdtype(values.dtype, np.floating):
+        return values.astype(np.float32, copy=False)
+    scale, zero_point = detail["quantization"]
+    if scale == 0:
+        return values.astype(np.float32)
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class TFLiteRunner:
+    """A loaded .tflite file with one input and one output, run on batches.
+
+    Integer inputs and outputs are (de)quantized here, so callers always speak float32.
+    The batch dimension is resized on demand and remembered, since resizing reallocates.
+    """
+
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"TFLite file not found: {self.path}")
+        self.runtime, cls = interpreter_class()
+        self._interpreter = cls(model_path=str(self.path), num_threads=num_threads)
+        self._interpreter.allocate_tensors()
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{self.path}: expected 1 input and 1 output, "
+                f"found {len(inputs)} and {len(outputs)}"
+            )
+        self._input = inputs[0]
+        self._output = outputs[0]
+        self._batch = int(self._input["shape"][0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example (batch dimension left out)."""
+        return tuple(int(d) for d in self._input["shape"][1:])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._interpreter.get_output_details()[0]["shape"][1:])
+
+    def _resize(self, batch: int) -> None:
+        if batch == self._batch:
+            return
+        self._interpreter.resize_tensor_input(
+            self._input["index"], [batch, *self.input_shape], strict=False
+        )
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._batch = batch
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run a batch (leading dimension = examples) and return float32 outputs."""
+        values = np.asarray(batch, dtype=np.float32)
+        expected = self.input_shape
+        if values.shape[1:] != expected:
+            values = values.reshape(values.shape[0], *expected)
+        self._resize(values.shape[0])
+        self._interpreter.set_tensor(self._input["index"], _quantize(values, self._input))
+        self._interpreter.invoke()
+        return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+
+    def run_one(self, example: np.ndarray) -> np.ndarray:
+        """Run one example (no batch dimension)."""
+        return self(np.asarray(example, dtype=np.float32)[None, ...])[0]
+
+    def ops(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(op name, operand dtypes) in execution order, delegate placeholders left out."""
+        return [
+            (d["op_name"], tuple(np.dtype(t).name for t in d.get("operand_types", ())))
+            for d in self._interpreter._get_ops_details()
+            if d["op_name"] != "DELEGATE"
+        ]
+
+    def op_types(self) -> list[str]:
+        return [name for name, _ in self.ops()]
+
+
+# Ops whose job is to move between float and int8 at the edges of a quantized graph.
+BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+
+def float_compute_ops(runner: TFLiteRunner) -> list[str]:
+    """Compute ops that still take float operands: empty for a fully int8 graph."""
+    return [
+        name
+        for name, operand_types in runner.ops()
+        if name not in BOUNDARY_OPS and any(t.startswith("float") for t in operand_types)
+    ]

@@ -1,0 +1,5 @@
+import sys
+
+from offline_trainer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""`mlink-train`: build a workload's model zoo, train a bundle of links, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from links_tflite.recording import RecordingError
+from offline_trainer.links import LinkTraining
+
+log = logging.getLogger("offline_trainer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlink-train", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    zoo = sub.add_parser("zoo", help="train and export a workload's black-box models")
+    zoo.add_argument("--workload", default="digits")
+    zoo.add_argument("--out", type=Path, required=True)
+    zoo.add_argument("--seed", type=int, default=0)
+    links = sub.add_parser("links", help="train, quantize and profile links into a bundle")
+    links.add_argument("recording", type=Path)
+    links.add_argument("--out", type=Path, required=True)
+    links.add_argument("--train-fraction", type=float, default=0.7)
+    links.add_argument("--epochs", type=int, default=LinkTraining.epochs)
+    links.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="train, deploy and run the agent end to end")
+    demo.add_argument("--out", type=Path, default=Path("build/demo"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "zoo":
+            from offline_trainer.zoo import build_zoo
+
+            print(build_zoo(args.workload, args.out, args.seed))
+        elif args.command == "links":
+            from offline_trainer.train_links import summary_table, train_bundle
+
+            training = LinkTraining(epochs=args.epochs, seed=args.seed)
+            results = train_bundle(args.recording, args.out, args.train_fraction, training)
+            print(summary_table(results))
+            print(f"bundle written to {args.out}")
+        else:
+            from offline_trainer.demo import run_demo
+
+            run_demo(args.out)
+    except (RecordingError, ValueError, FileNotFoundError) as exc:
+        print(f"mlink-train: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

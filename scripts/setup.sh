@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Sets up everything MLink Edge needs on a Debian/Ubuntu machine, idempotently:
+# the Python virtual environment (.venv, with the trainer and dev extras) and the Mosquitto
+# broker from Debian's package `mosquitto`. System packages are installed when running as
+# root (or with passwordless sudo); otherwise it says exactly what to run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${EXTRAS:-trainer,dev}"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@";
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo "$@";
+  else return 1; fi
+}
+
+apt_install() {
+  echo "setup: installing Debian packages: $*" >&2
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+     || ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
+    echo "setup: could not install '$*'. Run: sudo apt-get install -y $*" >&2
+    exit 1
+  fi
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then apt_install python3 python3-venv; fi
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+  echo "setup: Python >= 3.10 is required ($("$PYTHON" --version 2>&1) found)" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"; apt_install python3-venv; "$PYTHON" -m venv "$VENV"
+  fi
+fi
+
+stamp="$VENV/.installed-$EXTRAS"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+  touch "$stamp"
+fi
+
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  apt_install mosquitto
+fi

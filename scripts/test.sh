@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, lint, then run the whole test suite (it starts its own Mosquitto brokers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,45 @@
+"""Shared fixtures. The digits build (zoo, recording, stream, bundle) is made once per
+session with short training, through the real TensorFlow -> TFLite -> LiteRT path."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@dataclass(frozen=True)
+class DigitsBuild:
+    root: Path
+    links: list  # offline_trainer.train_links.LinkResult
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def stream(self) -> Path:
+        return self.root / "stream.npz"
+
+    @property
+    def recording(self) -> Path:
+        return self.root / "recording.npz"
+
+    def model_file(self, model_id: str) -> Path:
+        return self.root / "models" / f"{model_id}.tflite"
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
+    from offline_trainer.links import LinkTraining
+    from offline_trainer.train_links import train_bundle
+    from offline_trainer.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("digits")
+    build_zoo("digits", root, seed=0)
+    links = train_bundle(root / "recording.npz", root / "bundle", 0.7, LinkTraining(epochs=60))
+    return DigitsBuild(root=root, links=links)
