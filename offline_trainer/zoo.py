@@ -21,13 +21,13 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.costs import median_delay_ms, memory_delta_mb
-from links_tflite.agreement import mean_agreement
+from links_tflite.agreement import box_area, mean_agreement
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec
 from offline_trainer.export import convert
 from offline_trainer.workloads import ModelRecipe, Workload, WorkloadData, get_workload
-from offline_trainer.workloads.builders import token_model
+from offline_trainer.workloads.builders import black_box
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,13 @@ def measure_delay_ms(runner: TFLiteRunner, example: np.ndarray, runs: int = 50) 
 
 
 def training_targets(task: TaskSpec, truth: np.ndarray) -> np.ndarray:
-    """What the Keras model is fitted to: one-hot tokens for sequences, the truth otherwise."""
+    """What the Keras model is fitted to: one-hot tokens for sequences, (is there a box, box)
+    for localization, the truth otherwise."""
     if task.kind == "sequence":
         return np.eye(task.vocab_size, dtype=np.float32)[truth.astype(np.int64)]
+    if task.kind == "localization":
+        present = (box_area(truth) > 0).astype(np.float32)[:, None]
+        return np.concatenate([present, truth], axis=1)
     return truth
 
 
@@ -53,6 +57,10 @@ def trivial_prediction(task: TaskSpec, train: np.ndarray, n: int) -> np.ndarray:
     elif task.kind == "sequence":
         common = Counter(map(tuple, train.astype(int).tolist())).most_common(1)[0][0]
         constant = np.asarray(common, dtype=np.float32)
+    elif task.kind == "localization":  # the mean box, or "nothing there" if that scores more
+        candidates = [train.mean(axis=0), np.zeros(4, dtype=np.float32)]
+        constant = max(candidates, key=lambda box: mean_agreement(
+            task, np.repeat(box[None, :], len(train), axis=0), train))
     else:
         constant = train.mean(axis=0)
     return np.repeat(constant[None, :], n, axis=0)
@@ -80,8 +88,7 @@ def build_model(recipe: ModelRecipe, zoo: WorkloadData, seed: int, out: Path) ->
     y = training_targets(recipe.task, zoo.ground_truth[recipe.model_id])
     model = recipe.build(tuple(x.shape[1:]))
     model.fit(x, y, epochs=recipe.epochs, batch_size=32, verbose=0)
-    black_box = token_model(model) if recipe.task.kind == "sequence" else model
-    exported = convert(black_box, model_path, "float32")
+    exported = convert(black_box(model, recipe.task), model_path, "float32")
     card = {
         "model": recipe.model_id,
         "description": recipe.description,

@@ -98,9 +98,9 @@ def test_city_rush_hour_daylight_and_independent_counts() -> None:
 
 
 def beats_trivial(card: dict) -> bool:
-    """A clear margin: at least a quarter fewer disagreements with the truth than the best
-    constant answer (majority class, mean box or count, most common sequence)."""
-    return 1.0 - card["ground_truth_agreement"] <= 0.75 * (1.0 - card["trivial_agreement"])
+    """A clear margin: at least 15% fewer disagreements with the truth than the best constant
+    answer (majority class, mean or empty box, mean count, most common sequence)."""
+    return 1.0 - card["ground_truth_agreement"] <= 0.85 * (1.0 - card["trivial_agreement"])
 
 
 def test_zoo_models_beat_trivial_predictors(digits_build) -> None:

@@ -1,8 +1,10 @@
 """Keras builders for the zoo's black-box models (imported lazily: TensorFlow is heavy).
 
 Each builder returns a compiled model whose output matches its task spec: probabilities for
-labels, a sigmoid box, linear numbers, or (max_len, vocab) per-position probabilities for a
-sequence — `token_model` turns the last into the exported black box that emits token ids.
+labels, linear numbers, (max_len, vocab) per-position probabilities for a sequence, and for
+localization five numbers — the probability that there is something to box, then the box.
+`black_box` turns a trained model into what is exported: token ids for a sequence, the box
+(or the empty box when nothing is there) for localization.
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ from links_tflite.tasks import TaskSpec
 LOSS = {
     "single_label": "categorical_crossentropy",
     "multi_label": "binary_crossentropy",
-    "localization": "mse",
     "regression": "mse",
     "sequence": "categorical_crossentropy",
 }
+BOX_WEIGHT = 30.0
+
+
+def presence_box_loss(y_true: Any, y_pred: Any) -> Any:
+    """Is there something to box (cross-entropy), and where (squared error, only if there is)."""
+    import keras
+
+    presence = keras.ops.mean(keras.losses.binary_crossentropy(y_true[:, :1], y_pred[:, :1]))
+    box = keras.ops.mean(y_true[:, :1] * keras.ops.square(y_true[:, 1:] - y_pred[:, 1:]))
+    return presence + BOX_WEIGHT * box
 
 
 def _head(keras: Any, hidden: Any, task: TaskSpec) -> Any:
@@ -25,12 +36,15 @@ def _head(keras: Any, hidden: Any, task: TaskSpec) -> Any:
         flat = keras.layers.Dense(task.max_len * task.vocab_size)(hidden)
         shaped = keras.layers.Reshape((task.max_len, task.vocab_size))(flat)
         return keras.layers.Softmax(axis=-1)(shaped)
+    if task.kind == "localization":
+        return keras.layers.Dense(5, activation="sigmoid")(hidden)
     return keras.layers.Dense(task.dim, activation=task.activation)(hidden)
 
 
 def _compile(keras: Any, inputs: Any, outputs: Any, task: TaskSpec, lr: float) -> Any:
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=LOSS[task.kind])
+    loss = presence_box_loss if task.kind == "localization" else LOSS[task.kind]
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
     return model
 
 
@@ -71,3 +85,24 @@ def token_model(model: Any) -> Any:
         lambda p: tf.cast(tf.argmax(p, axis=-1), tf.float32), name="tokens"
     )(model.output)
     return keras.Model(model.inputs, tokens)
+
+
+def gated_box_model(model: Any) -> Any:
+    """The exported black box of a localization model: the box where the model sees something,
+    the empty box (0, 0, 0, 0) where it does not — "nothing there" is an answer too."""
+    import keras
+    import tensorflow as tf
+
+    def gate(out: Any) -> Any:
+        return out[:, 1:] * tf.cast(out[:, :1] >= 0.5, tf.float32)
+
+    return keras.Model(model.inputs, keras.layers.Lambda(gate, name="gated_box")(model.output))
+
+
+def black_box(model: Any, task: TaskSpec) -> Any:
+    """What the zoo exports for a trained model of this task."""
+    if task.kind == "sequence":
+        return token_model(model)
+    if task.kind == "localization":
+        return gated_box_model(model)
+    return model

@@ -85,6 +85,7 @@ class CityWorkload(Workload):
             recipe("persons", [32, 64], 128, 15, "CNN 32-64 + 128: counts pedestrians"),
             recipe("traffic", [8], 16, 20, "CNN 8 + 16: free / busy / jammed"),
             recipe("vehicles", [16, 32], 64, 20, "CNN 16-32 + 64: counts vehicles"),
-            recipe("vehicle_box", [16, 32], 64, 15, "CNN 16-32 + 64: largest vehicle's box"),
+            recipe("vehicle_box", [16, 32], 64, 30,
+                   "CNN 16-32 + 64 -> (1+4): is there a vehicle, the largest one's box"),
             recipe("caption", [16, 16], 64, 10, "CNN 16-16 + 64: time, weather, crowd words"),
         ]

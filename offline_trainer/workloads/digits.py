@@ -79,7 +79,7 @@ class DigitsWorkload(Workload):
             recipe("digit", [512, 512], 30, "MLP 64-512-512-10: the expensive classifier"),
             recipe("parity", [24], 30, "MLP 64-24-2: a cheap parity detector"),
             recipe("strokes", [64], 40, "MLP 64-64-4: which strokes the digit is drawn with"),
-            recipe("inkbox", [128, 64], 60, "MLP 64-128-64-4: the inked area's box"),
+            recipe("inkbox", [128, 64], 60, "MLP 64-128-64-(1+4): is there ink, and its box"),
             recipe("inkmass", [32], 60, "MLP 64-32-1: how much ink"),
             recipe("name", [128], 60, "MLP 64-128-(5x17): the digit's name, letter by letter"),
             recipe("roman", [64], 60, "MLP 64-64-(4x6): the digit as a Roman numeral"),
