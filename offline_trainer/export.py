@@ -50,7 +50,7 @@ def _quiet_tensorflow() -> Any:
 Representative = np.ndarray | Sequence[np.ndarray]
 
 
-def _samples(model: Any, representative: Representative) -> Callable[[], Iterator[list]]:
+def _samples(model: Any, representative: Representative) -> Callable[[], Iterator[dict]]:
     """One calibration example at a time, one array per model input in the model's order;
     integer inputs (token ids) stay integers."""
     arrays = (list(representative) if isinstance(representative, list | tuple)
@@ -59,10 +59,13 @@ def _samples(model: Any, representative: Representative) -> Callable[[], Iterato
         raise ValueError(f"representative set has {len(arrays)} arrays for "
                          f"{len(model.inputs)} model inputs")
     dtypes = [np.int32 if "int" in str(t.dtype) else np.float32 for t in model.inputs]
+    names = [t.name.split(":")[0] for t in model.inputs]
 
-    def samples() -> Iterator[list[np.ndarray]]:
+    def samples() -> Iterator[dict[str, np.ndarray]]:
+        # keyed by input name: the converter's own input order is not the model's
         for i in range(len(arrays[0])):
-            yield [np.asarray(a[i : i + 1]).astype(d) for a, d in zip(arrays, dtypes, strict=True)]
+            yield {n: np.asarray(a[i : i + 1]).astype(d)
+                   for n, a, d in zip(names, arrays, dtypes, strict=True)}
 
     return samples
 
@@ -70,6 +73,7 @@ def _samples(model: Any, representative: Representative) -> Callable[[], Iterato
 def _converter(model: Any, quantization: str, representative: Representative | None) -> Any:
     tf = _quiet_tensorflow()
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # calibrator
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "float32":
         return converter

@@ -11,7 +11,7 @@ import pytest
 from links_tflite.agreement import mean_agreement, strip_padding
 from links_tflite.decoding import SequenceDecoder
 from links_tflite.ensemble import open_link_files
-from links_tflite.interpreter import MultiTensorRunner
+from links_tflite.interpreter import MultiTensorRunner, float_compute_ops
 from offline_trainer.export import QUANTIZATIONS, SEQUENCE_FLOOR, export_link
 from offline_trainer.links import LinkTraining, architecture, train_link
 from tests.synthetic import NAMES, VOCAB, make_recording
@@ -46,7 +46,7 @@ def test_architecture_trains_converts_and_matches_keras(recording, tmp_path: Pat
     assert trained.architecture == kind
     exported = export_link(trained, tasks[target], tmp_path, f"{source}__{target}")
     assert exported.quantization in QUANTIZATIONS
-    assert exported.parts["encoder" if exported.decoder else "link"] == "int8"
+    assert set(exported.parts.values()) == {"int8"}, exported.parts  # decoder step included
     runner = open_link_files(tasks[target], tmp_path / exported.file,
                              tmp_path / exported.decoder if exported.decoder else None)
     x, exact = outputs[source][TEST], outputs[target][TEST]
@@ -86,3 +86,16 @@ def test_decoder_is_one_step_with_explicit_state(recording, tmp_path: Path) -> N
                   "c": np.zeros((3, units)),
                   "memory": np.zeros((3, *step.input_shape("memory")))})
     assert not np.allclose(out["output_0"], moved["output_0"])
+
+
+def test_decoder_quality_gate_falls_back_for_that_part_only(recording, tmp_path: Path) -> None:
+    """A decoder step that cannot decode like its float original (here: an unreachable floor)
+    falls back, quantization by quantization, and the manifest fields say so."""
+    tasks, outputs = recording.tasks, recording.outputs
+    trained = train_link(tasks["digit"], tasks["spelled"], outputs["digit"][TRAIN],
+                         outputs["spelled"][TRAIN], LinkTraining(epochs=2))
+    exported = export_link(trained, tasks["spelled"], tmp_path, "digit__spelled",
+                           sequence_floor=1.01)
+    assert exported.parts == {"encoder": "int8", "decoder": "float16"}
+    assert exported.quantization == "float16"
+    assert float_compute_ops(MultiTensorRunner(tmp_path / exported.file)) == []
