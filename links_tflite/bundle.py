@@ -24,6 +24,7 @@ FORMAT = "mlink-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROFILE = "profile.json"
+POOLINGS = frozenset({"mean", "log_linear", "logit_mean", "heaviest_source"})
 
 
 class BundleError(ValueError):
@@ -76,16 +77,14 @@ class LinkEntry:
 
 @dataclass(frozen=True)
 class EnsembleEntry:
-    """h_j: per-source weights, renormalised over whichever sources are active.
-
-    Vector targets take the weighted mean of the present links' activated outputs; sequence
-    targets take the sequence of the present source with the largest weight.
-    """
+    """h_j: per-source weights, renormalised over whichever sources are active, and how the
+    present links' outputs are pooled (links_tflite.ensemble.POOLING)."""
 
     target: str
     method: str
     sources: tuple[str, ...]
     weights: dict[str, float] = field(default_factory=dict)
+    pooling: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -265,11 +264,15 @@ def _parse_ensembles(manifest: dict[str, Any],
                 method=str(raw["method"]),
                 sources=tuple(str(s) for s in raw.get("sources", ())),
                 weights={str(k): float(v) for k, v in raw.get("weights", {}).items()},
+                pooling=str(raw.get("pooling", "mean")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{where}: missing or malformed field {exc}") from None
         if entry.target not in models:
             raise BundleError(f"{where}.target: unknown model {entry.target!r}")
+        if entry.pooling not in POOLINGS:
+            raise BundleError(f"{where}.pooling: {entry.pooling!r} is not one of "
+                              f"{sorted(POOLINGS)}")
         bad = [w for w in entry.weights.values() if not (w >= 0.0 and w < float("inf"))]
         if bad:
             raise BundleError(f"{where}.weights: weights must be finite and >= 0, got {bad}")

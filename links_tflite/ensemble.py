@@ -3,10 +3,16 @@
 h_{A,j} combines the links g_ij from the sources i in the activated set A. One ensemble per
 target serves any subset A: its per-source weights (learned by the trainer with random
 source dropout, stored in the manifest as method `learned_source_weights`) are renormalised
-over the sources present. Vector targets take the weighted mean of the links' activated
-outputs; a sequence target (token ids cannot be averaged) takes the sequence of the present
-source with the largest weight. Bundles from before learned weights (method
-`agreement_weighted_links`) use the profiled pairwise agreements as the weights.
+over the sources present, and the pooling follows the target's kind (`POOLING`):
+- single_label: log-linear (a weighted geometric mean of the links' class probabilities,
+  renormalised): classes that every present link rules out stay out, which is how two weak
+  links can assist each other (parity and shape together narrow a digit down);
+- multi_label: the weighted mean of the links' logits, then the sigmoid;
+- localization, regression: the weighted mean of the outputs;
+- sequence (token ids cannot be averaged): the sequence of the present source with the
+  largest weight.
+Bundles from before learned weights (method `agreement_weighted_links`) use the profiled
+pairwise agreements as the weights and the plain weighted mean.
 
 `combine_outputs` is the one implementation: the trainer's profile measures the ensemble
 through it, so the per-subset table describes exactly what ships.
@@ -31,6 +37,14 @@ log = logging.getLogger(__name__)
 
 LEARNED = "learned_source_weights"
 AGREEMENT_WEIGHTED = "agreement_weighted_links"
+POOLING = {
+    "single_label": "log_linear",
+    "multi_label": "logit_mean",
+    "localization": "mean",
+    "regression": "mean",
+    "sequence": "heaviest_source",
+}
+EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -85,16 +99,30 @@ def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     return np.tensordot(w, stacked, axes=1).astype(np.float32)
 
 
+def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Combine activated link outputs with weights renormalised over them (see POOLING)."""
+    if pooling == "mean":
+        return combine(outputs, weights)
+    if pooling == "log_linear":
+        logs = [np.log(np.clip(np.asarray(o, np.float64), EPS, None)) for o in outputs]
+        return activate("softmax", combine(logs, weights))
+    if pooling == "logit_mean":
+        clipped = [np.clip(np.asarray(o, np.float64), EPS, 1 - EPS) for o in outputs]
+        return activate("sigmoid", combine([np.log(p / (1 - p)) for p in clipped], weights))
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
 def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
-                    outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+                    outputs: Mapping[str, np.ndarray], pooling: str = "") -> np.ndarray:
     """The ensemble over the sources present in `outputs` (batch or single frame)."""
     sources = sorted(outputs)
     if not sources:
         raise ValueError("an ensemble needs at least one source output")
-    if spec.kind == "sequence":
+    pooling = pooling or POOLING[spec.kind]
+    if pooling == "heaviest_source":
         best = max(sources, key=lambda s: (weights.get(s, 0.0), s))
         return np.asarray(outputs[best], dtype=np.float32)
-    return combine([outputs[s] for s in sources], [weights.get(s, 0.0) for s in sources])
+    return pool(pooling, [outputs[s] for s in sources], [weights.get(s, 0.0) for s in sources])
 
 
 class EnsemblePredictor:
@@ -106,14 +134,15 @@ class EnsemblePredictor:
         self._runners: dict[str, LinkRunner] = {}
         self._active: frozenset[str] = frozenset()
 
-    def weights(self, target: str) -> dict[str, float]:
-        """The target's per-source weights: learned where the bundle has them."""
+    def weights(self, target: str) -> tuple[dict[str, float], str]:
+        """The target's per-source weights and pooling: learned where the bundle has them."""
         entry = self.bundle.ensembles.get(target)
         if entry is not None and entry.method == LEARNED:
-            return dict(entry.weights)
+            return dict(entry.weights), entry.pooling
         profile = self.bundle.profile
+        pooling = "heaviest_source" if self.bundle.models[target].kind == "sequence" else "mean"
         return {link.source: profile.link_agreement(link.source, target)
-                for link in self.bundle.links_into(target)}
+                for link in self.bundle.links_into(target)}, pooling
 
     def needed_links(self, active: Iterable[str], targets: Iterable[str]) -> list[LinkEntry]:
         active_set = set(active)
@@ -152,8 +181,9 @@ class EnsemblePredictor:
             link.source: self._runners[link.name].run_one(outputs[link.source]) for link in links
         }
         sources = tuple(sorted(link_outputs))
+        weights, pooling = self.weights(target)
         return Prediction(
-            value=combine_outputs(self.bundle.models[target], self.weights(target), link_outputs),
+            value=combine_outputs(self.bundle.models[target], weights, link_outputs, pooling),
             sources=sources,
             est_agreement=self.bundle.profile.ensemble_agreement(target, frozenset(sources)),
         )

@@ -1,11 +1,12 @@
 """Subset-aware ensembles: one per target, trained once, serving any set of active sources.
 
-The ensemble h_j is a weight per source, renormalised over the sources present
-(`links_tflite.ensemble.combine_outputs`). For a vector target the weights are learned by
-gradient descent on the links' outputs (from their exported files, as shipped) with random
-source dropout: every step draws, per frame, a random non-empty subset of sources, so the
-weights are fit for all the subsets a scheduler may activate, not just the full set. The loss
-follows the target's kind (cross-entropy for labels, squared error for boxes and numbers).
+The ensemble h_j is a weight per source, renormalised over the sources present, pooled as
+the target's kind says (`links_tflite.ensemble.combine_outputs` and `POOLING`). For a vector
+target the weights are learned by gradient descent on the links' outputs (from their
+exported files, as shipped) through the same pooling, with random source dropout: every step
+draws, per frame, a random non-empty subset of sources, so the weights are fit for all the
+subsets a scheduler may activate, not just the full set. The loss follows the target's kind
+(cross-entropy for labels, squared error for boxes and numbers).
 A sequence target cannot average token ids: its weight per source is that link's agreement
 on the fitting frames, and the ensemble takes the present source with the largest weight.
 """
@@ -20,6 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from links_tflite.agreement import mean_agreement
+from links_tflite.ensemble import EPS, POOLING
 from links_tflite.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,14 @@ def fit_source_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    stacked = tf.constant(np.stack([outputs[s] for s in sources], axis=1), tf.float32)  # N,S,D
+    pooling = POOLING[spec.kind]
+    stacked = np.stack([outputs[s] for s in sources], axis=1).astype(np.float64)  # N, S, D
+    if pooling == "log_linear":
+        stacked = np.log(np.clip(stacked, EPS, None))
+    elif pooling == "logit_mean":
+        stacked = np.clip(stacked, EPS, 1 - EPS)
+        stacked = np.log(stacked / (1 - stacked))
+    stacked = tf.constant(stacked, tf.float32)
     target = tf.constant(exact, tf.float32)
     theta = tf.Variable(tf.zeros(len(sources)))
     optimizer = tf.keras.optimizers.Adam(learning_rate)
@@ -75,6 +84,10 @@ def fit_source_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
             weights = tf.exp(theta)[None, :] * masks
             weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)
             mixed = tf.reduce_sum(weights[:, :, None] * stacked, axis=1)
+            if pooling == "log_linear":
+                mixed = tf.nn.softmax(mixed, axis=-1)
+            elif pooling == "logit_mean":
+                mixed = tf.sigmoid(mixed)
             loss = _loss(spec.kind, mixed, target)
         optimizer.apply_gradients([(tape.gradient(loss, theta), theta)])
     weights = np.exp(theta.numpy().astype(np.float64))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import PROFILE, Profile, link_name, write_manifest
-from links_tflite.ensemble import LEARNED, combine_outputs, open_link_files
+from links_tflite.ensemble import LEARNED, POOLING, combine_outputs, open_link_files
 from links_tflite.recording import Recording, RecordingError
 from offline_trainer.ensembles import fit_source_weights, profiled_subsets, subset_case
 from offline_trainer.export import export_link
@@ -178,8 +178,8 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
                 for r in report.links
             ],
             "ensembles": [
-                {"target": m, "method": LEARNED, "sources": sorted(report.weights[m]),
-                 "weights": report.weights[m]}
+                {"target": m, "method": LEARNED, "pooling": POOLING[recording.tasks[m].kind],
+                 "sources": sorted(report.weights[m]), "weights": report.weights[m]}
                 for m in recording.models
             ],
             "profile": PROFILE,
