@@ -47,8 +47,8 @@ def _quantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return values.astype(dtype, copy=False)
     scale, zero_point = detail["quantization"]
-    if scale == 0:
-        return values.astype(dtype)
+    if scale == 0:  # a plain integer input: token ids, which travel as float32
+        return np.rint(values).astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
 
@@ -219,10 +219,7 @@ class MultiTensorRunner:
         self._resize(sizes.pop())
         for name, index in self._input_index.items():
             values = batch[name].reshape(batch[name].shape[0], *self._shapes[name])
-            detail = self._detail(index)
-            if np.issubdtype(detail["dtype"], np.integer) and detail["quantization"][0] == 0:
-                values = np.rint(values)  # token ids travel as float32
-            self._interpreter.set_tensor(index, _quantize(values, detail))
+            self._interpreter.set_tensor(index, _quantize(values, self._detail(index)))
         self._interpreter.invoke()
         return {
             name: _dequantize(self._interpreter.get_tensor(index), self._detail(index))

@@ -66,6 +66,16 @@ def test_every_subset_at_least_as_good_as_its_best_link(digits_build) -> None:
     assert checked == 9  # three targets, three non-empty subsets of two sources each
 
 
+def test_adding_a_source_does_not_make_it_worse(digits_build) -> None:
+    profile = load_bundle(digits_build.bundle).profile
+    for target, table in profile.ensembles.items():
+        for subset, value in table.items():
+            for bigger, bigger_value in table.items():
+                if subset < bigger:
+                    assert bigger_value >= value - TOLERANCE, (target, sorted(subset),
+                                                               sorted(bigger))
+
+
 def test_profile_is_measured_with_the_shipped_ensemble(digits_build) -> None:
     """Run the bundle's EnsemblePredictor frame by frame on the held-out frames: it reproduces
     the profile's per-subset agreement."""
