@@ -7,6 +7,8 @@ all on held-out frames through the exported files and LiteRT:
 - int8 vs float agreement per link (the float Keras link against the int8 file);
 - the ensembles' per-subset agreement beside the best single link of each subset;
 - the bundle size and the median single-frame link delay in microseconds.
+A second, small section does the same for sequence links (seq2vec, vec2seq, seq2seq) on the
+synthetic spelling recording of the tests, since digits has no sequence model.
 Writes benchmarks/results/links.md and prints the same tables.
 
 Run: .venv/bin/python benchmarks/links.py [--epochs N] [--work DIR]
@@ -32,6 +34,7 @@ from links_tflite.bundle import link_name, load_bundle  # noqa: E402
 from offline_trainer.links import LinkTraining  # noqa: E402
 from offline_trainer.train_links import TrainReport, train_bundle_report  # noqa: E402
 from offline_trainer.zoo import build_zoo  # noqa: E402
+from tests.synthetic import make_recording  # noqa: E402
 
 log = logging.getLogger("benchmarks.links")
 
@@ -101,7 +104,25 @@ def cost_table(reports: dict[float, TrainReport], bundles: dict[float, Path]) ->
     return lines
 
 
-def run(work: Path, epochs: int, seed: int) -> str:
+def sequence_section(work: Path, epochs: int, seed: int) -> list[str]:
+    """Sequence links on the synthetic spelling recording, at 48% training data."""
+    path = make_recording(n=300, seed=seed, models=("digit", "spelled", "reversed")).save(
+        work / "spelling.npz")
+    report = train_bundle_report(path, work / "bundle-spelling", 0.48,
+                                 LinkTraining(epochs=epochs, seed=seed))
+    lines = [f"Synthetic spelling recording (300 frames, 48% for training, {epochs} epochs): "
+             "`spelled`/`reversed` are a digit's English name as letter tokens.", "",
+             "| link | architecture | quantization (per file) | float | exported | "
+             "exported ~ float | bytes | median delay (us) |", "|---" * 8 + "|"]
+    for r in report.links:
+        parts = ", ".join(f"{k} {v}" for k, v in r.parts.items())
+        lines.append(f"| {link_name(r.source, r.target)} | {r.architecture} | {parts} | "
+                     f"{r.float_agreement:.3f} | {r.agreement:.3f} | {r.int8_vs_float:.3f} | "
+                     f"{r.size_bytes} | {r.delay_ms * 1000:.1f} |")
+    return lines
+
+
+def run(work: Path, epochs: int, seed: int, sequence_epochs: int) -> str:
     started = time.perf_counter()
     build_zoo("digits", work, seed)
     recording = work / "recording.npz"
@@ -149,6 +170,10 @@ def run(work: Path, epochs: int, seed: int) -> str:
         "",
         *cost_table(reports, bundles),
         "",
+        "## Sequence links",
+        "",
+        *sequence_section(work, sequence_epochs, seed),
+        "",
     ]
     return "\n".join(out)
 
@@ -158,10 +183,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench" / "digits")
     parser.add_argument("--epochs", type=int, default=LinkTraining.epochs)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sequence-epochs", type=int, default=40)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    text = run(args.work, args.epochs, args.seed)
+    text = run(args.work, args.epochs, args.seed, args.sequence_epochs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

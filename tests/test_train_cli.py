@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.scheduler import measure_link
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import load_bundle
 from links_tflite.ensemble import EnsemblePredictor
@@ -91,3 +92,8 @@ def test_sequence_recording_to_bundle(tmp_path: Path, capsys: pytest.CaptureFixt
     assert predicted.shape == (60, recording.tasks["spelled"].max_len)
     assert mean_agreement(recording.tasks["spelled"], predicted,
                           recording.outputs["spelled"][100:160]) >= 0.9
+
+    # the agent measures a sequence link's cost through the same runner (encoder, decoder
+    # step and the greedy loop), not as a single-file link
+    cost = measure_link(bundle, link, recording.outputs["digit"][0], warmup=2, runs=5)
+    assert cost.delay_ms > 0
