@@ -101,6 +101,8 @@ class ExportPart:
 
 @dataclass
 class TrainedLink:
+    """A trained link: what to convert, and its float self to check the files against."""
+
     architecture: str
     parts: list[ExportPart]
     predict: Callable[[np.ndarray], np.ndarray]  # float Keras link: activated output or ids
