@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,11 +91,27 @@ def _converter(model: Any, quantization: str, representative: Representative | N
     return converter
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (native libraries write there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def convert(model: Any, path: Path, quantization: str,
             representative: Representative | None = None) -> Exported:
     """Convert one Keras model to one .tflite file at `path` and check what came out."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+    # Keras prints the exported signature, the converter's C++ core its quantization settings
+    # (straight to fd 2, past the progress bar); its failures still arrive as exceptions.
+    with contextlib.redirect_stdout(io.StringIO()), _native_stderr_silenced():
         flatbuffer = _converter(model, quantization, representative).convert()
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(flatbuffer)
