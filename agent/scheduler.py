@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -19,8 +18,8 @@ from agent.models import ModelAdapter, make_model
 from agent.publisher import Publisher
 from agent.selection import Problem, Selection, get_policy
 from agent.sources import Frame, Source, open_source
-from links_tflite.bundle import Bundle, load_bundle
-from links_tflite.ensemble import EnsemblePredictor
+from links_tflite.bundle import Bundle, LinkEntry, load_bundle
+from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.tasks import decode
 
@@ -56,12 +55,14 @@ def check_models_in_bundle(config: AgentConfig, bundle: Bundle) -> None:
         raise ConfigError(errors)
 
 
-def measure_link(path: Path, example: np.ndarray, warmup: int, runs: int) -> Cost:
-    """A link's memory and delay, measured by loading it alone and running it."""
-    loaded: list[TFLiteRunner] = []
+def measure_link(bundle: Bundle, link: LinkEntry, example: np.ndarray, warmup: int,
+                 runs: int) -> Cost:
+    """A link's memory and delay, measured by loading it alone and running it (a sequence
+    link: its encoder, decoder step and the host's greedy decoding loop)."""
+    loaded: list[LinkRunner] = []
 
     def load() -> None:
-        loaded.append(TFLiteRunner(path))
+        loaded.append(open_link(bundle, link))
         loaded[0].run_one(example)
 
     memory = memory_delta_mb(load)
@@ -103,7 +104,7 @@ class Agent:
         for link in self.bundle.links:
             if link.source in self.models and link.target in self.models:
                 self.link_costs[(link.source, link.target)] = measure_link(
-                    self.bundle.path_of(link), outputs[link.source], warmup, runs
+                    self.bundle, link, outputs[link.source], warmup, runs
                 )
         del runtime_warmup
         log.info("model costs: %s", {k: v.to_dict() for k, v in self.model_costs.items()})
@@ -111,9 +112,10 @@ class Agent:
     def _initialise_runtime(self) -> TFLiteRunner | None:
         """Load the smallest link once, so that the runtime's own one-off allocations are not
         charged to whichever model happens to be measured first."""
-        if not self.bundle.links:
+        single_file = [link for link in self.bundle.links if not link.decoder]
+        if not single_file:
             return None
-        smallest = min(self.bundle.links, key=lambda link: self.bundle.path_of(link).stat().st_size)
+        smallest = min(single_file, key=lambda link: self.bundle.path_of(link).stat().st_size)
         return TFLiteRunner(self.bundle.path_of(smallest))
 
     def problem(self) -> Problem:

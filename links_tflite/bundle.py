@@ -1,9 +1,10 @@
 """The bundle: what the trainer hands the agent, verified file by file.
 
-A bundle is a directory holding `manifest.json`, `links/*.tflite`, `profile.json` (and,
-from later issues, `ensembles/*.tflite`). The manifest lists every other file with its
-sha256; loading refuses a bundle with a missing, extra or altered file, or one whose
-manifest names a path outside the bundle.
+A bundle is a directory holding `manifest.json`, `links/*.tflite` (a sequence link has two:
+its encoder and its one-step decoder) and `profile.json`. The ensembles are learned
+per-source weights stored in the manifest (no file of their own). The manifest lists every
+other file with its sha256; loading refuses a bundle with a missing, extra or altered file,
+or one whose manifest names a path outside the bundle.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FORMAT = "mlink-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROFILE = "profile.json"
+POOLINGS = frozenset({"mean", "log_linear", "logit_mean", "heaviest_source"})
 
 
 class BundleError(ValueError):
@@ -61,10 +63,28 @@ class LinkEntry:
     file: str
     quantization: str
     ops: tuple[str, ...] = ()
+    architecture: str = "vec2vec"
+    decoder: str = ""  # the one-step decoder file of a sequence target ("" otherwise)
 
     @property
     def name(self) -> str:
         return link_name(self.source, self.target)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.file, self.decoder) if self.decoder else (self.file,)
+
+
+@dataclass(frozen=True)
+class EnsembleEntry:
+    """h_j: per-source weights, renormalised over whichever sources are active, and how the
+    present links' outputs are pooled (links_tflite.ensemble.POOLING)."""
+
+    target: str
+    method: str
+    sources: tuple[str, ...]
+    weights: dict[str, float] = field(default_factory=dict)
+    pooling: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,10 @@ class Profile:
     ensembles: dict[str, dict[frozenset[str], float]]
     links: dict[str, dict[str, float]] = field(default_factory=dict)
     held_out_frames: int = 0
+    # per subset: best_single, gain and the paper's case (dominance / mutual_assistance)
+    subset_details: dict[str, dict[frozenset[str], dict[str, Any]]] = field(
+        default_factory=dict)
+    subsets_sampled: dict[str, bool] = field(default_factory=dict)
 
     def link_agreement(self, source: str, target: str) -> float:
         return self.pairwise.get(target, {}).get(source, 0.0)
@@ -95,11 +119,14 @@ class Profile:
             "pairwise": self.pairwise,
             "ensembles": {
                 target: [
-                    {"sources": sorted(sources), "agreement": value}
-                    for sources, value in sorted(table.items(), key=lambda kv: sorted(kv[0]))
+                    {"sources": sorted(sources), "agreement": value,
+                     **self.subset_details.get(target, {}).get(sources, {})}
+                    for sources, value in sorted(table.items(),
+                                                 key=lambda kv: (len(kv[0]), sorted(kv[0])))
                 ]
                 for target, table in self.ensembles.items()
             },
+            "subsets_sampled": self.subsets_sampled,
             "links": self.links,
         }
 
@@ -114,11 +141,22 @@ class Profile:
                 target: {source: float(v) for source, v in row.items()}
                 for target, row in data["pairwise"].items()
             }
+            details = {
+                target: {
+                    frozenset(row["sources"]): {
+                        k: v for k, v in row.items() if k not in ("sources", "agreement")
+                    }
+                    for row in rows
+                }
+                for target, rows in data.get("ensembles", {}).items()
+            }
             return cls(
                 pairwise=pairwise,
                 ensembles=ensembles,
                 links=data.get("links", {}),
                 held_out_frames=int(data.get("held_out_frames", 0)),
+                subset_details=details,
+                subsets_sampled={k: bool(v) for k, v in data.get("subsets_sampled", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
@@ -132,6 +170,7 @@ class Bundle:
     links: tuple[LinkEntry, ...]
     profile: Profile
     manifest: dict[str, Any]
+    ensembles: dict[str, EnsembleEntry] = field(default_factory=dict)
 
     def links_into(self, target: str) -> list[LinkEntry]:
         return [link for link in self.links if link.target == target]
@@ -144,6 +183,15 @@ class Bundle:
 
     def path_of(self, entry: LinkEntry) -> Path:
         return safe_relative(self.root, entry.file, f"links[{entry.name}].file")
+
+    def decoder_path_of(self, entry: LinkEntry) -> Path:
+        if not entry.decoder:
+            raise BundleError(f"links[{entry.name}]: a {entry.architecture} link has no decoder")
+        return safe_relative(self.root, entry.decoder, f"links[{entry.name}].decoder")
+
+    def size_of(self, entry: LinkEntry) -> int:
+        """Bytes of the link's files (encoder and decoder step for a sequence target)."""
+        return sum(safe_relative(self.root, f, entry.name).stat().st_size for f in entry.files)
 
 
 def _read_json(path: Path, where: str) -> dict[str, Any]:
@@ -190,14 +238,46 @@ def _parse_links(manifest: dict[str, Any], models: dict[str, TaskSpec]) -> tuple
                 file=str(raw["file"]),
                 quantization=str(raw.get("quantization", "")),
                 ops=tuple(raw.get("ops", ())),
+                architecture=str(raw.get("architecture", "vec2vec")),
+                decoder=str(raw.get("decoder", "")),
             )
         except (KeyError, TypeError) as exc:
             raise BundleError(f"{where}: missing or malformed field {exc}") from None
         for role in ("source", "target"):
             if getattr(entry, role) not in models:
                 raise BundleError(f"{where}.{role}: unknown model {getattr(entry, role)!r}")
+        if (models[entry.target].kind == "sequence") != bool(entry.decoder):
+            raise BundleError(f"{where}: a link into a {models[entry.target].kind} target "
+                              f"{'needs' if not entry.decoder else 'has no use for'} a decoder")
         entries.append(entry)
     return tuple(entries)
+
+
+def _parse_ensembles(manifest: dict[str, Any],
+                     models: dict[str, TaskSpec]) -> dict[str, EnsembleEntry]:
+    ensembles = {}
+    for index, raw in enumerate(manifest.get("ensembles", [])):
+        where = f"{MANIFEST}: ensembles[{index}]"
+        try:
+            entry = EnsembleEntry(
+                target=str(raw["target"]),
+                method=str(raw["method"]),
+                sources=tuple(str(s) for s in raw.get("sources", ())),
+                weights={str(k): float(v) for k, v in raw.get("weights", {}).items()},
+                pooling=str(raw.get("pooling", "mean")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{where}: missing or malformed field {exc}") from None
+        if entry.target not in models:
+            raise BundleError(f"{where}.target: unknown model {entry.target!r}")
+        if entry.pooling not in POOLINGS:
+            raise BundleError(f"{where}.pooling: {entry.pooling!r} is not one of "
+                              f"{sorted(POOLINGS)}")
+        bad = [w for w in entry.weights.values() if not (w >= 0.0 and w < float("inf"))]
+        if bad:
+            raise BundleError(f"{where}.weights: weights must be finite and >= 0, got {bad}")
+        ensembles[entry.target] = entry
+    return ensembles
 
 
 def load_bundle(root: str | Path) -> Bundle:
@@ -221,14 +301,17 @@ def load_bundle(root: str | Path) -> Bundle:
         raise BundleError(f"{MANIFEST}: models: {exc}") from None
     links = _parse_links(manifest, models)
     for entry in links:
-        if entry.file not in manifest["files"]:
-            raise BundleError(f"{MANIFEST}: link {entry.name} file {entry.file!r} is not listed")
+        for file in entry.files:
+            if file not in manifest["files"]:
+                raise BundleError(f"{MANIFEST}: link {entry.name} file {file!r} is not listed")
+    ensembles = _parse_ensembles(manifest, models)
     profile_file = str(manifest.get("profile", PROFILE))
     profile = Profile.from_dict(
         _read_json(safe_relative(root, profile_file, f"{MANIFEST}: profile"), profile_file)
     )
     log.info("bundle %s: %d models, %d links", root, len(models), len(links))
-    return Bundle(root=root, models=models, links=links, profile=profile, manifest=manifest)
+    return Bundle(root=root, models=models, links=links, profile=profile, manifest=manifest,
+                  ensembles=ensembles)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,21 @@
 """Ensemble inference: predict a target model's output from the activated models' outputs.
 
-h_{A,j} combines the links g_ij from the sources i in the activated set A. The skeleton's
-ensemble is the agreement-weighted mean of the link outputs, with the weights (the profiled
-pairwise agreements) renormalised over the sources present, so one ensemble per target
-serves any subset A. Which links are loaded follows the activated set.
+h_{A,j} combines the links g_ij from the sources i in the activated set A. One ensemble per
+target serves any subset A: its per-source weights (learned by the trainer with random
+source dropout, stored in the manifest as method `learned_source_weights`) are renormalised
+over the sources present, and the pooling follows the target's kind (`POOLING`):
+- single_label: log-linear (a weighted geometric mean of the links' class probabilities,
+  renormalised): classes that every present link rules out stay out, which is how two weak
+  links can assist each other (parity and shape together narrow a digit down);
+- multi_label: the weighted mean of the links' logits, then the sigmoid;
+- localization, regression: the weighted mean of the outputs;
+- sequence (token ids cannot be averaged): the sequence of the present source with the
+  largest weight.
+Bundles from before learned weights (method `agreement_weighted_links`) use the profiled
+pairwise agreements as the weights and the plain weighted mean.
+
+`combine_outputs` is the one implementation: the trainer's profile measures the ensemble
+through it, so the per-subset table describes exactly what ships.
 """
 
 from __future__ import annotations
@@ -11,14 +23,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from links_tflite.bundle import Bundle, LinkEntry
+from links_tflite.decoding import SequenceDecoder
 from links_tflite.interpreter import TFLiteRunner
-from links_tflite.tasks import activate
+from links_tflite.tasks import TaskSpec, activate
 
 log = logging.getLogger(__name__)
+
+LEARNED = "learned_source_weights"
+AGREEMENT_WEIGHTED = "agreement_weighted_links"
+POOLING = {
+    "single_label": "log_linear",
+    "multi_label": "logit_mean",
+    "localization": "mean",
+    "regression": "mean",
+    "sequence": "heaviest_source",
+}
+EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -26,6 +52,43 @@ class Prediction:
     value: np.ndarray
     sources: tuple[str, ...]
     est_agreement: float
+
+
+class LinkRunner(Protocol):
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run_one(self, example: np.ndarray) -> np.ndarray: ...
+
+
+class VectorLink:
+    """A link into a vector target: its file runs to the logits, the host activates."""
+
+    def __init__(self, runner: TFLiteRunner, activation: str) -> None:
+        self.runner = runner
+        self.activation = activation
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return activate(self.activation, self.runner(batch))
+
+    def run_one(self, example: np.ndarray) -> np.ndarray:
+        return activate(self.activation, self.runner.run_one(example))
+
+
+def open_link_files(spec: TaskSpec, file: Path, decoder: Path | None = None,
+                    num_threads: int = 1) -> LinkRunner:
+    """A link's files as a callable: activated outputs, or token ids for a sequence target."""
+    if spec.kind == "sequence":
+        if decoder is None:
+            raise ValueError(f"{file}: a link into a sequence target needs its decoder file")
+        return SequenceDecoder(file, decoder, spec.max_len, num_threads)
+    return VectorLink(TFLiteRunner(file, num_threads), spec.activation)
+
+
+def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunner:
+    """A bundle's link, loaded and callable (see open_link_files)."""
+    spec = bundle.models[link.target]
+    decoder = bundle.decoder_path_of(link) if link.decoder else None
+    return open_link_files(spec, bundle.path_of(link), decoder, num_threads)
 
 
 def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -36,14 +99,50 @@ def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     return np.tensordot(w, stacked, axes=1).astype(np.float32)
 
 
+def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Combine activated link outputs with weights renormalised over them (see POOLING)."""
+    if pooling == "mean":
+        return combine(outputs, weights)
+    if pooling == "log_linear":
+        logs = [np.log(np.clip(np.asarray(o, np.float64), EPS, None)) for o in outputs]
+        return activate("softmax", combine(logs, weights))
+    if pooling == "logit_mean":
+        clipped = [np.clip(np.asarray(o, np.float64), EPS, 1 - EPS) for o in outputs]
+        return activate("sigmoid", combine([np.log(p / (1 - p)) for p in clipped], weights))
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
+                    outputs: Mapping[str, np.ndarray], pooling: str = "") -> np.ndarray:
+    """The ensemble over the sources present in `outputs` (batch or single frame)."""
+    sources = sorted(outputs)
+    if not sources:
+        raise ValueError("an ensemble needs at least one source output")
+    pooling = pooling or POOLING[spec.kind]
+    if pooling == "heaviest_source":
+        best = max(sources, key=lambda s: (weights.get(s, 0.0), s))
+        return np.asarray(outputs[best], dtype=np.float32)
+    return pool(pooling, [outputs[s] for s in sources], [weights.get(s, 0.0) for s in sources])
+
+
 class EnsemblePredictor:
-    """Holds the link interpreters needed for one activated set and runs the ensembles."""
+    """Holds the links needed for one activated set and runs the ensembles."""
 
     def __init__(self, bundle: Bundle, num_threads: int = 1) -> None:
         self.bundle = bundle
         self.num_threads = num_threads
-        self._runners: dict[str, TFLiteRunner] = {}
+        self._runners: dict[str, LinkRunner] = {}
         self._active: frozenset[str] = frozenset()
+
+    def weights(self, target: str) -> tuple[dict[str, float], str]:
+        """The target's per-source weights and pooling: learned where the bundle has them."""
+        entry = self.bundle.ensembles.get(target)
+        if entry is not None and entry.method == LEARNED:
+            return dict(entry.weights), entry.pooling
+        profile = self.bundle.profile
+        pooling = "heaviest_source" if self.bundle.models[target].kind == "sequence" else "mean"
+        return {link.source: profile.link_agreement(link.source, target)
+                for link in self.bundle.links_into(target)}, pooling
 
     def needed_links(self, active: Iterable[str], targets: Iterable[str]) -> list[LinkEntry]:
         active_set = set(active)
@@ -63,10 +162,10 @@ class EnsemblePredictor:
                 del self._runners[name]
         for name, link in wanted.items():
             if name not in self._runners:
-                self._runners[name] = TFLiteRunner(self.bundle.path_of(link), self.num_threads)
+                self._runners[name] = open_link(self.bundle, link, self.num_threads)
         log.debug("ensemble links loaded: %s", sorted(self._runners))
 
-    def runner(self, link: LinkEntry) -> TFLiteRunner:
+    def runner(self, link: LinkEntry) -> LinkRunner:
         return self._runners[link.name]
 
     def predict(self, target: str, outputs: Mapping[str, np.ndarray]) -> Prediction:
@@ -78,16 +177,13 @@ class EnsemblePredictor:
         ]
         if not links:
             raise LookupError(f"no loaded link predicts {target!r} from {sorted(outputs)}")
-        profile = self.bundle.profile
-        activation = self.bundle.models[target].activation
-        link_outputs = [
-            activate(activation, self._runners[link.name].run_one(outputs[link.source]))
-            for link in links
-        ]
-        weights = [profile.link_agreement(link.source, target) for link in links]
-        sources = tuple(link.source for link in links)
+        link_outputs = {
+            link.source: self._runners[link.name].run_one(outputs[link.source]) for link in links
+        }
+        sources = tuple(sorted(link_outputs))
+        weights, pooling = self.weights(target)
         return Prediction(
-            value=combine(link_outputs, weights),
+            value=combine_outputs(self.bundle.models[target], weights, link_outputs, pooling),
             sources=sources,
-            est_agreement=profile.ensemble_agreement(target, frozenset(sources)),
+            est_agreement=self.bundle.profile.ensemble_agreement(target, frozenset(sources)),
         )

@@ -47,8 +47,8 @@ def _quantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     if np.issubdtype(dtype, np.floating):
         return values.astype(dtype, copy=False)
     scale, zero_point = detail["quantization"]
-    if scale == 0:
-        return values.astype(dtype)
+    if scale == 0:  # a plain integer input: token ids, which travel as float32
+        return np.rint(values).astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
 
@@ -138,10 +138,104 @@ class TFLiteRunner:
 BOUNDARY_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
 
 
-def float_compute_ops(runner: TFLiteRunner) -> list[str]:
+def float_compute_ops(runner: TFLiteRunner | MultiTensorRunner) -> list[str]:
     """Compute ops that still take float operands: empty for a fully int8 graph."""
     return [
         name
         for name, operand_types in runner.ops()
         if name not in BOUNDARY_OPS and any(t.startswith("float") for t in operand_types)
     ]
+
+
+class MultiTensorRunner:
+    """A loaded .tflite file with named inputs and outputs (a decoder step, an encoder).
+
+    Tensors are addressed by the names of the file's `serving_default` signature (the Keras
+    input names; outputs `output_0`, `output_1`, ... in the Keras model's order), because the
+    order of the interpreter's tensor lists is not the model's order. Every input is resized to
+    the batch of the call; callers speak float32 (token ids included), as with TFLiteRunner.
+    """
+
+    def __init__(self, path: str | Path, num_threads: int = 1) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"TFLite file not found: {self.path}")
+        self.runtime, cls = interpreter_class()
+        self._interpreter = cls(model_path=str(self.path), num_threads=num_threads)
+        signatures = self._interpreter._get_full_signature_list()
+        if len(signatures) != 1:
+            raise ValueError(f"{self.path}: expected one signature, found {sorted(signatures)}")
+        signature = next(iter(signatures.values()))
+        self._input_index: dict[str, int] = dict(signature["inputs"])
+        self._output_index: dict[str, int] = dict(signature["outputs"])
+        self._interpreter.allocate_tensors()
+        self._details: dict[int, dict[str, Any]] = {}
+        self._shapes = {
+            name: tuple(int(d) for d in self._detail(index)["shape"][1:])
+            for name, index in self._input_index.items()
+        }
+        self._batch = int(self._detail(next(iter(self._input_index.values())))["shape"][0])
+
+    def _detail(self, index: int) -> dict[str, Any]:
+        if index not in self._details:
+            self._details = {
+                d["index"]: d
+                for d in (*self._interpreter.get_input_details(),
+                          *self._interpreter.get_output_details())
+            }
+        return self._details[index]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self._input_index)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._output_index))
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one example of input `name` (batch dimension left out)."""
+        return self._shapes[name]
+
+    def _resize(self, batch: int) -> None:
+        if batch == self._batch:
+            return
+        for name, index in self._input_index.items():
+            self._interpreter.resize_tensor_input(index, [batch, *self._shapes[name]],
+                                                  strict=False)
+        self._interpreter.allocate_tensors()
+        self._details = {}
+        self._batch = batch
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a batch given as {input name: array}; returns {output name: float32 array}."""
+        missing = sorted(set(self._input_index) - set(inputs))
+        if missing:
+            raise ValueError(f"{self.path}: missing inputs {missing}")
+        batch = {n: np.asarray(inputs[n], dtype=np.float32) for n in self._input_index}
+        sizes = {v.shape[0] for v in batch.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"{self.path}: inputs differ in batch size {sorted(sizes)}")
+        self._resize(sizes.pop())
+        for name, index in self._input_index.items():
+            values = batch[name].reshape(batch[name].shape[0], *self._shapes[name])
+            self._interpreter.set_tensor(index, _quantize(values, self._detail(index)))
+        self._interpreter.invoke()
+        return {
+            name: _dequantize(self._interpreter.get_tensor(index), self._detail(index))
+            for name, index in self._output_index.items()
+        }
+
+    def ops(self) -> list[tuple[str, tuple[str, ...]]]:
+        return TFLiteRunner.ops(self)  # type: ignore[arg-type]
+
+    def op_types(self) -> list[str]:
+        return [name for name, _ in self.ops()]
+
+
+def open_runner(path: str | Path, num_threads: int = 1) -> TFLiteRunner | MultiTensorRunner:
+    """The right runner for a file: TFLiteRunner for one input and one output, else named."""
+    try:
+        return TFLiteRunner(path, num_threads)
+    except ValueError:
+        return MultiTensorRunner(path, num_threads)

@@ -11,19 +11,26 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from links_tflite.interpreter import TFLiteRunner, float_compute_ops
+from links_tflite.agreement import mean_agreement
+from links_tflite.ensemble import open_link_files
+from links_tflite.interpreter import float_compute_ops, open_runner
+from links_tflite.tasks import TaskSpec
+from offline_trainer.links import TrainedLink
 
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("int8", "dynamic_range", "float16")
+# A sequence link's files must decode like its float original on this share of tokens.
+SEQUENCE_FLOOR = 0.97
 
 
 @dataclass(frozen=True)
@@ -41,9 +48,33 @@ def _quiet_tensorflow() -> Any:
     return tf
 
 
-def _converter(model: Any, quantization: str, representative: np.ndarray | None) -> Any:
+Representative = np.ndarray | Sequence[np.ndarray]
+
+
+def _samples(model: Any, representative: Representative) -> Callable[[], Iterator[dict]]:
+    """One calibration example at a time, one array per model input in the model's order;
+    integer inputs (token ids) stay integers."""
+    arrays = (list(representative) if isinstance(representative, list | tuple)
+              else [representative])
+    if len(arrays) != len(model.inputs):
+        raise ValueError(f"representative set has {len(arrays)} arrays for "
+                         f"{len(model.inputs)} model inputs")
+    dtypes = [np.int32 if "int" in str(t.dtype) else np.float32 for t in model.inputs]
+    names = [t.name.split(":")[0] for t in model.inputs]
+
+    def samples() -> Iterator[dict[str, np.ndarray]]:
+        # keyed by input name: the converter's own input order is not the model's
+        for i in range(len(arrays[0])):
+            yield {n: np.asarray(a[i : i + 1]).astype(d)
+                   for n, a, d in zip(names, arrays, dtypes, strict=True)}
+
+    return samples
+
+
+def _converter(model: Any, quantization: str, representative: Representative | None) -> Any:
     tf = _quiet_tensorflow()
     warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # calibrator
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantization == "float32":
         return converter
@@ -51,12 +82,7 @@ def _converter(model: Any, quantization: str, representative: np.ndarray | None)
     if quantization == "int8":
         if representative is None or len(representative) == 0:
             raise ValueError("int8 quantization needs a representative set")
-
-        def samples() -> Iterator[list[np.ndarray]]:
-            for row in representative:
-                yield [row[None, ...].astype(np.float32)]
-
-        converter.representative_dataset = samples
+        converter.representative_dataset = _samples(model, representative)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
@@ -65,15 +91,31 @@ def _converter(model: Any, quantization: str, representative: np.ndarray | None)
     return converter
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null for the block (native libraries write there)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def convert(model: Any, path: Path, quantization: str,
-            representative: np.ndarray | None = None) -> Exported:
+            representative: Representative | None = None) -> Exported:
     """Convert one Keras model to one .tflite file at `path` and check what came out."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+    # Keras prints the exported signature, the converter's C++ core its quantization settings
+    # (straight to fd 2, past the progress bar); its failures still arrive as exceptions.
+    with contextlib.redirect_stdout(io.StringIO()), _native_stderr_silenced():
         flatbuffer = _converter(model, quantization, representative).convert()
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(flatbuffer)
-    runner = TFLiteRunner(tmp)
+    runner = open_runner(tmp)
     if quantization == "int8":
         leftover = float_compute_ops(runner)
         if leftover:
@@ -85,7 +127,7 @@ def convert(model: Any, path: Path, quantization: str,
     return Exported(path=path, quantization=quantization, ops=ops, size_bytes=len(flatbuffer))
 
 
-def convert_link(model: Any, path: Path, representative: np.ndarray,
+def convert_link(model: Any, path: Path, representative: Representative,
                  order: tuple[str, ...] = QUANTIZATIONS,
                  converter: Callable[..., Exported] = convert) -> Exported:
     """int8 first; on failure the next quantization in `order`, for this link only."""
@@ -97,3 +139,57 @@ def convert_link(model: Any, path: Path, representative: np.ndarray,
             log.warning("%s: %s conversion failed: %s", path.name, quantization, exc)
             failures.append(f"{quantization}: {exc}")
     raise RuntimeError(f"{path.name}: no quantization worked ({'; '.join(failures)})")
+
+
+@dataclass(frozen=True)
+class ExportedLink:
+    """A link's files in a bundle: one for a vector target, encoder + decoder step for a
+    sequence target. `quantization` is the least quantized of its parts."""
+
+    file: str
+    decoder: str
+    quantization: str
+    parts: dict[str, str]  # role -> quantization
+    ops: tuple[str, ...]
+    size_bytes: int
+
+
+def export_link(trained: TrainedLink, target: TaskSpec, bundle_dir: Path, stem: str,
+                converter: Callable[..., Exported] = convert,
+                sequence_floor: float = SEQUENCE_FLOOR) -> ExportedLink:
+    """Convert every part of a trained link to `links/<stem>[.<role>].tflite` under the bundle,
+    each int8 first with its own op-check fallback. A sequence link is also decoded through
+    its files on `trained.check_inputs`: below `sequence_floor` agreement with the float link
+    (errors compound over the steps), its decoder step falls back to the next quantization."""
+    start = dict.fromkeys((p.role for p in trained.parts), 0)
+    while True:
+        files: dict[str, str] = {}
+        exported: dict[str, Exported] = {}
+        for part in trained.parts:
+            suffix = "" if part.role == "link" else f".{part.role}"
+            relative = f"links/{stem}{suffix}.tflite"
+            exported[part.role] = convert_link(part.model, bundle_dir / relative,
+                                               part.representative,
+                                               QUANTIZATIONS[start[part.role]:], converter)
+            files[part.role] = relative
+        if "decoder" not in files:
+            break
+        runner = open_link_files(target, bundle_dir / files["encoder"],
+                                 bundle_dir / files["decoder"])
+        same = mean_agreement(target, runner(trained.check_inputs),
+                              trained.predict(trained.check_inputs))
+        used = QUANTIZATIONS.index(exported["decoder"].quantization)
+        if same >= sequence_floor or used + 1 >= len(QUANTIZATIONS):
+            break
+        log.warning("%s: %s decoder agrees %.3f with the float link (< %.2f); falling back",
+                    stem, exported["decoder"].quantization, same, sequence_floor)
+        start["decoder"] = used + 1
+    parts = {role: e.quantization for role, e in exported.items()}
+    return ExportedLink(
+        file=files.get("link", files.get("encoder", "")),
+        decoder=files.get("decoder", ""),
+        quantization=max(parts.values(), key=QUANTIZATIONS.index),
+        parts=parts,
+        ops=tuple(sorted({op for e in exported.values() for op in e.ops})),
+        size_bytes=sum(e.size_bytes for e in exported.values()),
+    )

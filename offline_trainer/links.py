@@ -1,7 +1,9 @@
 """Link builders and training: g_ij maps model i's output to model j's output.
 
-vec2vec is the paper's architecture: Dense(2*out) -> Dropout -> ReLU -> Dense(out, task
-activation), trained with RMSprop on the target model's own (soft) outputs.
+The architecture follows the (source, target) output formats: vec2vec is the paper's
+Dense(2*out) -> Dropout -> ReLU -> Dense(out, task activation), trained with RMSprop on the
+target model's own (soft) outputs; seq2vec, vec2seq and seq2seq are in `seq_links`.
+`train_link` picks and trains one; what it returns says which Keras models to export.
 
 The task activation is the model's last layer, but what is exported is the model up to the
 logits (`logits_model`): an int8 softmax output has a resolution of 1/256 and turns the
@@ -11,12 +13,22 @@ near-ties of weak links into exact ties, so the host applies the activation in f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from links_tflite.tasks import TaskSpec
+from offline_trainer.seq_links import (
+    SeqSizes,
+    as_source,
+    build_decoder,
+    build_seq2vec,
+    keras_decode,
+    step_representative,
+    teacher_inputs,
+)
 
 # Loss per target task kind: soft-label cross-entropy for labels, squared error for numbers.
 LOSS = {
@@ -34,6 +46,15 @@ class LinkTraining:
     learning_rate: float = 3e-3
     dropout: float = 0.1
     seed: int = 0
+    seq_learning_rate: float = 1e-2
+    sizes: SeqSizes = field(default_factory=SeqSizes)
+    representative_rows: int = 300
+
+
+def architecture(source: TaskSpec, target: TaskSpec) -> str:
+    """vec2vec, seq2vec, vec2seq or seq2seq, by the two models' output formats."""
+    side = {True: "seq", False: "vec"}
+    return f"{side[source.kind == 'sequence']}2{side[target.kind == 'sequence']}"
 
 
 def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) -> Any:
@@ -67,3 +88,62 @@ def logits_model(model: Any) -> Any:
     import keras
 
     return keras.Model(model.inputs, model.get_layer("logits").output)
+
+
+@dataclass
+class ExportPart:
+    """One Keras model to convert, with its representative inputs (one array per input)."""
+
+    role: str  # "link" (vector target), "encoder" or "decoder" (sequence target)
+    model: Any
+    representative: list[np.ndarray]
+
+
+@dataclass
+class TrainedLink:
+    """A trained link: what to convert, and its float self to check the files against."""
+
+    architecture: str
+    parts: list[ExportPart]
+    predict: Callable[[np.ndarray], np.ndarray]  # float Keras link: activated output or ids
+    check_inputs: np.ndarray  # recorded source rows to compare the files with `predict` on
+
+
+def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
+               training: LinkTraining) -> TrainedLink:
+    """Train g: source output -> target output on aligned rows (x, y) of a recording."""
+    import keras
+
+    kind = architecture(source, target)
+    keras.utils.set_random_seed(training.seed)
+    rows = np.random.default_rng(training.seed).permutation(len(x))[: training.representative_rows]
+    if kind == "vec2vec":
+        model = train_vec2vec(source, target, x, y, training)
+        return TrainedLink(kind, [ExportPart("link", logits_model(model), [x[rows]])],
+                           lambda batch: np.asarray(model(batch.astype(np.float32),
+                                                          training=False)), x[rows])
+    inputs = as_source(source, x)
+    if kind == "seq2vec":
+        if target.kind not in LOSS:
+            raise NotImplementedError(f"seq2vec cannot predict a {target.kind} target")
+        model = build_seq2vec(source, target, LOSS[target.kind], training.seq_learning_rate,
+                              training.sizes)
+        model.fit(inputs, y.astype(np.float32), epochs=training.epochs,
+                  batch_size=training.batch_size, verbose=0, shuffle=True)
+        return TrainedLink(kind, [ExportPart("link", logits_model(model), [inputs[rows]])],
+                           lambda batch: np.asarray(model(as_source(source, batch),
+                                                          training=False)), x[rows])
+    parts = build_decoder(source, target, training.seq_learning_rate, training.sizes)
+    teacher, mask = teacher_inputs(y)
+    parts.trainer.fit([inputs, teacher], np.rint(y).astype(np.int32), sample_weight=mask,
+                      epochs=training.epochs, batch_size=training.batch_size, verbose=0,
+                      shuffle=True)
+    _, recorded = keras_decode(parts, source, target, x[rows], record=True)
+    return TrainedLink(
+        kind,
+        [ExportPart("encoder", parts.encoder, [inputs[rows]]),
+         ExportPart("decoder", parts.step,
+                    step_representative(recorded, training.representative_rows, training.seed))],
+        lambda batch: keras_decode(parts, source, target, batch)[0],
+        x[rows],
+    )

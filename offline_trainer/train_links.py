@@ -1,7 +1,11 @@
-"""Recording -> bundle: train every pairwise link, quantize it, profile it, write the bundle.
+"""Recording -> bundle: train every pairwise link, quantize it, fit the ensembles, profile
+them, write the bundle.
 
-All agreement figures are measured on held-out frames of the recording (those not used
-for training), through the int8 files and the LiteRT interpreter, as the agent will run them.
+Every link's architecture follows the two models' output formats (vec2vec, seq2vec, vec2seq,
+seq2seq). The ensembles' weights are fit on the training frames through the exported files;
+all agreement figures are measured on held-out frames of the recording (never trained on),
+through the exported files and the LiteRT interpreter, with the same ensemble code the agent
+runs (`links_tflite.ensemble.combine_outputs`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from tqdm import tqdm
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import PROFILE, Profile, link_name, write_manifest
-from links_tflite.ensemble import combine
-from links_tflite.interpreter import TFLiteRunner
+from links_tflite.ensemble import LEARNED, POOLING, combine_outputs, open_link_files
 from links_tflite.recording import Recording, RecordingError
-from links_tflite.tasks import activate
-from offline_trainer.export import convert_link
-from offline_trainer.links import LOSS, LinkTraining, logits_model, train_vec2vec
+from offline_trainer.ensembles import fit_source_weights, profiled_subsets, subset_case
+from offline_trainer.export import export_link
+from offline_trainer.links import LinkTraining, train_link
 from offline_trainer.zoo import measure_delay_ms
 
 log = logging.getLogger(__name__)
@@ -36,15 +39,26 @@ class LinkResult:
     source: str
     target: str
     file: str
+    decoder: str  # the one-step decoder file of a sequence target, else ""
+    architecture: str
     quantization: str
+    parts: dict[str, str]  # role -> quantization (link, or encoder and decoder)
     ops: tuple[str, ...]
     size_bytes: int
     delay_ms: float
-    agreement: float  # int8 link vs the target model's exact output, held-out
+    agreement: float  # the exported link vs the target model's exact output, held-out
     float_agreement: float  # the float Keras link vs the exact output, held-out
-    int8_vs_float: float  # int8 file vs its float original, held-out
-    held_out_outputs: np.ndarray  # the int8 file's outputs (activated) on held-out frames
+    int8_vs_float: float  # the exported link vs its float original, held-out
+    held_out_outputs: np.ndarray  # the exported link's outputs (activated) on held-out frames
     held_out_float: np.ndarray  # the float Keras link's outputs on the same frames
+    train_outputs: np.ndarray  # the exported link's outputs on the training frames
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    links: list[LinkResult]
+    weights: dict[str, dict[str, float]]  # target -> source -> learned ensemble weight
+    profile: Profile
 
 
 def split_rows(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,67 +71,98 @@ def split_rows(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np
 
 
 def linkable_pairs(recording: Recording) -> list[tuple[str, str]]:
-    tasks = recording.tasks
-    return [
-        (s, t)
-        for s, t in itertools.permutations(recording.models, 2)
-        if tasks[s].kind != "sequence" and tasks[t].kind in LOSS
-    ]
+    """Every ordered pair: each (source, target) format has an architecture."""
+    return list(itertools.permutations(recording.models, 2))
 
 
 def train_one_link(recording: Recording, source: str, target: str, train: np.ndarray,
-                   held_out: np.ndarray, links_dir: Path, training: LinkTraining) -> LinkResult:
+                   held_out: np.ndarray, bundle_dir: Path, training: LinkTraining) -> LinkResult:
     tasks = recording.tasks
     x, y = recording.outputs[source], recording.outputs[target]
-    model = train_vec2vec(tasks[source], tasks[target], x[train], y[train], training)
-    relative = f"links/{source}__{target}.tflite"
-    exported = convert_link(logits_model(model), links_dir.parent / relative,
-                            representative=x[train])
-    runner = TFLiteRunner(exported.path)
     spec = tasks[target]
-    quantized = activate(spec.activation, runner(x[held_out]))
-    floating = np.asarray(model(x[held_out], training=False))
+    trained = train_link(tasks[source], spec, x[train], y[train], training)
+    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}")
+    runner = open_link_files(spec, bundle_dir / exported.file,
+                             bundle_dir / exported.decoder if exported.decoder else None)
+    shipped = runner(x[held_out])
+    floating = trained.predict(x[held_out])
     return LinkResult(
         source=source,
         target=target,
-        file=relative,
+        file=exported.file,
+        decoder=exported.decoder,
+        architecture=trained.architecture,
         quantization=exported.quantization,
+        parts=exported.parts,
         ops=exported.ops,
         size_bytes=exported.size_bytes,
         delay_ms=measure_delay_ms(runner, x[held_out][0]),
-        agreement=mean_agreement(spec, quantized, y[held_out]),
+        agreement=mean_agreement(spec, shipped, y[held_out]),
         float_agreement=mean_agreement(spec, floating, y[held_out]),
-        int8_vs_float=mean_agreement(spec, quantized, floating),
-        held_out_outputs=quantized,
+        int8_vs_float=mean_agreement(spec, shipped, floating),
+        held_out_outputs=shipped,
         held_out_float=floating,
+        train_outputs=runner(x[train]),
     )
 
 
-SubsetTable = dict[str, dict[frozenset[str], float]]
+def fit_ensembles(recording: Recording, results: list[LinkResult], train: np.ndarray,
+                  seed: int) -> dict[str, dict[str, float]]:
+    """Learned per-source weights for every target, on the training frames."""
+    return {
+        target: fit_source_weights(
+            recording.tasks[target],
+            {r.source: r.train_outputs for r in results if r.target == target},
+            recording.outputs[target][train],
+            seed=seed,
+        )
+        for target in recording.models
+    }
 
 
 def profile_ensembles(recording: Recording, results: list[LinkResult], held_out: np.ndarray,
-                      pairwise: dict[str, dict[str, float]]) -> SubsetTable:
-    """Agreement of each target's ensemble for every subset of its sources (held-out)."""
-    table: SubsetTable = {}
+                      weights: dict[str, dict[str, float]], seed: int = 0) -> Profile:
+    """The held-out profile: pairwise agreement, and the shipped ensemble for every subset of
+    each target's sources (sampled beyond MAX_ENUMERATED_SOURCES), with the paper's case."""
+    pairwise: dict[str, dict[str, float]] = {m: {} for m in recording.models}
+    for r in results:
+        pairwise[r.target][r.source] = r.agreement
+    table: dict[str, dict[frozenset[str], float]] = {}
+    details: dict[str, dict[frozenset[str], dict[str, Any]]] = {}
+    sampled: dict[str, bool] = {}
     for target in recording.models:
         into = {r.source: r for r in results if r.target == target}
-        table[target] = {}
-        for size in range(1, len(into) + 1):
-            for subset in itertools.combinations(sorted(into), size):
-                predicted = combine(
-                    [into[s].held_out_outputs for s in subset],
-                    [pairwise[target][s] for s in subset],
-                )
-                table[target][frozenset(subset)] = mean_agreement(
-                    recording.tasks[target], predicted, recording.outputs[target][held_out]
-                )
-    return table
+        subsets, sampled[target] = profiled_subsets(sorted(into), seed)
+        table[target], details[target] = {}, {}
+        for subset in subsets:
+            predicted = combine_outputs(recording.tasks[target], weights[target],
+                                        {s: into[s].held_out_outputs for s in subset})
+            value = mean_agreement(recording.tasks[target], predicted,
+                                   recording.outputs[target][held_out])
+            best = max(pairwise[target][s] for s in subset)
+            table[target][subset] = value
+            details[target][subset] = {"best_single": best, "gain": value - best,
+                                       "case": subset_case(value, best, len(subset))}
+    return Profile(
+        pairwise=pairwise,
+        ensembles=table,
+        links={
+            link_name(r.source, r.target): {
+                "architecture": r.architecture, "size_bytes": r.size_bytes,
+                "delay_ms": r.delay_ms, "float_agreement": r.float_agreement,
+                "int8_vs_float": r.int8_vs_float,
+            }
+            for r in results
+        },
+        held_out_frames=len(held_out),
+        subset_details=details,
+        subsets_sampled=sampled,
+    )
 
 
-def write_bundle(recording: Recording, results: list[LinkResult], profile: Profile,
-                 staging: Path, out: Path, meta: dict[str, Any]) -> None:
-    (staging / PROFILE).write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
+def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: Path,
+                 meta: dict[str, Any]) -> None:
+    (staging / PROFILE).write_text(json.dumps(report.profile.to_dict(), indent=2) + "\n")
     write_manifest(
         staging,
         {
@@ -125,13 +170,16 @@ def write_bundle(recording: Recording, results: list[LinkResult], profile: Profi
             "workload": recording.workload,
             "models": {m: {"task": spec.to_dict()} for m, spec in recording.tasks.items()},
             "links": [
-                {"source": r.source, "target": r.target, "file": r.file, "architecture": "vec2vec",
-                 "output": "logits", "quantization": r.quantization, "ops": list(r.ops)}
-                for r in results
+                {"source": r.source, "target": r.target, "file": r.file,
+                 **({"decoder": r.decoder} if r.decoder else {}),
+                 "architecture": r.architecture,
+                 "output": "tokens" if r.decoder else "logits",
+                 "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops)}
+                for r in report.links
             ],
             "ensembles": [
-                {"target": m, "method": "agreement_weighted_links",
-                 "sources": sorted(r.source for r in results if r.target == m)}
+                {"target": m, "method": LEARNED, "pooling": POOLING[recording.tasks[m].kind],
+                 "sources": sorted(report.weights[m]), "weights": report.weights[m]}
                 for m in recording.models
             ],
             "profile": PROFILE,
@@ -143,51 +191,79 @@ def write_bundle(recording: Recording, results: list[LinkResult], profile: Profi
     shutil.move(str(staging), str(out))
 
 
-def train_bundle(recording_path: Path, out: Path, train_fraction: float = 0.7,
-                 training: LinkTraining | None = None) -> list[LinkResult]:
-    """The whole `mlink-train links` step; returns the per-link results for the summary."""
-    training = training or LinkTraining()
+def load_for_training(recording_path: Path, train_fraction: float) -> Recording:
+    """The recording, validated (Recording.load), with enough frames and models to link."""
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError(f"--train-fraction must be in (0, 1), got {train_fraction}")
     recording = Recording.load(recording_path)
+    if len(recording.models) < 2:
+        raise RecordingError(f"{recording_path}: {len(recording.models)} model(s); links need "
+                             "at least 2")
     if len(recording) < 10:
         raise RecordingError(f"{recording_path}: {len(recording)} frames, at least 10 are needed")
+    return recording
+
+
+def train_bundle_report(recording_path: Path, out: Path, train_fraction: float = 0.7,
+                        training: LinkTraining | None = None) -> TrainReport:
+    """The whole `mlink-train links` step; returns links, ensemble weights and profile."""
+    training = training or LinkTraining()
+    recording = load_for_training(recording_path, train_fraction)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
     pairs = linkable_pairs(recording)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         results = [
-            train_one_link(recording, s, t, train, held_out, staging / "links", training)
+            train_one_link(recording, s, t, train, held_out, staging, training)
             for s, t in tqdm(pairs, desc="links", unit="link")
         ]
-        pairwise: dict[str, dict[str, float]] = {m: {} for m in recording.models}
-        for r in results:
-            pairwise[r.target][r.source] = r.agreement
-        profile = Profile(
-            pairwise=pairwise,
-            ensembles=profile_ensembles(recording, results, held_out, pairwise),
-            links={
-                link_name(r.source, r.target): {
-                    "size_bytes": r.size_bytes, "delay_ms": r.delay_ms,
-                    "float_agreement": r.float_agreement, "int8_vs_float": r.int8_vs_float,
-                }
-                for r in results
-            },
-            held_out_frames=len(held_out),
-        )
+        weights = fit_ensembles(recording, results, train, training.seed)
+        report = TrainReport(results, weights,
+                             profile_ensembles(recording, results, held_out, weights,
+                                               training.seed))
         meta = {"train_fraction": train_fraction, "train_frames": len(train),
                 "seed": training.seed, "epochs": training.epochs}
-        write_bundle(recording, results, profile, staging, out, meta)
+        write_bundle(recording, report, staging, out, meta)
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    return results
+    return report
+
+
+def train_bundle(recording_path: Path, out: Path, train_fraction: float = 0.7,
+                 training: LinkTraining | None = None) -> list[LinkResult]:
+    """As train_bundle_report, returning the per-link results."""
+    return train_bundle_report(recording_path, out, train_fraction, training).links
 
 
 def summary_table(results: list[LinkResult]) -> str:
-    header = f"{'link':<22}{'quant':<15}{'agreement':>10}{'float':>8}{'int8~float':>11}{'ms':>8}"
+    header = (f"{'link':<26}{'arch':<9}{'quant':<15}{'agreement':>10}{'float':>8}"
+              f"{'q~float':>9}{'KiB':>8}{'ms':>8}")
     rows = [
-        f"{link_name(r.source, r.target):<22}{r.quantization:<15}{r.agreement:>10.3f}"
-        f"{r.float_agreement:>8.3f}{r.int8_vs_float:>11.3f}{r.delay_ms:>8.3f}"
+        f"{link_name(r.source, r.target):<26}{r.architecture:<9}{r.quantization:<15}"
+        f"{r.agreement:>10.3f}{r.float_agreement:>8.3f}{r.int8_vs_float:>9.3f}"
+        f"{r.size_bytes / 1024:>8.1f}{r.delay_ms:>8.3f}"
         for r in results
     ]
     return "\n".join([header, *rows])
+
+
+def ensemble_summary(report: TrainReport) -> str:
+    """Per target: weights, the full-set ensemble vs its best link, and the subset cases."""
+    lines = [f"{'target':<14}{'subsets':>8}{'full set':>10}{'best link':>10}  cases / weights"]
+    for target, table in report.profile.ensembles.items():
+        if not table:
+            continue
+        full = max(table, key=len)
+        details = report.profile.subset_details.get(target, {})
+        cases: dict[str, int] = {}
+        for subset in table:
+            case = details.get(subset, {}).get("case", "")
+            cases[case] = cases.get(case, 0) + 1
+        weights = ", ".join(f"{s} {w:.2f}" for s, w in sorted(report.weights[target].items()))
+        counted = ", ".join(f"{k} {v}" for k, v in sorted(cases.items()) if k != "single")
+        lines.append(f"{target:<14}{len(table):>8}{table[full]:>10.3f}"
+                     f"{details.get(full, {}).get('best_single', float('nan')):>10.3f}  "
+                     f"{counted or '-'} | {weights}")
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""The bundle's ensemble and sequence-link fields: checked on load, and skeleton bundles
+(no learned weights) still load and predict with their agreement weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from links_tflite.bundle import BundleError, load_bundle, write_manifest
+from links_tflite.ensemble import LEARNED, EnsemblePredictor
+from tests.test_bundle import make_bundle
+
+
+def rewrite(root: Path, change: dict) -> Path:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.pop("files")
+    manifest.update(change)
+    for key in ("format", "format_version"):
+        manifest.pop(key)
+    write_manifest(root, manifest)
+    return root
+
+
+def test_skeleton_bundle_uses_agreement_weights(tmp_path: Path) -> None:
+    bundle = load_bundle(make_bundle(tmp_path / "b"))
+    assert bundle.ensembles == {}
+    weights, pooling = EnsemblePredictor(bundle).weights("b")
+    assert weights == {"a": pytest.approx(0.9)} and pooling == "mean"
+
+
+def test_learned_weights_load(tmp_path: Path) -> None:
+    root = rewrite(make_bundle(tmp_path / "b"), {"ensembles": [
+        {"target": "b", "method": LEARNED, "pooling": "mean", "sources": ["a"],
+         "weights": {"a": 1.0}}]})
+    bundle = load_bundle(root)
+    assert bundle.ensembles["b"].weights == {"a": 1.0}
+    assert EnsemblePredictor(bundle).weights("b") == ({"a": 1.0}, "mean")
+
+
+@pytest.mark.parametrize(("ensemble", "message"), [
+    ({"target": "zzz", "method": LEARNED}, r"ensembles\[0\].target: unknown model 'zzz'"),
+    ({"target": "b", "method": LEARNED, "weights": {"a": -1}}, r"finite and >= 0"),
+    ({"target": "b", "method": LEARNED, "weights": {"a": "x"}}, r"malformed"),
+    ({"target": "b", "method": LEARNED, "pooling": "vote"}, r"pooling: 'vote' is not one of"),
+    ({"method": LEARNED}, r"ensembles\[0\]: missing or malformed field 'target'"),
+])
+def test_bad_ensembles_are_refused(tmp_path: Path, ensemble: dict, message: str) -> None:
+    root = rewrite(make_bundle(tmp_path / "b"), {"ensembles": [ensemble]})
+    with pytest.raises(BundleError, match=message):
+        load_bundle(root)
+
+
+def test_sequence_target_needs_a_listed_decoder(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b")
+    manifest = json.loads((root / "manifest.json").read_text())
+    models = {**manifest["models"], "s": {"task": {
+        "kind": "sequence", "dim": 0, "vocab_size": 5, "max_len": 3}}}
+    link = {"source": "a", "target": "s", "file": "links/a__b.tflite", "quantization": "int8"}
+    rewrite(root, {"models": models, "links": [*manifest["links"], link]})
+    with pytest.raises(BundleError, match=r"links\[1\]: a link into a sequence target needs"):
+        load_bundle(root)
+    link["decoder"] = "links/a__s.decoder.tflite"
+    rewrite(root, {"models": models, "links": [*manifest["links"], link]})
+    with pytest.raises(BundleError, match=r"a__s.decoder.tflite' is not listed"):
+        load_bundle(root)
