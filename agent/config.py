@@ -6,6 +6,7 @@ Frigate and zigbee2mqtt do it. Relative paths are resolved against the config fi
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,6 +44,30 @@ class MqttConfig(Strict):
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos: Literal[0, 1] = 1
+
+
+class StateConfig(Strict):
+    """Where the agent keeps what must survive a restart: the outbox, the remotely set
+    config, pushed bundles. Unset: `$STATE_DIRECTORY` (systemd's StateDirectory=), else
+    `state/` next to the config file."""
+
+    dir: Path | None = None
+    outbox_max_messages: int = Field(100_000, ge=10, le=100_000_000)
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite fsync policy: normal survives a crash, full a power cut"
+    )
+    max_bundle_mb: float = Field(64.0, gt=0.0, le=4096.0)
+
+
+class PublishConfig(Strict):
+    """What goes out on the outputs topic; settable remotely."""
+
+    decoded: bool = Field(True, description="include the human-readable `decoded` field")
+    models: list[Identifier] | None = Field(
+        None, description="publish the outputs of these models only; unset = every model"
+    )
+    home_assistant: bool = Field(False, description="Home Assistant MQTT discovery")
+    discovery_prefix: Identifier = "homeassistant"
 
 
 class BundleConfig(Strict):
@@ -88,6 +113,8 @@ class AgentConfig(Strict):
     budget: BudgetConfig = BudgetConfig()
     selection: SelectionConfig = SelectionConfig()
     profiling: ProfilingConfig = ProfilingConfig()
+    state: StateConfig = StateConfig()
+    publish: PublishConfig = PublishConfig()
     max_frames: int | None = Field(None, ge=1)
 
     @field_validator("models")
@@ -104,6 +131,14 @@ class AgentConfig(Strict):
     def _some_enabled(self) -> AgentConfig:
         if not any(m.enabled for m in self.models):
             raise ValueError("at least one model must be enabled")
+        return self
+
+    @model_validator(mode="after")
+    def _published_models_exist(self) -> AgentConfig:
+        known = {m.id for m in self.models}
+        unknown = sorted(set(self.publish.models or ()) - known)
+        if unknown:
+            raise ValueError(f"publish.models: unknown model ids {unknown}")
         return self
 
     @property
@@ -134,8 +169,17 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
             "source": config.source.model_copy(update={"path": resolve(config.source.path)}),
             "models": [m.model_copy(update={"path": resolve(m.path)}) for m in config.models],
+            "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
         }
     )
+
+
+def state_dir(config: AgentConfig, base_dir: Path) -> Path:
+    """`[state] dir`, else systemd's `$STATE_DIRECTORY` (first entry), else `<base_dir>/state`."""
+    if config.state.dir is not None:
+        return config.state.dir
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd) if from_systemd else base_dir / "state"
 
 
 def load_config(path: str | Path) -> AgentConfig:
