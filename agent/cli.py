@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from agent.config import ConfigError, load_config
-from agent.publisher import Publisher, PublishError
+from agent.publisher import PublishError
 from agent.scheduler import Agent
 from agent.selection import SelectionError
 from links_tflite.bundle import BundleError
@@ -38,21 +37,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    publisher = Publisher(config.mqtt, config.device_id)
-    agent = Agent(config, publisher)
+    from agent.service import run
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after this frame", signum)
-        agent.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    publisher.connect()
-    try:
-        counters = agent.run(args.frames)
-    finally:
-        drained = publisher.close()
+    counters, drained = run(args.config, args.frames)
     log.info("done: %d frames at %.1f fps, %d executed and %d predicted outputs",
              counters.frames, counters.fps(), counters.executed, counters.predicted)
     return 0 if drained else 1
