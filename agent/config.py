@@ -44,6 +44,36 @@ class MqttConfig(Strict):
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos: Literal[0, 1] = 1
+    username: str | None = Field(None, min_length=1, max_length=256)
+    password_file: Path | None = Field(None, description="a file holding only the password")
+    password_credential: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="a systemd credential (LoadCredential=) holding the password",
+    )
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password_file is not None and self.password_credential is not None:
+            raise ValueError("give password_file or password_credential, not both")
+        return self
+
+    def password(self) -> str | None:
+        """Read when connecting, never stored in the config or shown in config/state."""
+        path = self.password_file
+        if self.password_credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError([("mqtt.password_credential",
+                                    "$CREDENTIALS_DIRECTORY is not set (not started by systemd "
+                                    "with LoadCredential=?)")])
+            path = Path(directory) / self.password_credential
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError([("mqtt", f"cannot read the broker password from {path}: "
+                                        f"{exc.strerror or exc}")]) from None
 
 
 class StateConfig(Strict):
@@ -170,6 +200,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             "source": config.source.model_copy(update={"path": resolve(config.source.path)}),
             "models": [m.model_copy(update={"path": resolve(m.path)}) for m in config.models],
             "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
+            "mqtt": config.mqtt.model_copy(update={"password_file": resolve(
+                config.mqtt.password_file)}) if config.mqtt.password_file else config.mqtt,
         }
     )
 

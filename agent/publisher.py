@@ -168,6 +168,8 @@ class Publisher:
             self._client.subscribe(topic_filter, qos=1)
 
     def connect(self, timeout_s: float = 10.0) -> None:
+        if self.config.username is not None:
+            self._client.username_pw_set(self.config.username, self.config.password())
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self._client.loop_start()
         if self.outbox is not None and self._sender is None:

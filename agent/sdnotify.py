@@ -52,7 +52,7 @@ class Notifier:
             if self._socket is None:
                 self._socket = socket.socket(socket.AF_UNIX,
                                              socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._socket.sendto("\n".join(fields).encode(), self.address)
+            self._socket.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             log.warning("sd_notify to %r failed: %s", self.address, exc)
             return False
