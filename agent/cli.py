@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     select = sub.add_parser("select", help="measure costs on this box and print the selection")
     select.add_argument("--config", required=True)
+    watch = sub.add_parser("watch", help="live view of the agents' outputs and status")
+    watch.add_argument("--config", help="take broker, prefix and device from this config")
+    watch.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
+    watch.add_argument("--port", type=int, default=None, help="broker port (default 1883)")
+    watch.add_argument("--prefix", default=None, help="topic prefix (default mlink)")
+    watch.add_argument("--device", default=None, help="one device id (default: every device)")
+    watch.add_argument("--duration", type=float, default=None,
+                       help="print the view once after this many seconds, then exit")
     return parser
 
 
@@ -54,6 +62,18 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.config import MqttConfig
+    from agent.watch import watch
+
+    mqtt, device = MqttConfig(), args.device
+    if args.config:
+        config = load_config(args.config)
+        mqtt, device = config.mqtt, device or config.device_id
+    return watch(args.host or mqtt.host, args.port or mqtt.port, args.prefix or mqtt.prefix,
+                 device, args.duration)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
@@ -70,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select}
+    commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select,
+                "watch": cmd_watch}
     try:
         return commands[args.command](args)
     except EXPECTED_ERRORS as exc:

@@ -330,7 +330,9 @@ class Control:
         props = getattr(message, "properties", None)
         if props is not None:
             requested = getattr(props, "ResponseTopic", None)
-            if requested and not set(requested) & {"+", "#"}:
+            own_requests = (self.publisher.topics.config_set, self.publisher.topics.command("+"))
+            if requested and not set(requested) & {"+", "#"} and not any(
+                    mqtt.topic_matches_sub(f, requested) for f in own_requests):
                 topic = requested
             correlation = getattr(props, "CorrelationData", None)
         self.publisher.respond(topic, payload, correlation)

@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -229,6 +230,16 @@ def test_bundle_push_swaps_atomically_and_refuses_a_corrupted_one(digits_build, 
         n = len(client.json_on("models/digit/output"))
         client.wait(lambda: len(client.json_on("models/digit/output")) > n + 3)
         assert sorted(p.name for p in (state / "bundles").iterdir()) == [installed.name]
+
+        # what a person at a subscriber sees
+        view = subprocess.run(
+            [sys.executable, "-m", "agent", "watch", "--port", str(broker.port), "--device",
+             DEVICE, "--duration", "2"], capture_output=True, text=True, timeout=60, check=True)
+        lines = view.stdout.splitlines()
+        assert lines[0].startswith(f"{DEVICE}  [online] running") and "fps" in lines[0]
+        rows = {line.split()[0]: line.split() for line in lines[2:] if line.strip()}
+        assert set(rows) == {"digit", "parity", "inkbox"}, view.stdout
+        assert {row[1] for row in rows.values()} <= {"executed", "predicted"}
     finally:
         code, log = agent.stop()
     assert code == 0, log[-3000:]
