@@ -38,6 +38,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from agent.config import AgentConfig
+from agent.homeassistant import discovery_payload, discovery_topic
 from agent.publisher import Publisher
 from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
 
@@ -275,6 +276,7 @@ class Control:
         self._stop = threading.Event()
         self._reload_requested = False
         self._upload: dict[str, Any] | None = None
+        self._discovery_topic: str | None = None
         self._thread = threading.Thread(target=self._work, name="mlink-control", daemon=True)
         self.handled = 0
 
@@ -410,6 +412,18 @@ class Control:
             "config": config.model_dump(mode="json"),
             "settable": settable_view(config),
         }, qos=1, retain=True)
+        self._publish_discovery(config)
+
+    def _publish_discovery(self, config: AgentConfig) -> None:
+        """Home Assistant discovery when on; an empty retained message removes it when
+        turned off."""
+        topic = discovery_topic(config)
+        if config.publish.home_assistant:
+            self.publisher.publish(topic, discovery_payload(config), qos=1, retain=True)
+            self._discovery_topic = topic
+        elif self._discovery_topic is not None:
+            self.publisher.publish(self._discovery_topic, b"", qos=1, retain=True)
+            self._discovery_topic = None
 
     def _reload(self) -> None:
         """SIGHUP: read the config file again; its settable part applies at once, the rest

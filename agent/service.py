@@ -82,6 +82,10 @@ class ServiceAgent(Agent):
                 f"active {','.join(active) or '-'}, outbox {depth}")
 
     def status(self, state: str) -> dict[str, object]:
+        with self.lock:  # the control thread may be swapping models, costs or the bundle
+            return self._status(state)
+
+    def _status(self, state: str) -> dict[str, object]:
         status = super().status(state)
         outbox = self.publisher.outbox if self.publisher else None
         status["outbox"] = outbox.stats() if outbox else None
@@ -227,7 +231,7 @@ def run(config_path: str | Path, frames: int | None = None,
     try:
         publisher.connect(connect_timeout_s)
     except Exception:
-        outbox.close()
+        publisher.close(0.0)  # what the outbox holds stays on disk for the next start
         raise
     control.start()
     control.publish_state()

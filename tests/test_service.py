@@ -61,12 +61,13 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         response, properties = client.request_v5(
             "config/set",
             {"transaction": "t1", "version": 3, "selection": {"policy": "all"},
-             "publish": {"decoded": False}},
+             "publish": {"decoded": False, "home_assistant": True}},
             "replies/me", b"corr-1")
         validate("config-response", response)
         assert response["status"] == "ok", response
         assert response["version"] == 3
-        assert set(response["applied"]) == {"selection.policy", "publish.decoded"}
+        assert set(response["applied"]) == {"selection.policy", "publish.decoded",
+                                            "publish.home_assistant"}
         assert properties.CorrelationData == b"corr-1"
         assert client.latest("config/state", lambda s: s["version"] == 3)["config"][
             "selection"]["policy"] == "all"
@@ -145,6 +146,14 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
             ["mosquitto_sub", "-p", str(broker.port), "-t", f"{ROOT_TOPIC}/config/state",
              "-C", "1", "-W", "20"], capture_output=True, text=True, check=True)
         assert json.loads(retained.stdout)["settable"]["models"]["inkbox"] == {"enabled": False}
+        discovery = json.loads(subprocess.run(
+            ["mosquitto_sub", "-p", str(broker.port), "-t",
+             f"homeassistant/device/{DEVICE}/config", "-C", "1", "-W", "20"],
+            capture_output=True, text=True, check=True).stdout)
+        sensors = {c["name"]: c for c in discovery["components"].values()}
+        assert set(sensors) == {"digit", "parity", "frames per second"}
+        assert sensors["digit"]["state_topic"] == f"{ROOT_TOPIC}/models/digit/output"
+        assert discovery["availability_topic"] == f"{ROOT_TOPIC}/availability"
         status = _running(client, config_version=10)
         assert set(status["costs"]["models"]) == {"digit", "parity"}
         seen = len(client.json_on("models/inkbox/output"))
