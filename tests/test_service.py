@@ -263,3 +263,52 @@ def _evil_archive() -> bytes:
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     return buffer.getvalue()
+
+
+def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broker,
+                                                              tmp_path: Path) -> None:
+    from agent.outbox import Outbox
+
+    state = tmp_path / "state"
+    config = write_config(digits_build.root, broker.port, state)
+    config.write_text(config.read_text().replace(f"port = {broker.port}",
+                                                 f'port = {broker.port}\nprotocol = "3.1.1"'))
+    client = Client(broker.port)
+    agent = AgentProcess(config)
+    try:
+        client.wait(lambda: client.json_on("models/digit/output")[5:])
+        broker.stop()
+        outbox = state / "outbox.sqlite"
+        client.wait(lambda: Outbox(outbox).depth >= 20, timeout_s=30)
+        agent.signal(signal.SIGKILL)  # crash while the broker is away
+        agent.process.wait(10)
+        stranded = Outbox(outbox)
+        kept = {(json.loads(m.payload)["frame_id"], json.loads(m.payload)["model"])
+                for m in stranded.after(0, 100_000)}
+        stranded.close()
+        assert len(kept) >= 20
+
+        broker.start()
+        client.wait(lambda: client.client.is_connected(), timeout_s=30)
+        time.sleep(0.5)  # resubscribed
+        again = AgentProcess(config)
+        arrived = client.wait(lambda: kept <= {(o["frame_id"], o["model"]) for model in
+                                               ("digit", "parity", "inkbox")
+                                               for o in client.json_on(f"models/{model}/output")}
+                              , timeout_s=60)
+        assert arrived
+        # the restarted agent reports what it found in its outbox
+        client.latest("status", lambda s: s["state"] == "running"
+                      and s["outbox"]["recovered"] >= len(kept))
+        # MQTT 3.1.1: no properties, the answer goes to the default response topic
+        answer = client.request("config/set", {"transaction": "v311", "version": 1,
+                                               "budget": {"memory_mb": 2.0}})
+        assert answer["status"] == "ok" and answer["applied"] == ["budget.memory_mb"]
+        # an unclean exit leaves the last will
+        again.signal(signal.SIGKILL)
+        client.wait(lambda: client.texts_on("availability")[-1:] == ["offline"], timeout_s=30)
+    finally:
+        agent.stop()
+        if "again" in locals():
+            again.stop()
+    client.stop()
