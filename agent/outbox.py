@@ -68,16 +68,23 @@ class Outbox:
         return self._depth
 
     def put(self, topic: str, payload: bytes, qos: int = 1) -> int:
-        """Store one message (committed before returning); drop the oldest beyond the bound."""
+        """Store one message (committed before returning); return its id."""
+        return self.put_many([(topic, payload, qos)])[-1]
+
+    def put_many(self, messages: list[tuple[str, bytes, int]]) -> list[int]:
+        """Store messages in one transaction, then drop the oldest beyond the bound."""
+        if not messages:
+            return []
+        now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cursor = self._db.execute(
+                ids = [int(self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                    (topic, payload, qos, time.time()),
-                )
-                row_id = int(cursor.lastrowid or 0)
-                excess = self._depth + 1 - self.max_messages
+                    (topic, payload, qos, now)).lastrowid or 0)
+                    for topic, payload, qos in messages]
+                excess = self._depth + len(messages) - self.max_messages
+                deleted = 0
                 if excess > 0:
                     deleted = self._db.execute(
                         "DELETE FROM outbox WHERE id IN "
@@ -88,18 +95,16 @@ class Outbox:
                         "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                         (deleted,),
                     )
-                else:
-                    deleted = 0
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._depth += 1 - deleted
+            self._depth += len(messages) - deleted
             if deleted:
                 if self.dropped == 0:
                     log.warning("outbox full (%d messages): dropping the oldest", self.max_messages)
                 self.dropped += deleted
-            return row_id
+            return ids
 
     def after(self, last_id: int, limit: int) -> list[Message]:
         """Up to `limit` messages with an id above `last_id`, oldest first."""

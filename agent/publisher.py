@@ -4,8 +4,10 @@ paho-mqtt 2.x with CallbackAPIVersion.VERSION2, MQTT v5 by default (3.1.1 select
 reconnecting with back-off. `availability` is retained: `online` after each connect,
 `stopped` on a clean exit, `offline` as the LWT.
 
-Outputs go through the durable outbox (agent/outbox.py): written to SQLite first, published
-by a sender thread with a bounded window of messages in flight, deleted on PUBACK. paho keeps
+Outputs go through the durable outbox (agent/outbox.py): `publish()` only stages them; the
+sender thread writes what is staged to SQLite in one transaction (the loop never waits for
+the disk), then publishes from SQLite with a bounded window of messages in flight; a message
+is deleted on its PUBACK. paho keeps
 in-flight QoS 1 messages across a reconnect and resends them itself; what it never saw waits
 on disk, so memory stays bounded while the broker is away. Retained topics (status, config
 state) keep only their latest value, republished after every connect.
@@ -34,6 +36,7 @@ from agent.outbox import Outbox
 log = logging.getLogger(__name__)
 
 WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
+STAGED_MAX = 10_000  # outputs accepted but not yet on disk; beyond it publish() waits
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
@@ -111,6 +114,7 @@ class Publisher:
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
         self._acked_mids: deque[int] = deque()
+        self._staged: deque[tuple[str, bytes, int]] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._cursor = 0  # highest outbox row id handed to paho in this process
         self._wake = threading.Event()
@@ -190,9 +194,12 @@ class Publisher:
         data = _encode(payload)
         qos = self.config.qos if qos is None else qos
         if not retain and self.outbox is not None:
-            self.outbox.put(topic, data, qos)
+            self._staged.append((topic, data, qos))
             self.published += 1
             self._wake.set()
+            while len(self._staged) > STAGED_MAX and self._sender is not None \
+                    and self._sender.is_alive():
+                time.sleep(0.001)  # back-pressure: the disk is slower than the loop
             return
         if retain:
             with self._retained_lock:
@@ -227,6 +234,7 @@ class Publisher:
             self._wake.wait(0.5)
             self._wake.clear()
             try:
+                self._store_staged()
                 self._apply_acks()
                 if not self.connected:
                     continue
@@ -240,7 +248,19 @@ class Publisher:
             except Exception:
                 log.exception("outbox sender: retrying")
                 time.sleep(0.5)
+        self._store_staged()
         self._apply_acks()
+
+    def _store_staged(self) -> None:
+        assert self.outbox is not None
+        batch = []
+        while self._staged:
+            batch.append(self._staged.popleft())
+        try:
+            self.outbox.put_many(batch)
+        except BaseException:
+            self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
+            raise
 
     def _apply_acks(self) -> None:
         assert self.outbox is not None
@@ -274,7 +294,7 @@ class Publisher:
     def pending(self) -> int:
         """Messages not yet acknowledged: the outbox depth, or paho's own queue."""
         if self.outbox is not None:
-            return self.outbox.depth
+            return self.outbox.depth + len(self._staged)
         self._pending = [i for i in self._pending if not i.is_published()]
         return len(self._pending)
 
@@ -302,6 +322,8 @@ class Publisher:
         self._wake.set()
         if self._sender is not None:
             self._sender.join(5.0)
+        elif self.outbox is not None:
+            self._store_staged()  # never connected: keep what was published for next time
         self._client.disconnect()
         self._client.loop_stop()
         if self.outbox is not None:
