@@ -341,6 +341,8 @@ class Control:
 
     @staticmethod
     def _parse(message: mqtt.MQTTMessage) -> tuple[dict[str, Any] | None, Errors]:
+        if message.retain:  # delivered from the broker's store: old, maybe already applied
+            return None, [("", "retained request refused: publish requests without retain")]
         if len(message.payload) > MAX_REQUEST_BYTES and not message.topic.endswith("/bundle"):
             return None, [("", f"request larger than {MAX_REQUEST_BYTES} bytes")]
         try:

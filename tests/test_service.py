@@ -96,6 +96,12 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         assert "stale" in stale["errors"][0]["message"]
         garbage = client.request("config/set", b"{not json")
         assert garbage["status"] == "error" and garbage["transaction"] is None
+        # a retained request: answered live now, refused from the store at the next start
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-r", "-t",
+                        f"{ROOT_TOPIC}/cmd/reselect", "-m", '{"transaction": "kept"}'],
+                       check=True)
+        assert client.latest("cmd/reselect/response",
+                             lambda r: r["transaction"] == "kept")["status"] == "ok"
         retry = client.request("config/set", {"transaction": "t1", "version": 3,
                                               "selection": {"policy": "all"}})
         assert retry["status"] == "ok" and retry["applied"] == []
@@ -128,6 +134,10 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
     client.messages.clear()
     again = AgentProcess(config)
     try:
+        stale = client.latest("cmd/reselect/response", lambda r: r["status"] == "error")
+        assert "retained" in stale["errors"][0]["message"]
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-r", "-n", "-t",
+                        f"{ROOT_TOPIC}/cmd/reselect"], check=True)  # clear it
         restarted = client.latest("config/state", lambda s: s["version"] == 4)
         assert restarted["config"]["selection"]["policy"] == "all"
         assert restarted["config"]["publish"]["decoded"] is False
