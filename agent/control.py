@@ -444,6 +444,9 @@ class Control:
             new = apply_patch(current, patch)
             ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state")
                        if getattr(fresh, k) != getattr(current, k)]
+            shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
+            if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:
+                ignored.append("models (other than enabled)")
             if ignored:
                 log.warning("reload: changes to %s need a restart", ", ".join(ignored))
             if changed_paths(current, new):
