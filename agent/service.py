@@ -25,6 +25,7 @@ from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.scheduler import Agent, Counters, check_models_in_bundle
 from agent.sdnotify import Notifier
+from agent.selection import SelectionError
 from agent.sources import Frame
 from links_tflite.bundle import Bundle
 from links_tflite.ensemble import EnsemblePredictor
@@ -65,7 +66,6 @@ class ServiceAgent(Agent):
         return payloads
 
     def _after_frame(self) -> None:
-        self.notifier.watchdog()
         now = time.monotonic()
         if not self.ready.is_set():
             self.ready.set()
@@ -74,6 +74,7 @@ class ServiceAgent(Agent):
         elif now - self._last_status_text > STATUS_TEXT_EVERY_S:
             self.notifier.status(self.status_text())
             self._last_status_text = now
+        self.notifier.watchdog()
 
     def status_text(self) -> str:
         active = sorted(self.selection.active) if self.selection else []
@@ -156,6 +157,8 @@ class ServiceAgent(Agent):
                 self._restore(snapshot)
                 if isinstance(exc, ConfigError):
                     raise RequestError(exc.errors) from None
+                if isinstance(exc, SelectionError):
+                    raise RequestError([("budget", str(exc))]) from None
                 raise RequestError([("", f"{type(exc).__name__}: {exc}")]) from None
         self.publish_status("running")
 

@@ -166,6 +166,13 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         assert discovery["availability_topic"] == f"{ROOT_TOPIC}/availability"
         status = _running(client, config_version=10)
         assert set(status["costs"]["models"]) == {"digit", "parity"}
+        # valid, but nothing fits: refused by the selection, the config in force stays
+        tight = client.request("config/set", {"transaction": "tight", "version": 11,
+                                              "budget": {"memory_mb": 0.0001}})
+        assert tight["status"] == "error" and tight["version"] == 10, tight
+        assert tight["errors"][0]["path"] == "budget"
+        assert client.latest("config/state")["version"] == 10
+        assert _running(client)["selection"] == status["selection"]
         seen = len(client.json_on("models/inkbox/output"))
         client.wait(lambda: len(client.json_on("models/digit/output")) > seen + 5)
         assert len(client.json_on("models/inkbox/output")) <= seen + 1
