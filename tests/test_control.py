@@ -159,3 +159,16 @@ def test_archive_size_and_layout(tmp_path: Path) -> None:
     assert root == staging / "top" and (root / "links" / "a").read_bytes() == b"x"
     with pytest.raises(BundleError, match="not a tar"):
         unpack_bundle(b"not an archive at all", staging, 1 << 20)
+
+
+def test_schemas_are_valid_and_their_examples_match() -> None:
+    import json
+
+    from tests.contract import SCHEMAS, validate
+
+    names = sorted(p.stem for p in SCHEMAS.glob("*.json"))
+    assert {"output", "status", "config-set", "config-response", "config-state", "command",
+            "command-response", "availability"} <= set(names)
+    for name in names:
+        for example in json.loads((SCHEMAS / f"{name}.json").read_text()).get("examples", []):
+            validate(name, example)
