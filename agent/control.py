@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError, load_config
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.publisher import Publisher
 from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
@@ -367,6 +367,9 @@ class Control:
                 applied = self._apply_config_request(request)
             except RequestError as exc:
                 errors = exc.errors
+            except Exception as exc:  # still answered: every request gets a response
+                log.exception("config/set %s failed", transaction)
+                errors = [("", f"{type(exc).__name__}: {exc}")]
         response = {
             "status": "error" if errors else "ok",
             "transaction": transaction,
@@ -430,8 +433,6 @@ class Control:
     def _reload(self) -> None:
         """SIGHUP: read the config file again; its settable part applies at once, the rest
         needs a restart."""
-        from agent.config import ConfigError, load_config
-
         if self.config_path is None:
             return
         self.agent.notifier.reloading()
@@ -555,6 +556,9 @@ class Control:
         except BundleError as exc:
             raise RequestError([("data", f"bundle refused, the old one stays: {exc}")]
                                ) from None
+        except ConfigError as exc:  # e.g. a configured model missing from the new bundle
+            raise RequestError([("data", f"bundle refused, the old one stays: {path}: {msg}")
+                                for path, msg in exc.errors]) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.version = max(self.version, self.store.version) + 1
