@@ -174,8 +174,16 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         assert client.latest("config/state")["version"] == 10
         assert _running(client)["selection"] == status["selection"]
         seen = len(client.json_on("models/inkbox/output"))
-        client.wait(lambda: len(client.json_on("models/digit/output")) > seen + 5)
+        digits = len(client.json_on("models/digit/output"))
+        client.wait(lambda: len(client.json_on("models/digit/output")) > digits + 5)
         assert len(client.json_on("models/inkbox/output")) <= seen + 1
+        # enabled again: measured on this box, selected, published
+        back = client.request("config/set", {"transaction": "back", "version": 12,
+                                             "models": {"inkbox": {"enabled": True}}})
+        assert back["status"] == "ok" and back["applied"] == ["models.inkbox.enabled"], back
+        status = _running(client, config_version=12)
+        assert set(status["costs"]["models"]) == {"digit", "parity", "inkbox"}
+        client.wait(lambda: client.json_on("models/inkbox/output")[seen + 3:])
     finally:
         code, log = again.stop()
     assert code == 0, log[-3000:]
