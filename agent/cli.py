@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from agent.config import ConfigError, load_config
-from agent.publisher import Publisher, PublishError
+from agent.publisher import PublishError
 from agent.recorder import record_to_file
 from agent.scheduler import Agent
 from agent.selection import SelectionError
@@ -42,25 +41,21 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", type=Path, required=True, help="recording file (.npz)")
     rec.add_argument("--with-frames", action="store_true",
                      help="store the frames too, so the recording can be replayed as a source")
+    watch = sub.add_parser("watch", help="live view of the agents' outputs and status")
+    watch.add_argument("--config", help="take broker, prefix and device from this config")
+    watch.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
+    watch.add_argument("--port", type=int, default=None, help="broker port (default 1883)")
+    watch.add_argument("--prefix", default=None, help="topic prefix (default mlink)")
+    watch.add_argument("--device", default=None, help="one device id (default: every device)")
+    watch.add_argument("--duration", type=float, default=None,
+                       help="print the view once after this many seconds, then exit")
     return parser
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    publisher = Publisher(config.mqtt, config.device_id)
-    agent = Agent(config, publisher)
+    from agent.service import run
 
-    def stop(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping after this frame", signum)
-        agent.stop_event.set()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    publisher.connect()
-    try:
-        counters = agent.run(args.frames)
-    finally:
-        drained = publisher.close()
+    counters, drained = run(args.config, args.frames)
     log.info("done: %d frames at %.1f fps, %d executed and %d predicted outputs",
              counters.frames, counters.fps(), counters.executed, counters.predicted)
     return 0 if drained else 1
@@ -84,6 +79,16 @@ def cmd_record(args: argparse.Namespace) -> int:
     for model_id, cost in recording.costs.items():
         print(f"  {model_id}: {cost}")
     return 0
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.config import MqttConfig
+    from agent.watch import watch
+
+    mqtt, device = MqttConfig(), args.device
+    if args.config:
+        config = load_config(args.config)
+        mqtt, device = config.mqtt, device or config.device_id
+    return watch(args.host or mqtt.host, args.port or mqtt.port, args.prefix or mqtt.prefix,
+                 device, args.duration)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -103,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select,
-                "record": cmd_record}
+                "record": cmd_record, "watch": cmd_watch}
     try:
         return commands[args.command](args)
     except EXPECTED_ERRORS as exc:

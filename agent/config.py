@@ -6,6 +6,7 @@ Frigate and zigbee2mqtt do it. Relative paths are resolved against the config fi
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -45,6 +46,60 @@ class MqttConfig(Strict):
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos: Literal[0, 1] = 1
+    username: str | None = Field(None, min_length=1, max_length=256)
+    password_file: Path | None = Field(None, description="a file holding only the password")
+    password_credential: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="a systemd credential (LoadCredential=) holding the password",
+    )
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttConfig:
+        if self.password_file is not None and self.password_credential is not None:
+            raise ValueError("give password_file or password_credential, not both")
+        return self
+
+    def password(self) -> str | None:
+        """Read when connecting, never stored in the config or shown in config/state."""
+        path = self.password_file
+        if self.password_credential is not None:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError([("mqtt.password_credential",
+                                    "$CREDENTIALS_DIRECTORY is not set (not started by systemd "
+                                    "with LoadCredential=?)")])
+            path = Path(directory) / self.password_credential
+        if path is None:
+            return None
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError([("mqtt", f"cannot read the broker password from {path}: "
+                                        f"{exc.strerror or exc}")]) from None
+
+
+class StateConfig(Strict):
+    """Where the agent keeps what must survive a restart: the outbox, the remotely set
+    config, pushed bundles. Unset: `$STATE_DIRECTORY` (systemd's StateDirectory=), else
+    `state/` next to the config file."""
+
+    dir: Path | None = None
+    outbox_max_messages: int = Field(100_000, ge=10, le=100_000_000)
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite fsync policy: normal survives a crash, full a power cut"
+    )
+    max_bundle_mb: float = Field(64.0, gt=0.0, le=4096.0)
+
+
+class PublishConfig(Strict):
+    """What goes out on the outputs topic; settable remotely."""
+
+    decoded: bool = Field(True, description="include the human-readable `decoded` field")
+    models: list[Identifier] | None = Field(
+        None, description="publish the outputs of these models only; unset = every model"
+    )
+    home_assistant: bool = Field(False, description="Home Assistant MQTT discovery")
+    discovery_prefix: Identifier = "homeassistant"
 
 
 class BundleConfig(Strict):
@@ -156,6 +211,8 @@ class AgentConfig(Strict):
     budget: BudgetConfig = BudgetConfig()
     selection: SelectionConfig = SelectionConfig()
     profiling: ProfilingConfig = ProfilingConfig()
+    state: StateConfig = StateConfig()
+    publish: PublishConfig = PublishConfig()
     max_frames: int | None = Field(None, ge=1)
 
     @field_validator("models")
@@ -172,6 +229,14 @@ class AgentConfig(Strict):
     def _some_enabled(self) -> AgentConfig:
         if not any(m.enabled for m in self.models):
             raise ValueError("at least one model must be enabled")
+        return self
+
+    @model_validator(mode="after")
+    def _published_models_exist(self) -> AgentConfig:
+        known = {m.id for m in self.models}
+        unknown = sorted(set(self.publish.models or ()) - known)
+        if unknown:
+            raise ValueError(f"publish.models: unknown model ids {unknown}")
         return self
 
     @property
@@ -202,6 +267,9 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
             "source": _resolve_source(config.source, resolve),
             "models": [m.model_copy(update={"path": resolve(m.path)}) for m in config.models],
+            "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
+            "mqtt": config.mqtt.model_copy(update={"password_file": resolve(
+                config.mqtt.password_file)}) if config.mqtt.password_file else config.mqtt,
         }
     )
 
@@ -210,6 +278,14 @@ def _resolve_source(source: Any, resolve: Any) -> Any:
     if hasattr(source, "path"):
         return source.model_copy(update={"path": resolve(source.path)})
     return source
+
+
+def state_dir(config: AgentConfig, base_dir: Path) -> Path:
+    """`[state] dir`, else systemd's `$STATE_DIRECTORY` (first entry), else `<base_dir>/state`."""
+    if config.state.dir is not None:
+        return config.state.dir
+    from_systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(from_systemd) if from_systemd else base_dir / "state"
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -1,9 +1,19 @@
-"""MQTT publishing under the DESIGN contract (root `<prefix>/<device_id>/`).
+"""MQTT under the DESIGN contract (root `<prefix>/<device_id>/`).
 
-paho-mqtt 2.x with CallbackAPIVersion.VERSION2, MQTT v5 by default. `availability` is
-retained: `online` after each connect, `stopped` on a clean exit, `offline` as the LWT.
-Outputs go out at QoS 1; `drain()` waits for every PUBACK before a clean exit. Nothing
-blocking runs in paho's callbacks.
+paho-mqtt 2.x with CallbackAPIVersion.VERSION2, MQTT v5 by default (3.1.1 selectable),
+reconnecting with back-off. `availability` is retained: `online` after each connect,
+`stopped` on a clean exit, `offline` as the LWT.
+
+Outputs go through the durable outbox (agent/outbox.py): `publish()` only stages them; the
+sender thread writes what is staged to SQLite in one transaction (the loop never waits for
+the disk), then publishes from SQLite with a bounded window of messages in flight; a message
+is deleted on its PUBACK. paho keeps
+in-flight QoS 1 messages across a reconnect and resends them itself; what it never saw waits
+on disk, so memory stays bounded while the broker is away. Retained topics (status, config
+state) keep only their latest value, republished after every connect.
+
+paho's callbacks only record and signal: acknowledgements are applied to SQLite by the sender
+thread, incoming requests are handed to their handlers (which queue them; agent/control.py).
 """
 
 from __future__ import annotations
@@ -12,13 +22,23 @@ import json
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
+from agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
+STAGED_MAX = 10_000  # outputs accepted but not yet on disk; beyond it publish() waits
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
 class PublishError(RuntimeError):
@@ -40,29 +60,71 @@ class Topics:
     def output(self, model_id: str) -> str:
         return f"{self.root}/models/{model_id}/output"
 
+    @property
+    def config_set(self) -> str:
+        return f"{self.root}/config/set"
+
+    @property
+    def config_response(self) -> str:
+        return f"{self.root}/config/response"
+
+    @property
+    def config_state(self) -> str:
+        return f"{self.root}/config/state"
+
+    def command(self, name: str) -> str:
+        return f"{self.root}/cmd/{name}"
+
+    def command_response(self, name: str) -> str:
+        return f"{self.root}/cmd/{name}/response"
+
 
 def dumps(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+def _encode(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return dumps(payload)
+
+
 class Publisher:
-    def __init__(self, config: MqttConfig, device_id: str) -> None:
+    def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None) -> None:
         self.config = config
         self.topics = Topics(config.prefix, device_id)
-        protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+        self.outbox = outbox
+        self.v5 = config.protocol == "5"
         self._client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=config.client_id or f"mlink-agent-{device_id}",
-            protocol=protocol,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
         )
         self._client.will_set(self.topics.availability, "offline", qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
         self._connected = threading.Event()
         self._pending: list[mqtt.MQTTMessageInfo] = []
+        self._handlers: dict[str, MessageHandler] = {}
+        self._retained: dict[str, bytes] = {}
+        self._retained_lock = threading.Lock()
+        self._acked_mids: deque[int] = deque()
+        self._staged: deque[tuple[str, bytes, int]] = deque()
+        self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
+        self._cursor = 0  # highest outbox row id handed to paho in this process
+        self._wake = threading.Event()
+        self._resend_retained = False
+        self._closing = False
+        self._sender: threading.Thread | None = None
         self.published = 0
+        self.connects = 0
 
+    # -- paho callbacks: record and signal only ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
         if reason_code.is_failure:
@@ -70,27 +132,94 @@ class Publisher:
             return
         log.info("connected to %s:%s", self.config.host, self.config.port)
         client.publish(self.topics.availability, "online", qos=1, retain=True)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        self.connects += 1
+        self._resend_retained = True
         self._connected.set()
+        self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self._connected.clear()
-        log.warning("disconnected from the broker: %s", reason_code)
+        if not self._closing:
+            log.warning("disconnected from the broker: %s", reason_code)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        self._acked_mids.append(mid)
+        self._wake.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        for topic_filter, handler in self._handlers.items():
+            if mqtt.topic_matches_sub(topic_filter, message.topic):
+                try:
+                    handler(message)
+                except Exception:
+                    log.exception("handler for %s failed", message.topic)
+                return
+
+    # -- connection ----------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Deliver messages on `topic_filter` to `handler` (called in paho's thread: it must
+        not block). Subscriptions are renewed after every connect."""
+        self._handlers[topic_filter] = handler
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=1)
 
     def connect(self, timeout_s: float = 10.0) -> None:
+        if self.config.username is not None:
+            self._client.username_pw_set(self.config.username, self.config.password())
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self._client.loop_start()
+        if self.outbox is not None and self._sender is None:
+            self._sender = threading.Thread(target=self._send_loop, name="mlink-outbox",
+                                            daemon=True)
+            self._sender.start()
         if not self._connected.wait(timeout_s):
             raise PublishError(
                 f"no connection to the MQTT broker at {self.config.host}:{self.config.port} "
                 f"within {timeout_s:.0f}s"
             )
 
+    # -- publishing ------------------------------------------------------------------------------
     def publish(self, topic: str, payload: Any, qos: int | None = None,
                 retain: bool = False) -> None:
-        data = payload if isinstance(payload, (bytes, str)) else dumps(payload)
-        info = self._client.publish(topic, data, qos=self.config.qos if qos is None else qos,
-                                    retain=retain)
+        """Outputs (not retained) go through the durable outbox when there is one; retained
+        topics keep their latest value and are republished after each connect."""
+        data = _encode(payload)
+        qos = self.config.qos if qos is None else qos
+        if not retain and self.outbox is not None:
+            self._staged.append((topic, data, qos))
+            self.published += 1
+            self._wake.set()
+            while len(self._staged) > STAGED_MAX and self._sender is not None \
+                    and self._sender.is_alive():
+                time.sleep(0.001)  # back-pressure: the disk is slower than the loop
+            return
+        if retain:
+            with self._retained_lock:
+                self._retained[topic] = data
+            if not self.connected:
+                return  # sent after the next connect, latest value only
+        self._send_direct(topic, data, qos, retain)
+
+    def respond(self, topic: str, payload: Any, correlation_data: bytes | None = None) -> None:
+        """A response (not retained, QoS 1), echoing the request's MQTT v5 CorrelationData."""
+        properties = None
+        if self.v5 and correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
+        info = self._client.publish(topic, _encode(payload), qos=1, properties=properties)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.error("response to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def _send_direct(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+        info = self._client.publish(topic, data, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         self.published += 1
@@ -98,27 +227,105 @@ class Publisher:
         if len(self._pending) > 1000:
             self._pending = [i for i in self._pending if not i.is_published()]
 
+    # -- the sender thread -------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        assert self.outbox is not None
+        while not self._closing:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                self._store_staged()
+                self._apply_acks()
+                if not self.connected:
+                    continue
+                if self._resend_retained:
+                    self._resend_retained = False
+                    with self._retained_lock:
+                        retained = list(self._retained.items())
+                    for topic, data in retained:
+                        self._send_direct(topic, data, 1, True)
+                self._send_more()
+            except Exception:
+                log.exception("outbox sender: retrying")
+                time.sleep(0.5)
+        self._store_staged()
+        self._apply_acks()
+
+    def _store_staged(self) -> None:
+        assert self.outbox is not None
+        batch = []
+        while self._staged:
+            batch.append(self._staged.popleft())
+        try:
+            self.outbox.put_many(batch)
+        except BaseException:
+            self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
+            raise
+
+    def _apply_acks(self) -> None:
+        assert self.outbox is not None
+        rows = []
+        while self._acked_mids:
+            row = self._inflight.pop(self._acked_mids.popleft(), None)
+            if row is not None:
+                rows.append(row)
+        self.outbox.ack(rows)
+
+    def _send_more(self) -> None:
+        assert self.outbox is not None
+        room = WINDOW - len(self._inflight)
+        if room <= 0:
+            return
+        for message in self.outbox.after(self._cursor, room):
+            info = self._client.publish(message.topic, message.payload, qos=message.qos)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN and message.qos == 0:
+                return  # paho keeps QoS 1 for the reconnect, not QoS 0: retry from disk
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                log.error("publish to %s failed: %s; retrying", message.topic,
+                          mqtt.error_string(info.rc))
+                return
+            self._inflight[info.mid] = message.id
+            self._cursor = message.id
+        if self._acked_mids:
+            self._wake.set()
+
+    # -- state and shutdown --------------------------------------------------------------------
     @property
     def pending(self) -> int:
+        """Messages not yet acknowledged: the outbox depth, or paho's own queue."""
+        if self.outbox is not None:
+            return self.outbox.depth + len(self._staged)
         self._pending = [i for i in self._pending if not i.is_published()]
         return len(self._pending)
 
     def drain(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every QoS 1 publish is acknowledged; False if time ran out."""
+        """Wait until every output is acknowledged; False if time ran out (with an outbox,
+        what is left stays on disk and is replayed at the next start)."""
         deadline = time.monotonic() + timeout_s
         while self.pending:
             if time.monotonic() > deadline:
-                log.error("%d messages still unacknowledged after %.0fs", self.pending, timeout_s)
+                log.error("%d messages still unacknowledged after %.0fs%s", self.pending,
+                          timeout_s, "; kept in the outbox for the next start"
+                          if self.outbox is not None else "")
                 return False
+            self._wake.set()
             time.sleep(0.01)
         return True
 
     def close(self, timeout_s: float = 30.0) -> bool:
         """Clean exit: drain, publish `stopped`, disconnect (so the LWT is not sent)."""
         drained = self.drain(timeout_s)
-        if self._connected.is_set():
+        if self.connected:
             info = self._client.publish(self.topics.availability, "stopped", qos=1, retain=True)
             info.wait_for_publish(timeout=5.0)
+        self._closing = True
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(5.0)
+        elif self.outbox is not None:
+            self._store_staged()  # never connected: keep what was published for next time
         self._client.disconnect()
         self._client.loop_stop()
+        if self.outbox is not None:
+            self.outbox.close()
         return drained

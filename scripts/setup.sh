@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything MLink Edge needs on a Debian/Ubuntu machine, idempotently:
 # the Python virtual environment (.venv, with the trainer and dev extras) and the Mosquitto
-# broker from Debian's package `mosquitto`. System packages are installed when running as
-# root (or with passwordless sudo); otherwise it says exactly what to run.
+# broker and clients from Debian's packages `mosquitto` and `mosquitto-clients`. System
+# packages are installed when running as root (or with passwordless sudo); otherwise it says
+# exactly what to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +43,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The broker, and its command-line clients (the tests drive the agent with them too).
+missing=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  apt_install mosquitto
+  missing+=(mosquitto)
+fi
+if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
+  missing+=(mosquitto-clients)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi

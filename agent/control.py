@@ -1,0 +1,569 @@
+"""Remote control over MQTT: `config/set` -> `config/response`, `cmd/<name>` ->
+`cmd/<name>/response`, and the retained `config/state`.
+
+A request is JSON. `config/set` carries `transaction`, `version` (greater than the version in
+force) and a patch of the remotely settable part of the config: `budget`, `selection`,
+`profiling`, `publish` and `models.<id>.enabled`. The patch is merged onto the config in force
+and validated by the same strict model as the TOML file (agent/config.py, JSON types strictly:
+a number in a string is an error), then applied atomically at a frame boundary: all of it or,
+on any error, none of it. Accepted patches are persisted in the state directory and applied
+again at every start. Nothing remote can name a file, a path or code: paths are not settable,
+and a pushed bundle is unpacked only under the state directory.
+
+Every request gets a response, on the request's MQTT v5 ResponseTopic when it has one, with
+its CorrelationData echoed. paho's callback only queues; one worker thread answers in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from pydantic import ValidationError
+
+from agent.config import AgentConfig, ConfigError, load_config
+from agent.homeassistant import discovery_payload, discovery_topic
+from agent.publisher import Publisher
+from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
+
+if TYPE_CHECKING:
+    from agent.service import ServiceAgent
+
+log = logging.getLogger(__name__)
+
+SETTABLE_SECTIONS = ("budget", "selection", "profiling", "publish")
+COMMANDS = ("reprofile", "reselect", "bundle")
+MAX_REQUEST_BYTES = 64 * 1024
+TRANSACTION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+Errors = list[tuple[str, str]]
+
+
+class RequestError(ValueError):
+    """A request that is refused; `errors` holds (path, message) pairs."""
+
+    def __init__(self, errors: Errors) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{p or '<root>'}: {m}" for p, m in errors))
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: objects merge key by key, anything else (null included) replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def settable_view(config: AgentConfig) -> dict[str, Any]:
+    """The part of the config a remote request may change, as JSON."""
+    data = config.model_dump(mode="json")
+    view = {section: data[section] for section in SETTABLE_SECTIONS if section in data}
+    view["models"] = {m.id: {"enabled": m.enabled} for m in config.models}
+    return view
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def changed_paths(old: AgentConfig, new: AgentConfig) -> list[str]:
+    before, after = _flatten(settable_view(old)), _flatten(settable_view(new))
+    return sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+
+
+def apply_patch(config: AgentConfig, patch: Any) -> AgentConfig:
+    """The config in force with `patch` applied, validated; RequestError names each problem
+    by its path in the request (all of them, not only the first)."""
+    if not isinstance(patch, dict):
+        raise RequestError([("", "expected a JSON object")])
+    data = config.model_dump(mode="json")
+    index = {m.id: i for i, m in enumerate(config.models)}
+    errors: Errors = []
+    for key, value in patch.items():
+        if key == "models":
+            if not isinstance(value, dict):
+                errors.append(("models", "expected an object {model_id: {\"enabled\": bool}}"))
+                continue
+            for model_id, change in value.items():
+                where = f"models.{model_id}"
+                if model_id not in index:
+                    errors.append((where, f"no configured model {model_id!r} "
+                                          f"(configured: {', '.join(index)})"))
+                elif not isinstance(change, dict):
+                    errors.append((where, "expected an object {\"enabled\": bool}"))
+                else:
+                    errors += [(f"{where}.{field}", "cannot be set remotely (only 'enabled')")
+                               for field in change if field != "enabled"]
+                    if "enabled" in change:
+                        data["models"][index[model_id]]["enabled"] = change["enabled"]
+        elif key in SETTABLE_SECTIONS and key in data:
+            if not isinstance(value, dict):
+                errors.append((key, "expected an object"))
+            else:
+                data[key] = merge(data[key], value)
+        else:
+            errors.append((key, "cannot be set remotely (settable: "
+                                f"{', '.join(SETTABLE_SECTIONS)}, models.<id>.enabled)"))
+    try:
+        new = AgentConfig.model_validate_json(json.dumps(data), strict=True)
+    except ValidationError as exc:
+        ids = [m.id for m in config.models]
+        errors += [(_request_path(e["loc"], ids), e["msg"]) for e in exc.errors()]
+    if errors:
+        raise RequestError(errors)
+    return new
+
+
+def _request_path(loc: tuple[Any, ...], model_ids: list[str]) -> str:
+    """`models.2.enabled` in the config is `models.<id>.enabled` in a request."""
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2 and parts[0] == "models" and parts[1].isdigit():
+        number = int(parts[1])
+        if number < len(model_ids):
+            parts[1] = model_ids[number]
+    return ".".join(parts)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename over the old file: a crash leaves the old or the new."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class StateStore:
+    """What the agent keeps in its state directory besides the outbox: the remotely set
+    config (`config.json`: version, last transaction, accumulated patch) and pushed bundles
+    (`bundles/<name>/`, with `bundle-current` a symlink to the one in force)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_file = self.root / "config.json"
+        self.bundles = self.root / "bundles"
+        self.current_link = self.root / "bundle-current"
+        self.uploads = self.root / "uploads"
+        self.version = 0
+        self.transaction: str | None = None
+        self.overrides: dict[str, Any] = {}
+        if self.config_file.exists():
+            try:
+                stored = json.loads(self.config_file.read_text("utf-8"))
+                self.version = int(stored["version"])
+                self.transaction = stored.get("transaction")
+                self.overrides = dict(stored.get("overrides", {}))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("%s is unreadable (%s); starting from the config file",
+                          self.config_file, exc)
+
+    def save(self, version: int, transaction: str | None, overrides: dict[str, Any]) -> None:
+        record = {"version": version, "transaction": transaction, "overrides": overrides,
+                  "updated": time.time()}
+        write_atomically(self.config_file, json.dumps(record, indent=2).encode())
+        self.version, self.transaction, self.overrides = version, transaction, overrides
+
+    def effective(self, file_config: AgentConfig) -> AgentConfig:
+        """The file config with the persisted remote changes and the pushed bundle."""
+        config = file_config
+        if self.overrides:
+            try:
+                config = apply_patch(file_config, self.overrides)
+            except RequestError as exc:
+                log.error("the remotely set config no longer fits the config file (%s); "
+                          "using the file's values", exc)
+        pushed = self.current_bundle()
+        if pushed is not None:
+            config = config.model_copy(
+                update={"bundle": config.bundle.model_copy(update={"path": pushed})})
+        return config
+
+    def current_bundle(self) -> Path | None:
+        if not self.current_link.is_symlink():
+            return None
+        target = self.current_link.resolve()
+        if not target.is_relative_to(self.bundles.resolve()) or not target.is_dir():
+            log.error("%s does not point at a pushed bundle; ignored", self.current_link)
+            return None
+        return target
+
+    def point_at(self, bundle_dir: Path) -> None:
+        """Atomically make `bundle_dir` the bundle in force at the next start."""
+        tmp = self.root / f".bundle-current.{uuid.uuid4().hex}"
+        tmp.symlink_to(bundle_dir.relative_to(self.root))
+        os.replace(tmp, self.current_link)
+
+    def prune_bundles(self, keep: set[Path]) -> None:
+        keep_resolved = {k.resolve() for k in keep}
+        for child in self.bundles.iterdir() if self.bundles.is_dir() else ():
+            if child.resolve() not in keep_resolved:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def unpack_bundle(archive: bytes, staging: Path, max_bytes: int) -> Path:
+    """Unpack a tar archive (gzip or not) under `staging`, refusing links, devices, absolute
+    paths and `..`; return the folder that holds the manifest."""
+    try:
+        tar = tarfile.open(fileobj=io.BytesIO(archive), mode="r:*")  # noqa: SIM115
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"not a tar archive: {exc}") from None
+    total = 0
+    with tar:
+        for member in tar:
+            where = f"archive member {member.name!r}"
+            if member.isdir():
+                safe_relative(staging, member.name.rstrip("/"), where).mkdir(
+                    parents=True, exist_ok=True)
+                continue
+            if not member.isreg():
+                raise BundleError(f"{where}: only regular files and folders are allowed")
+            total += member.size
+            if total > max_bytes:
+                raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
+            target = safe_relative(staging, member.name, where)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            assert source is not None
+            with source, target.open("wb") as out:
+                shutil.copyfileobj(source, out)
+    if (staging / MANIFEST).is_file():
+        return staging
+    tops = [p for p in staging.iterdir()]
+    if len(tops) == 1 and (tops[0] / MANIFEST).is_file():
+        return tops[0]
+    raise BundleError(f"the archive holds no {MANIFEST} at its top (or in one top folder)")
+
+
+class Control:
+    """Answers `config/set` and `cmd/<name>` for one ServiceAgent."""
+
+    def __init__(self, agent: ServiceAgent, publisher: Publisher, store: StateStore,
+                 config_path: Path | None = None) -> None:
+        self.agent = agent
+        self.publisher = publisher
+        self.store = store
+        self.config_path = config_path
+        self.version = store.version
+        self._queue: queue.Queue[tuple[str, mqtt.MQTTMessage | None]] = queue.Queue(maxsize=1000)
+        self._stop = threading.Event()
+        self._reload_requested = False
+        self._upload: dict[str, Any] | None = None
+        self._discovery_topic: str | None = None
+        self._thread = threading.Thread(target=self._work, name="mlink-control", daemon=True)
+        self.handled = 0
+
+    # -- wiring ------------------------------------------------------------------------------
+    def attach(self) -> None:
+        topics = self.publisher.topics
+        self.publisher.subscribe(topics.config_set, lambda m: self._enqueue("config", m))
+        self.publisher.subscribe(topics.command("+"), lambda m: self._enqueue("command", m))
+
+    def _enqueue(self, kind: str, message: mqtt.MQTTMessage) -> None:
+        """paho's thread: queue and return."""
+        try:
+            self._queue.put_nowait((kind, message))
+        except queue.Full:
+            log.error("control queue full: request on %s dropped", message.topic)
+
+    def request_reload(self) -> None:
+        """From a signal handler: only set a flag; the worker reloads."""
+        self._reload_requested = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, message = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self._reload()
+                continue
+            while not self.agent.ready.wait(0.2):
+                if self._stop.is_set():
+                    return
+            try:
+                if kind == "config" and message is not None:
+                    self._handle_config(message)
+                elif message is not None:
+                    self._handle_command(message)
+            except Exception:
+                log.exception("control: request on %s failed", getattr(message, "topic", "?"))
+            self.handled += 1
+
+    # -- responses ---------------------------------------------------------------------------
+    def _reply(self, message: mqtt.MQTTMessage, default_topic: str, payload: dict[str, Any]
+               ) -> None:
+        topic, correlation = default_topic, None
+        props = getattr(message, "properties", None)
+        if props is not None:
+            requested = getattr(props, "ResponseTopic", None)
+            own_requests = (self.publisher.topics.config_set, self.publisher.topics.command("+"))
+            if requested and not set(requested) & {"+", "#"} and not any(
+                    mqtt.topic_matches_sub(f, requested) for f in own_requests):
+                topic = requested
+            correlation = getattr(props, "CorrelationData", None)
+        self.publisher.respond(topic, payload, correlation)
+
+    @staticmethod
+    def _parse(message: mqtt.MQTTMessage) -> tuple[dict[str, Any] | None, Errors]:
+        if message.retain:  # delivered from the broker's store: old, maybe already applied
+            return None, [("", "retained request refused: publish requests without retain")]
+        if len(message.payload) > MAX_REQUEST_BYTES and not message.topic.endswith("/bundle"):
+            return None, [("", f"request larger than {MAX_REQUEST_BYTES} bytes")]
+        try:
+            request = json.loads(message.payload or b"{}")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, [("", f"not valid JSON: {exc}")]
+        if not isinstance(request, dict):
+            return None, [("", "expected a JSON object")]
+        transaction = request.get("transaction")
+        if transaction is not None and (not isinstance(transaction, str)
+                                        or not TRANSACTION.match(transaction)):
+            return None, [("transaction", "must be a string of 1-128 letters, digits or _.:-")]
+        return request, []
+
+    # -- config/set ----------------------------------------------------------------------------
+    def _handle_config(self, message: mqtt.MQTTMessage) -> None:
+        request, errors = self._parse(message)
+        transaction = request.get("transaction") if request else None
+        applied: list[str] = []
+        if request is not None:
+            try:
+                applied = self._apply_config_request(request)
+            except RequestError as exc:
+                errors = exc.errors
+            except Exception as exc:  # still answered: every request gets a response
+                log.exception("config/set %s failed", transaction)
+                errors = [("", f"{type(exc).__name__}: {exc}")]
+        response = {
+            "status": "error" if errors else "ok",
+            "transaction": transaction,
+            "version": self.version,
+            "errors": [{"path": p, "message": m} for p, m in errors],
+            "applied": applied,
+        }
+        log.info("config/set %s: %s%s", transaction, response["status"],
+                 f" {errors}" if errors else f" {applied}")
+        self._reply(message, self.publisher.topics.config_response, response)
+
+    def _apply_config_request(self, request: dict[str, Any]) -> list[str]:
+        version = request.get("version")
+        transaction = request.get("transaction")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise RequestError([("version", "required: an integer above the version in force "
+                                            f"({self.version})")])
+        patch = {k: v for k, v in request.items() if k not in ("transaction", "version")}
+        if version == self.version and transaction and transaction == self.store.transaction:
+            return []  # a retry of the request in force: acknowledged again, nothing to do
+        if version <= self.version:
+            raise RequestError([("version", f"stale: {version} is not above the version in "
+                                            f"force ({self.version})")])
+        if not patch:
+            raise RequestError([("", "nothing to set")])
+        old = self.agent.config
+        new = apply_patch(old, patch)
+        changed = changed_paths(old, new)
+        self.agent.reconfigure(new)
+        try:
+            self.store.save(version, transaction, merge(self.store.overrides, patch))
+        except OSError as exc:
+            self.agent.reconfigure(old)
+            raise RequestError([("", f"cannot persist the config: {exc}")]) from None
+        self.version = version
+        self.publish_state()
+        self.agent.publish_status("running")
+        return changed
+
+    def publish_state(self) -> None:
+        config = self.agent.config
+        self.publisher.publish(self.publisher.topics.config_state, {
+            "version": self.version,
+            "transaction": self.store.transaction,
+            "config": config.model_dump(mode="json"),
+            "settable": settable_view(config),
+        }, qos=1, retain=True)
+        self._publish_discovery(config)
+
+    def _publish_discovery(self, config: AgentConfig) -> None:
+        """Home Assistant discovery when on; an empty retained message removes it when
+        turned off."""
+        topic = discovery_topic(config)
+        if config.publish.home_assistant:
+            self.publisher.publish(topic, discovery_payload(config), qos=1, retain=True)
+            self._discovery_topic = topic
+        elif self._discovery_topic is not None:
+            self.publisher.publish(self._discovery_topic, b"", qos=1, retain=True)
+            self._discovery_topic = None
+
+    def _reload(self) -> None:
+        """SIGHUP: read the config file again; its settable part applies at once, the rest
+        needs a restart."""
+        if self.config_path is None:
+            return
+        self.agent.notifier.reloading()
+        try:
+            fresh = self.store.effective(load_config(self.config_path))
+            current = self.agent.config
+            patch = settable_view(fresh)
+            patch["models"] = {k: v for k, v in patch["models"].items()
+                               if k in {m.id for m in current.models}}
+            new = apply_patch(current, patch)
+            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state")
+                       if getattr(fresh, k) != getattr(current, k)]
+            shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
+            if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:
+                ignored.append("models (other than enabled)")
+            if ignored:
+                log.warning("reload: changes to %s need a restart", ", ".join(ignored))
+            if changed_paths(current, new):
+                self.agent.reconfigure(new)
+                self.version = max(self.version, self.store.version) + 1
+                self.store.save(self.version, None, self.store.overrides)
+            self.publish_state()
+            log.info("reloaded %s (version %d)", self.config_path, self.version)
+        except (ConfigError, RequestError, OSError) as exc:
+            log.error("reload of %s refused, the config in force stays: %s",
+                      self.config_path, exc)
+        except Exception:
+            log.exception("reload failed; the config in force stays")
+        finally:
+            self.agent.notifier.ready(f"reloaded: version {self.version}")
+
+    # -- cmd/<name> ----------------------------------------------------------------------------
+    def _handle_command(self, message: mqtt.MQTTMessage) -> None:
+        name = message.topic.rsplit("/", 1)[-1]
+        request, errors = self._parse(message)
+        transaction = request.get("transaction") if request else None
+        result: dict[str, Any] | None = None
+        if request is not None:
+            try:
+                if name == "reprofile":
+                    result = self.agent.reprofile()
+                elif name == "reselect":
+                    result = self.agent.reselect()
+                elif name == "bundle":
+                    result = self._bundle(request)
+                else:
+                    raise RequestError([("command", f"unknown command {name!r} "
+                                                    f"(known: {', '.join(COMMANDS)})")])
+            except RequestError as exc:
+                errors = exc.errors
+            except Exception as exc:  # the agent's own refusal (selection, bundle, model)
+                log.exception("command %s failed", name)
+                errors = [("", f"{type(exc).__name__}: {exc}")]
+        response = {
+            "status": "error" if errors else "ok",
+            "transaction": transaction,
+            "command": name,
+            "errors": [{"path": p, "message": m} for p, m in errors],
+            "result": result,
+        }
+        log.info("cmd/%s %s: %s", name, transaction, response["status"])
+        topic = self.publisher.topics.command_response(name if name in COMMANDS else name[:64])
+        self._reply(message, topic, response)
+
+    def _bundle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One archive (base64 `data`) or chunks (`chunk` i of `chunks` n, in order), with the
+        archive's `sha256`; verified, unpacked under the state directory, swapped in."""
+        sha = request.get("sha256")
+        if not isinstance(sha, str) or not SHA256.match(sha):
+            raise RequestError([("sha256", "required: the archive's sha256, 64 lowercase hex")])
+        try:
+            data = base64.b64decode(request.get("data", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise RequestError([("data", "must be the archive (or a chunk) in base64")]) from None
+        max_bytes = int(self.agent.config.state.max_bundle_mb * 1024 * 1024)
+        chunks, chunk = request.get("chunks", 1), request.get("chunk", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (chunks, chunk)) \
+                or not 1 <= chunks <= 100_000 or not 0 <= chunk < chunks:
+            raise RequestError([("chunk", "chunk must be an integer in [0, chunks)")])
+        if chunks > 1:
+            if chunk == 0:
+                self._upload = {"sha256": sha, "chunks": chunks, "parts": []}
+            upload = self._upload
+            if upload is None or upload["sha256"] != sha or upload["chunks"] != chunks \
+                    or len(upload["parts"]) != chunk:
+                expected = 0 if upload is None or upload["sha256"] != sha else len(upload["parts"])
+                raise RequestError([("chunk", f"out of order: expected chunk {expected} "
+                                              f"of this upload")])
+            upload["parts"].append(data)
+            if sum(len(p) for p in upload["parts"]) > max_bytes:
+                self._upload = None
+                raise RequestError([("data", f"bundle larger than {max_bytes} bytes")])
+            if chunk < chunks - 1:
+                return {"received": chunk + 1, "chunks": chunks}
+            data = b"".join(upload["parts"])
+            self._upload = None
+        if len(data) > max_bytes:
+            raise RequestError([("data", f"bundle larger than {max_bytes} bytes")])
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise RequestError([("sha256", f"mismatch: the archive's sha256 is {actual}")])
+        return self._install_bundle(data, sha, max_bytes)
+
+    def _install_bundle(self, archive: bytes, sha: str, max_bytes: int) -> dict[str, Any]:
+        self.store.bundles.mkdir(parents=True, exist_ok=True)
+        staging = self.store.bundles / f".incoming-{uuid.uuid4().hex}"
+        staging.mkdir()
+        final = self.store.bundles / f"{time.strftime('%Y%m%dT%H%M%S')}-{sha[:12]}"
+        try:
+            root = unpack_bundle(archive, staging, 4 * max_bytes)
+            bundle = load_bundle(root)  # every file present, listed and matching its sha256
+            os.replace(root, final)
+            previous = self.agent.bundle.root
+            try:
+                selection = self.agent.swap_bundle(load_bundle(final))
+            except Exception:
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+            self.store.point_at(final)
+            self.store.prune_bundles({final, previous})
+        except BundleError as exc:
+            raise RequestError([("data", f"bundle refused, the old one stays: {exc}")]
+                               ) from None
+        except ConfigError as exc:  # e.g. a configured model missing from the new bundle
+            raise RequestError([("data", f"bundle refused, the old one stays: {path}: {msg}")
+                                for path, msg in exc.errors]) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.version = max(self.version, self.store.version) + 1
+        self.store.save(self.version, self.store.transaction, self.store.overrides)
+        self.publish_state()
+        self.agent.publish_status("running")
+        return {"bundle": final.name, "sha256": sha, "models": sorted(bundle.models),
+                "links": len(bundle.links), "selection": selection}

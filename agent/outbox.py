@@ -1,0 +1,137 @@
+"""The durable outbox: every output is written to SQLite before it is published and deleted
+only when the broker acknowledges it (PUBACK), so outputs survive broker outages and agent
+restarts. paho-mqtt keeps QoS 1 messages in memory only; durability is ours.
+
+Bounded: beyond `max_messages` the oldest rows are dropped (drop-oldest: a subscriber cares
+more about the present than a backlog) and every drop is counted, persistently, for the status.
+One connection guarded by a lock: the loop thread writes, the sender thread reads and deletes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class Outbox:
+    """A bounded FIFO of messages on disk; `put` before publishing, `ack` on PUBACK."""
+
+    def __init__(self, path: Path, max_messages: int = 100_000,
+                 synchronous: str = "normal") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_messages = max_messages
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._db.executescript(SCHEMA)
+        self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.dropped = self._counter("dropped")
+        self.acked = 0
+        self.recovered = self._depth  # left by an earlier process: replayed after connecting
+        if self._depth:
+            log.info("outbox %s: %d messages from an earlier run will be replayed",
+                     self.path, self._depth)
+
+    def _counter(self, name: str) -> int:
+        row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def put(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        """Store one message (committed before returning); return its id."""
+        return self.put_many([(topic, payload, qos)])[-1]
+
+    def put_many(self, messages: list[tuple[str, bytes, int]]) -> list[int]:
+        """Store messages in one transaction, then drop the oldest beyond the bound."""
+        if not messages:
+            return []
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [int(self._db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
+                    (topic, payload, qos, now)).lastrowid or 0)
+                    for topic, payload, qos in messages]
+                excess = self._depth + len(messages) - self.max_messages
+                deleted = 0
+                if excess > 0:
+                    deleted = self._db.execute(
+                        "DELETE FROM outbox WHERE id IN "
+                        "(SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,)
+                    ).rowcount
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (deleted,),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth += len(messages) - deleted
+            if deleted:
+                if self.dropped == 0:
+                    log.warning("outbox full (%d messages): dropping the oldest", self.max_messages)
+                self.dropped += deleted
+            return ids
+
+    def after(self, last_id: int, limit: int) -> list[Message]:
+        """Up to `limit` messages with an id above `last_id`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, qos FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (last_id, limit),
+            ).fetchall()
+        return [Message(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+
+    def ack(self, ids: list[int]) -> int:
+        """Delete acknowledged messages; ids already dropped are ignored."""
+        if not ids:
+            return 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            deleted = self._db.executemany("DELETE FROM outbox WHERE id = ?",
+                                           [(i,) for i in ids]).rowcount
+            self._db.execute("COMMIT")
+            self._depth -= deleted
+            self.acked += deleted
+        return deleted
+
+    def stats(self) -> dict[str, int]:
+        return {"depth": self._depth, "max_messages": self.max_messages,
+                "dropped": self.dropped, "acked": self.acked, "recovered": self.recovered}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

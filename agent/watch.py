@@ -1,0 +1,134 @@
+"""`mlink-agent watch`: a live terminal view for a person at a subscriber — per device its
+status line, per model the latest value, executed or predicted, and estimated agreement."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
+
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def _read(output: dict[str, Any]) -> str:
+    """The output as a person reads it: the decoded label, labels, box or number."""
+    decoded = output.get("decoded") or {}
+    if "name" in decoded:
+        return str(decoded["name"])
+    for key in ("labels", "box", "value", "tokens"):
+        if key in decoded:
+            value = decoded[key]
+            return json.dumps(value) if not isinstance(value, float) else f"{value:.3f}"
+    values = output.get("value", [])
+    shown = ", ".join(f"{v:.3f}" for v in values[:4])
+    return f"[{shown}{', ...' if len(values) > 4 else ''}]"
+
+
+class Watch:
+    def __init__(self, host: str, port: int, prefix: str = "mlink",
+                 device: str | None = None) -> None:
+        self.prefix = prefix
+        self.device = device
+        self.devices: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._host, self._port = host, port
+        self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=f"mlink-watch-{time.monotonic_ns()}",
+                                   protocol=mqtt.MQTTv5)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        root = f"{self.prefix}/{self.device or '+'}"
+        client.subscribe([(f"{root}/status", 1), (f"{root}/availability", 1),
+                          (f"{root}/models/+/output", 0)])
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) < 3:
+            return
+        device = parts[1]
+        try:
+            with self._lock:
+                entry = self.devices.setdefault(device, {"models": {}, "status": None,
+                                                         "availability": "?"})
+                if parts[2] == "availability":
+                    entry["availability"] = message.payload.decode("utf-8", "replace")
+                elif parts[2] == "status":
+                    entry["status"] = json.loads(message.payload)
+                elif parts[2] == "models" and len(parts) == 5:
+                    entry["models"][parts[3]] = json.loads(message.payload)
+        except (ValueError, UnicodeDecodeError):
+            log.debug("unreadable message on %s", message.topic)
+
+    def start(self) -> Watch:
+        self._client.connect(self._host, self._port)
+        self._client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def render(self) -> str:
+        with self._lock:
+            devices = json.loads(json.dumps(self.devices))
+        if not devices:
+            where = self.device or "any device"
+            return f"waiting for {self.prefix}/{where} on {self._host}:{self._port} ...\n"
+        lines = []
+        for device, entry in sorted(devices.items()):
+            lines.append(self._status_line(device, entry))
+            lines.append(f"  {'model':<16} {'provenance':<10} {'est.agr':>7} {'latency':>9} "
+                         f"{'frame':>8}  value")
+            for model, output in sorted(entry["models"].items()):
+                lines.append(
+                    f"  {model:<16} {output.get('provenance', '?'):<10} "
+                    f"{output.get('est_agreement', 0.0):>7.3f} "
+                    f"{output.get('latency_ms', 0.0):>7.2f}ms {output.get('frame_id', ''):>8}  "
+                    f"{_read(output)}")
+            lines.append("")
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _status_line(device: str, entry: dict[str, Any]) -> str:
+        status = entry.get("status") or {}
+        selection = status.get("selection") or {}
+        outbox = status.get("outbox") or {}
+        rss = status.get("rss_mb")
+        return (f"{device}  [{entry.get('availability')}] {status.get('state', '?')}  "
+                f"{status.get('fps', 0.0):.1f} fps  frames {status.get('frames', 0)}  "
+                f"policy {selection.get('policy', '?')}  "
+                f"active {','.join(selection.get('active', [])) or '-'}  "
+                f"expected agreement {selection.get('expected_agreement', 0.0):.3f}  "
+                f"rss {'?' if rss is None else f'{rss:.1f} MB'}  "
+                f"outbox {status.get('outbox_depth', 0)} (dropped {outbox.get('dropped', 0)})  "
+                f"config v{status.get('config_version', 0)}")
+
+
+def watch(host: str, port: int, prefix: str = "mlink", device: str | None = None,
+          duration_s: float | None = None, out: TextIO = sys.stdout) -> int:
+    """Redraw every half second; with `duration_s`, print the view once at the end instead
+    (for scripts and logs)."""
+    view = Watch(host, port, prefix, device).start()
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if deadline is None:
+                out.write(CLEAR + view.render())
+                out.flush()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.stop()
+    if deadline is not None:
+        out.write(view.render())
+    return 0

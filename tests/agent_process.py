@@ -1,0 +1,142 @@
+"""The agent as a real child process (TensorFlow refused, as on the box) and a subscriber that
+keeps every message it sees, for the service tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from offline_trainer.workloads import get_workload
+from tests.conftest import LINKED_MODELS
+from offline_trainer.zoo import agent_config_text
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = "digits-demo"
+
+
+def write_config(build_root: Path, port: int, state_dir: Path, memory_mb: float = 1.0,
+                 fps: float = 20.0, extra: str = "") -> Path:
+    """A looping, paced agent config next to the digits build, with its own state dir."""
+    recipes = [r for r in get_workload("digits").recipes() if r.model_id in LINKED_MODELS]
+    text = agent_config_text("digits", recipes, port, memory_mb)
+    text = text.replace('path = "stream.npz"', f'path = "stream.npz"\nfps = {fps}\nloop = true')
+    text += f'\n[state]\ndir = "{state_dir}"\n{extra}'
+    path = build_root / f"agent-{uuid.uuid4().hex[:8]}.toml"
+    path.write_text(text)
+    return path
+
+
+class AgentProcess:
+    def __init__(self, config: Path, env: dict[str, str] | None = None,
+                 frames: int | None = None) -> None:
+        args = [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "run",
+                "--config", str(config)]
+        if frames:
+            args += ["--frames", str(frames)]
+        self.process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 60.0) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self.process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out
+
+
+class Client:
+    """An MQTT v5 client of one agent: keeps every message, sends requests."""
+
+    def __init__(self, port: int, device: str = DEVICE, prefix: str = "mlink") -> None:
+        self.root = f"{prefix}/{device}"
+        self.messages: list[tuple[str, bytes, Any]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-{uuid.uuid4().hex[:8]}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe([(f"{self.root}/#", 1),
+                                                            ("replies/#", 1)])
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((message.topic, message.payload,
+                                  getattr(message, "properties", None)))
+
+    def json_on(self, topic: str) -> list[Any]:
+        with self._lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == f"{self.root}/{topic}"]
+
+    def texts_on(self, topic: str) -> list[str]:
+        with self._lock:
+            return [p.decode() for t, p, _ in self.messages if t == f"{self.root}/{topic}"]
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise TimeoutError("condition not met in time")
+
+    def latest(self, topic: str, where: Callable[[Any], bool] = lambda _: True,
+               timeout_s: float = 60.0) -> Any:
+        return self.wait(lambda: next((m for m in reversed(self.json_on(topic)) if where(m)),
+                                      None), timeout_s)
+
+    def request(self, topic: str, payload: Any, timeout_s: float = 60.0) -> Any:
+        """Send to `<root>/<topic>` and wait for the answer on `<root>/<topic>/response`
+        (cmd) or `<root>/config/response`, matched by transaction."""
+        transaction = payload.get("transaction") if isinstance(payload, dict) else None
+        data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        reply = "config/response" if topic == "config/set" else f"{topic}/response"
+        seen = len(self.json_on(reply))
+        self.client.publish(f"{self.root}/{topic}", data, qos=1)
+        return self.wait(lambda: next((m for m in self.json_on(reply)[seen:]
+                                       if m.get("transaction") == transaction), None),
+                         timeout_s)
+
+    def request_v5(self, topic: str, payload: Any, response_topic: str,
+                   correlation: bytes) -> tuple[Any, Any]:
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = response_topic
+        properties.CorrelationData = correlation
+        self.client.publish(f"{self.root}/{topic}", json.dumps(payload), qos=1,
+                            properties=properties)
+
+        def answered() -> Any:
+            with self._lock:
+                return next(((json.loads(p), props) for t, p, props in self.messages
+                             if t == response_topic), None)
+
+        return self.wait(answered)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,137 @@
+"""The durable outbox: written before publishing, deleted on PUBACK, replayed after a broker
+outage and after a restart, bounded with counted drop-oldest. Against a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.broker import LocalBroker
+from agent.config import MqttConfig
+from agent.outbox import Outbox
+from agent.publisher import Publisher
+
+
+def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path, max_messages=10)
+    ids = [box.put(f"t/{i}", json.dumps({"i": i}).encode()) for i in range(15)]
+    assert box.depth == 10 and box.dropped == 5
+    assert [m.id for m in box.after(0, 100)] == ids[5:]  # the oldest five went
+    assert box.ack([ids[5], ids[6], ids[0]]) == 2  # an already dropped id is ignored
+    assert box.depth == 8
+    box.close()
+
+    again = Outbox(path, max_messages=10)
+    assert again.depth == 8 and again.recovered == 8 and again.dropped == 5
+    first = again.after(0, 1)[0]
+    assert first.topic == "t/7" and json.loads(first.payload) == {"i": 7}
+    again.close()
+
+
+class Subscriber:
+    """A QoS 1 subscriber with a persistent session, so that the broker queues for it while
+    it is away (the broker runs with persistence on, so its queue survives a restart)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.payloads: list[dict] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id="outbox-test-sub", protocol=mqtt.MQTTv311,
+                                  clean_session=False)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._ready.wait(10)
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.payloads.append(json.loads(message.payload))
+
+    def wait_for(self, count: int, timeout_s: float = 20.0) -> set[int]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len({p["i"] for p in self.payloads}) >= count:
+                    break
+            time.sleep(0.05)
+        with self._lock:
+            return {p["i"] for p in self.payloads}
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture()
+def persistent_broker(tmp_path: Path):
+    store = tmp_path / "mosquitto-db"
+    store.mkdir()
+    # as root, mosquitto would switch to its own user, which cannot write under pytest's tmp
+    user = "user root\n" if os.geteuid() == 0 else ""
+    extra = f"{user}persistence true\npersistence_location {store}/\n"
+    with LocalBroker(extra_config=extra) as broker:
+        yield broker
+
+
+def _publisher(port: int, outbox_path: Path) -> Publisher:
+    config = MqttConfig(port=port, client_id="outbox-test-agent")
+    publisher = Publisher(config, "box", Outbox(outbox_path))
+    publisher._client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+    return publisher
+
+
+def test_outputs_published_during_an_outage_arrive_after_reconnect(persistent_broker,
+                                                                    tmp_path: Path) -> None:
+    topic = "mlink/box/models/m/output"
+    subscriber = Subscriber(persistent_broker.port, topic)
+    publisher = _publisher(persistent_broker.port, tmp_path / "outbox.sqlite")
+    publisher.connect()
+    for i in range(50):
+        publisher.publish(topic, {"i": i})
+    assert publisher.drain(10)
+
+    persistent_broker.stop()
+    for i in range(50, 300):
+        publisher.publish(topic, {"i": i})
+    time.sleep(0.3)
+    assert publisher.pending >= 250 - 100  # at most the in-flight window left the disk
+    persistent_broker.start()
+
+    assert subscriber.wait_for(300) == set(range(300))
+    assert publisher.drain(10) and publisher.pending == 0
+    assert publisher.close(5)
+    subscriber.stop()
+
+
+def test_unacknowledged_outputs_are_replayed_by_the_next_process(persistent_broker,
+                                                                  tmp_path: Path) -> None:
+    topic = "mlink/box/models/m/output"
+    path = tmp_path / "outbox.sqlite"
+    subscriber = Subscriber(persistent_broker.port, topic)
+    first = _publisher(persistent_broker.port, path)
+    first.connect()
+    persistent_broker.stop()
+    for i in range(40):
+        first.publish(topic, {"i": i})
+    assert not first.close(0.5)  # not drained: the messages stay on disk
+    assert Outbox(path).depth == 40
+
+    persistent_broker.start()
+    second = _publisher(persistent_broker.port, path)
+    assert second.outbox is not None and second.outbox.recovered == 40
+    second.connect()
+    assert subscriber.wait_for(40) == set(range(40))
+    assert second.close(10)
+    assert Outbox(path).depth == 0
+    subscriber.stop()
