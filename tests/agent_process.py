@@ -20,8 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from offline_trainer.workloads import get_workload
-from tests.conftest import LINKED_MODELS
 from offline_trainer.zoo import agent_config_text
+from tests.conftest import LINKED_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "digits-demo"
