@@ -75,11 +75,26 @@ def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) ->
     return model
 
 
+def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining) -> None:
+    """Fit a vector-target link. Regression targets (counts, masses: any scale) are learnt
+    standardised, then the scale is folded back into the logits layer, so the exported file
+    still outputs the model's own units."""
+    y = y.astype(np.float32)
+    mean, std = np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
+    if target.kind == "regression":
+        mean, std = y.mean(axis=0), y.std(axis=0) + 1e-6
+    model.fit(x, (y - mean) / std, epochs=training.epochs, batch_size=training.batch_size,
+              verbose=0, shuffle=True)
+    if target.kind == "regression":
+        logits = model.get_layer("logits")
+        kernel, bias = logits.get_weights()
+        logits.set_weights([kernel * std[None, :], bias * std + mean])
+
+
 def train_vec2vec(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
                   training: LinkTraining) -> Any:
     model = build_vec2vec(source, target, training)
-    model.fit(x.astype(np.float32), y.astype(np.float32), epochs=training.epochs,
-              batch_size=training.batch_size, verbose=0, shuffle=True)
+    fit_link(model, target, x.astype(np.float32), y, training)
     return model
 
 
@@ -128,8 +143,7 @@ def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
             raise NotImplementedError(f"seq2vec cannot predict a {target.kind} target")
         model = build_seq2vec(source, target, LOSS[target.kind], training.seq_learning_rate,
                               training.sizes)
-        model.fit(inputs, y.astype(np.float32), epochs=training.epochs,
-                  batch_size=training.batch_size, verbose=0, shuffle=True)
+        fit_link(model, target, inputs, y, training)
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [inputs[rows]])],
                            lambda batch: np.asarray(model(as_source(source, batch),
                                                           training=False)), x[rows])
