@@ -26,7 +26,9 @@ def card_table(zoo_dir: Path) -> str:
     listed = cards(zoo_dir)
     delays = [c["delay_ms"] for c in listed]
     sizes = [c["file_bytes"] for c in listed]
+    memory = [max(c["memory_mb"] or 0.0, 1 / 256) for c in listed]  # RSS moves in 4 KiB pages
     rows.append("")
     rows.append(f"Most / least expensive: {max(sizes) / min(sizes):.1f}x in file size, "
+                f"{max(memory) / min(memory):.1f}x in memory, "
                 f"{max(delays) / min(delays):.1f}x in delay.")
     return "\n".join(rows)
