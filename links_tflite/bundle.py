@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from links_tflite.tasks import TaskSpec, TaskSpecError
+from links_tflite.tasks import TaskSpec, TaskSpecError, parse_tasks
 
 log = logging.getLogger(__name__)
 
@@ -293,12 +293,9 @@ def load_bundle(root: str | Path) -> Bundle:
         )
     verify_files(root, manifest.get("files"))
     try:
-        models = {
-            model_id: TaskSpec.from_dict(entry["task"], where=f"models.{model_id}.task")
-            for model_id, entry in manifest["models"].items()
-        }
-    except (KeyError, TypeError, AttributeError, TaskSpecError) as exc:
-        raise BundleError(f"{MANIFEST}: models: {exc}") from None
+        models = parse_tasks(manifest.get("models"))
+    except TaskSpecError as exc:
+        raise BundleError(f"{MANIFEST}: {exc}") from None
     links = _parse_links(manifest, models)
     for entry in links:
         for file in entry.files:

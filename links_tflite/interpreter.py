@@ -62,6 +62,14 @@ def _dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def open_interpreter(path: Path, num_threads: int) -> tuple[str, Any]:
+    """(runtime name, interpreter) for a .tflite file, with a clear error if it is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"TFLite file not found: {path}")
+    runtime, cls = interpreter_class()
+    return runtime, cls(model_path=str(path), num_threads=num_threads)
+
+
 class TFLiteRunner:
     """A loaded .tflite file with one input and one output, run on batches.
 
@@ -71,10 +79,7 @@ class TFLiteRunner:
 
     def __init__(self, path: str | Path, num_threads: int = 1) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"TFLite file not found: {self.path}")
-        self.runtime, cls = interpreter_class()
-        self._interpreter = cls(model_path=str(self.path), num_threads=num_threads)
+        self.runtime, self._interpreter = open_interpreter(self.path, num_threads)
         self._interpreter.allocate_tensors()
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
@@ -158,10 +163,7 @@ class MultiTensorRunner:
 
     def __init__(self, path: str | Path, num_threads: int = 1) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"TFLite file not found: {self.path}")
-        self.runtime, cls = interpreter_class()
-        self._interpreter = cls(model_path=str(self.path), num_threads=num_threads)
+        self.runtime, self._interpreter = open_interpreter(self.path, num_threads)
         signatures = self._interpreter._get_full_signature_list()
         if len(signatures) != 1:
             raise ValueError(f"{self.path}: expected one signature, found {sorted(signatures)}")

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from links_tflite.tasks import TaskSpec, TaskSpecError
+from links_tflite.tasks import TaskSpec, TaskSpecError, parse_tasks
 
 FORMAT = "mlink-recording"
 FORMAT_VERSION = 1
@@ -141,11 +141,8 @@ class Recording:
             raise RecordingError(f"{path}: not a readable .npz recording ({exc})") from None
         meta = _parse_meta(path, arrays)
         try:
-            tasks = {
-                m: TaskSpec.from_dict(entry["task"], where=f"models.{m}.task")
-                for m, entry in meta["models"].items()
-            }
-        except (KeyError, TypeError, AttributeError, TaskSpecError) as exc:
+            tasks = parse_tasks(meta.get("models"))
+        except TaskSpecError as exc:
             raise RecordingError(f"{path}: meta: {exc}") from None
 
         def group(prefix: str) -> dict[str, np.ndarray]:

@@ -112,6 +112,17 @@ class TaskSpec:
             raise TaskSpecError(f"{where}: {exc}") from None
 
 
+def parse_tasks(models: Any, where: str = "models") -> dict[str, TaskSpec]:
+    """`{model_id: {"task": {...}}}` as stored in bundles and recordings -> task specs."""
+    try:
+        return {
+            model_id: TaskSpec.from_dict(entry["task"], where=f"{where}.{model_id}.task")
+            for model_id, entry in models.items()
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TaskSpecError(f"{where}: malformed ({type(exc).__name__}: {exc})") from None
+
+
 def activate(activation: str, logits: np.ndarray) -> np.ndarray:
     """Apply a task activation in float on the host (links are exported up to the logits)."""
     z = np.asarray(logits, dtype=np.float32)
