@@ -204,8 +204,9 @@ class StandalonePolicy(Policy):
 
 
 class AllPolicy(Policy):
+    """Every available model; a failed one is predicted through the links."""
+
     name: ClassVar[str] = "all"
-    uses_links: ClassVar[bool] = False
 
     def choose(self, problem: Problem) -> frozenset[str]:
         return frozenset(problem.candidates)
