@@ -117,7 +117,7 @@ class ProfilingConfig(Strict):
     sample_frames: int = Field(20, ge=1, le=100_000)
     min_samples: int = Field(20, ge=1, description="online figures replace the bundle's "
                                                    "once they rest on this many frames")
-    agreement_window: int = Field(200, ge=1, le=100_000, description="frames per online figure")
+    agreement_window: int = Field(60, ge=1, le=100_000, description="frames per online figure")
     online_subsets_max_sources: int = Field(8, ge=1, le=16)
     ema_alpha: float = Field(0.2, gt=0.0, le=1.0)
     delay_window: int = Field(200, ge=1, le=100_000)

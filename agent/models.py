@@ -205,6 +205,11 @@ class Worker:
         """Still running an abandoned call."""
         return self.hung and self._thread.is_alive()
 
+    def join(self, timeout_s: float) -> bool:
+        """Wait for an abandoned call to return (tests, shutdown); True if the thread ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     def stop(self) -> None:
         if not self.hung:
             self._jobs.put(None)

@@ -69,6 +69,7 @@ class Health:
     failures: int = 0  # in a row
     total_failures: int = 0
     retry_at: float | None = None
+    backoff_s: float = 0.0
     last_error: str | None = None
     last_kind: str | None = None
 
@@ -224,6 +225,7 @@ class Agent:
         health.last_error, health.last_kind = str(failure), failure.kind
         sel = self.config.selection
         backoff = min(sel.retry_max_s, sel.retry_after_s * 2 ** (health.failures - 1))
+        health.backoff_s = backoff
         health.retry_at = time.monotonic() + backoff
         self.counters.model_errors += 1
         if failure.kind == "timeout":
