@@ -514,6 +514,11 @@ class Agent:
 
     # -- reporting -------------------------------------------------------------------------
     def status(self, state: str) -> dict[str, object]:
+        """The retained status; safe from any thread (waits for the frame in progress)."""
+        with self._lock:
+            return self._status(state)
+
+    def _status(self, state: str) -> dict[str, object]:
         rss = rss_bytes()
         now = time.monotonic()
         prof = self.config.profiling
