@@ -66,13 +66,15 @@ LOCAL_ONLY_MODEL_FIELDS = ("adapter", "path", "entry")
 
 class ModelConfig(Strict):
     """One black-box model. `adapter = "tflite"` needs `path` (a .tflite file, run by LiteRT
-    with `threads` threads); `adapter = "python"` needs `entry` = `module:callable` (a function
-    taking one input example and returning the output, or a class whose instances do; an
-    instance is made on load and dropped on unload). Each inference runs in the model's
-    worker thread and is abandoned after `timeout_ms` (0: run inline, no watchdog)."""
+    with `threads` threads), as does `adapter = "onnx"` (an .onnx file, run by ONNX Runtime
+    where the extra `onnx` is installed); `adapter = "python"` needs `entry` =
+    `module:callable` (a function taking one input example and returning the output, or a
+    class whose instances do; an instance is made on load and dropped on unload). Each
+    inference runs in the model's worker thread and is abandoned after `timeout_ms` (0: run
+    inline, no watchdog)."""
 
     id: Identifier
-    adapter: Literal["tflite", "python"] = "tflite"
+    adapter: Literal["tflite", "python", "onnx"] = "tflite"
     path: Path | None = None
     entry: Annotated[str, Field(pattern=ENTRY_PATTERN)] | None = None
     input: Identifier
@@ -83,8 +85,8 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelConfig:
-        if self.adapter == "tflite" and (self.path is None or self.entry is not None):
-            raise ValueError("adapter 'tflite' needs `path` (and no `entry`)")
+        if self.adapter in ("tflite", "onnx") and (self.path is None or self.entry is not None):
+            raise ValueError(f"adapter {self.adapter!r} needs `path` (and no `entry`)")
         if self.adapter == "python" and (self.entry is None or self.path is not None):
             raise ValueError("adapter 'python' needs `entry` = 'module:callable' (and no `path`)")
         return self

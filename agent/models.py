@@ -133,8 +133,62 @@ class PythonModel(ModelAdapter):
         return np.asarray(self._call(example), dtype=np.float32)
 
 
+class OnnxModel(ModelAdapter):
+    """An .onnx file (one input, one output) run by ONNX Runtime on the CPU with `threads`
+    intra-op threads. onnxruntime is the optional extra `onnx`; without it, loading fails
+    with an error saying so, and the model is marked failed like any other."""
+
+    adapter: ClassVar[str] = "onnx"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self._session: Any = None
+        self._input: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        if self._session is not None:
+            return
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RuntimeError("adapter 'onnx' needs onnxruntime: "
+                               "pip install 'mlink-edge[onnx]'") from exc
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(self.config.path), sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{self.config.path}: expected 1 input and 1 output, "
+                             f"found {len(inputs)} and {len(outputs)}")
+        self._session, self._input = session, inputs[0]
+        log.info("model %s loaded from %s (onnxruntime %s)", self.id, self.config.path,
+                 onnxruntime.__version__)
+
+    def unload(self) -> None:
+        if self._session is not None:
+            self._session = self._input = None
+            gc.collect()
+            log.info("model %s unloaded", self.id)
+
+    def infer(self, example: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise RuntimeError(f"model {self.id} is not loaded")
+        dims = self._input.shape[1:]
+        values = np.asarray(example, dtype=np.float32)
+        if all(isinstance(d, int) for d in dims):
+            values = values.reshape(dims)
+        return np.asarray(self._session.run(None, {self._input.name: values[None, ...]})[0][0])
+
+
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     TFLiteModel.adapter: TFLiteModel, PythonModel.adapter: PythonModel,
+    OnnxModel.adapter: OnnxModel,
 }
 
 

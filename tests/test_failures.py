@@ -140,3 +140,16 @@ def test_worker_times_out_and_check_output() -> None:
     with pytest.raises(ModelFailure, match="3 numbers"):
         check_output("m", [0.5, 0.1, 0.2], 2)
     assert check_output("m", [[0.5], [0.5]], 2).shape == (2,)
+
+
+def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
+                                                        tmp_path: Path) -> None:
+    path = python_config(tmp_path, digits_build.root, retry_after_s=3600.0)
+    path.write_text(path.read_text().replace("tests.python_models:Inkbox",
+                                             "tests.python_models:Missing"))
+    agent = Agent(load_config(path))
+    frames = agent.start()
+    assert agent.health["inkbox"].failed and "AttributeError" in agent.health["inkbox"].last_error
+    outputs = by_model(agent.process(next(frames)))
+    assert outputs["inkbox"]["provenance"] == "predicted"
+    assert agent.status("running")["models"]["inkbox"]["state"] == "failed"
