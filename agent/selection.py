@@ -17,8 +17,9 @@ Policies are small classes behind one interface, registered by name:
   by the bitmask of A's usable sources (the profile's per-subset ensemble figure, falling
   back to the best single link as `Profile.ensemble_agreement` does). Subsets whose model
   costs alone break a budget are pruned before the link and agreement terms are computed
-  (model costs are a lower bound of the use). 2^k rows: about 10 ms at k = 12, well under a
-  second at k = 16; refused above `EXACT_MAX_MODELS` candidates with a clear error.
+  (model costs are a lower bound of the use), in chunks of bitmasks so that the scratch
+  memory stays at a few MB. 2^k subsets: milliseconds at k = 12, about 0.1 s at k = 16;
+  refused above `EXACT_MAX_MODELS` candidates with a clear error.
   Ties are broken towards the cheaper set (sum of budget shares), then the lower bitmask.
 - `standalone`: the baseline without links: cheapest first while it fits; the rest get no output.
 - `all`: every available model, ignoring the budget.
@@ -42,7 +43,8 @@ from links_tflite.bundle import Profile
 log = logging.getLogger(__name__)
 
 RESOURCES = ("memory_mb", "delay_ms")
-EXACT_MAX_MODELS = 20  # 2^20 rows of a few bytes each: ~100 MB of scratch at most
+EXACT_MAX_MODELS = 18  # 2^18 subsets; the tables of p_j(h_{A,j}) take k * 2^(k-1) floats
+EXACT_CHUNK = 1 << 14  # subsets scored at once: a few MB of scratch
 
 
 class SelectionError(RuntimeError):
@@ -217,14 +219,11 @@ def _agreement_table(problem: Problem, target: str, usable: list[str]) -> np.nda
     `usable`: the best single link where the profile has no figure for S, as
     `Profile.ensemble_agreement` does; index 0 (no source) scores 0."""
     n = len(usable)
-    subs = np.arange(1 << n, dtype=np.int64)
-    single = np.array([problem.profile.link_agreement(s, target) for s in usable])
-    if n:
-        member = ((subs[:, None] >> np.arange(n)) & 1).astype(bool)
-        table = np.where(member, single[None, :], -np.inf).max(axis=1)
-        table[0] = 0.0
-    else:
-        table = np.zeros(1)
+    table = np.full(1 << n, -np.inf)
+    for b, source in enumerate(usable):  # subsets with top bit b: those below, plus source b
+        table[1 << b: 2 << b] = np.maximum(table[: 1 << b],
+                                           problem.profile.link_agreement(source, target))
+    table[0] = 0.0
     position = {s: b for b, s in enumerate(usable)}
     for sources, value in problem.profile.ensembles.get(target, {}).items():
         if sources and all(s in position for s in sources):
@@ -233,7 +232,8 @@ def _agreement_table(problem: Problem, target: str, usable: list[str]) -> np.nda
 
 
 def exact_best(problem: Problem) -> frozenset[str]:
-    """The feasible non-empty activated set with the highest expected agreement."""
+    """The feasible non-empty activated set with the highest expected agreement, scoring the
+    subsets in chunks of `EXACT_CHUNK` bitmasks so that the scratch memory stays small."""
     candidates = list(problem.candidates)
     n = len(candidates)
     if n == 0:
@@ -241,51 +241,64 @@ def exact_best(problem: Problem) -> frozenset[str]:
     if n > EXACT_MAX_MODELS:
         raise SelectionError(f"policy exact: {n} candidate models; it enumerates 2^k subsets and "
                              f"is limited to k <= {EXACT_MAX_MODELS}: use `activation`")
-    masks = np.arange(1, 1 << n, dtype=np.int64)
-    bits = ((masks[:, None] >> np.arange(n)) & 1).astype(np.float64)  # rows: subsets
+    index = {m: i for i, m in enumerate(candidates)}
     budget = dict(problem.budget)
     model_cost = {r: np.array([problem.model_costs[m].get(r) for m in candidates])
                   for r in RESOURCES}
-    # prune: a subset whose models alone break a budget cannot fit once links are added
-    keep = np.ones(len(masks), dtype=bool)
-    for r, limit in budget.items():
-        keep &= bits @ model_cost[r] <= limit + 1e-12
-    masks, bits = masks[keep], bits[keep]
-    if not len(masks):
-        return frozenset()
-    index = {m: i for i, m in enumerate(candidates)}
-    # predicted[:, j] = 1 where model j (over all models) is not activated
-    predicted = np.ones((len(masks), problem.k))
-    for j, model in enumerate(problem.models):
-        if model in index:
-            predicted[:, j] = 1.0 - bits[:, index[model]]
-    use = {}
-    for r in RESOURCES:
-        links = np.zeros((n, problem.k))
-        for (s, t), cost in problem.link_costs.items():
-            if s in index and t in problem.models:
-                links[index[s], problem.models.index(t)] = cost.get(r)
-        use[r] = bits @ model_cost[r] + ((bits @ links) * predicted).sum(axis=1)
-    fits = np.ones(len(masks), dtype=bool)
-    for r, limit in budget.items():
-        fits &= use[r] <= limit + 1e-12
-    score = bits.sum(axis=1)
-    for j, target in enumerate(problem.models):
+    link_cost = {r: np.zeros((n, problem.k)) for r in RESOURCES}
+    for (s, t), cost in problem.link_costs.items():
+        if s in index and t in problem.models:
+            for r in RESOURCES:
+                link_cost[r][index[s], problem.models.index(t)] = cost.get(r)
+    # per target: the bit of each usable source in the candidate mask, and its table
+    targets = []
+    for target in problem.models:
         usable = [s for s in candidates
                   if s != target and s in problem.profile.pairwise.get(target, {})]
-        table = _agreement_table(problem, target, usable)
-        sub = np.zeros(len(masks), dtype=np.int64)
-        for b, s in enumerate(usable):
-            sub |= ((masks >> index[s]) & 1) << b
-        score = score + predicted[:, j] * table[sub]
-    if not fits.any():
+        targets.append(([index[s] for s in usable], _agreement_table(problem, target, usable)))
+    column = [index.get(m) for m in problem.models]
+
+    best: tuple[float, float, int] | None = None  # score, budget share, mask
+    for low in range(1, 1 << n, EXACT_CHUNK):
+        masks = np.arange(low, min(low + EXACT_CHUNK, 1 << n), dtype=np.int64)
+        bits = ((masks[:, None] >> np.arange(n)) & 1).astype(np.float64)  # rows: subsets
+        # prune: a subset whose models alone break a budget cannot fit once links are added
+        keep = np.ones(len(masks), dtype=bool)
+        for r, limit in budget.items():
+            keep &= bits @ model_cost[r] <= limit + 1e-12
+        masks, bits = masks[keep], bits[keep]
+        if not len(masks):
+            continue
+        # predicted[:, j] = 1 where model j (over all models) is not activated
+        predicted = np.ones((len(masks), problem.k))
+        for j, col in enumerate(column):
+            if col is not None:
+                predicted[:, j] = 1.0 - bits[:, col]
+        fits = np.ones(len(masks), dtype=bool)
+        share = np.zeros(len(masks))
+        for r, limit in budget.items():
+            use = bits @ model_cost[r] + ((bits @ link_cost[r]) * predicted).sum(axis=1)
+            fits &= use <= limit + 1e-12
+            share += use / limit
+        if not fits.any():
+            continue
+        score = bits.sum(axis=1)
+        for j, (positions, table) in enumerate(targets):
+            sub = np.zeros(len(masks), dtype=np.int64)
+            for b, position in enumerate(positions):
+                sub |= ((masks >> position) & 1) << b
+            score += predicted[:, j] * table[sub]
+        score = np.where(fits, score, -np.inf)
+        top = score.max()
+        tied = np.flatnonzero(score >= top - 1e-9)
+        pick = tied[int(np.argmin(share[tied]))]
+        candidate = (float(score[pick]), float(share[pick]), int(masks[pick]))
+        if best is None or candidate[0] > best[0] + 1e-9 or (
+                candidate[0] >= best[0] - 1e-9 and candidate[1] < best[1]):
+            best = candidate
+    if best is None:
         return frozenset()
-    score = np.where(fits, score, -np.inf)
-    best = score.max()
-    tied = np.flatnonzero(score >= best - 1e-9)
-    shares = sum(use[r][tied] / limit for r, limit in budget.items()) if budget else tied * 0.0
-    winner = int(masks[tied[int(np.argmin(shares))]])
-    return frozenset(m for i, m in enumerate(candidates) if winner >> i & 1)
+    return frozenset(m for i, m in enumerate(candidates) if best[2] >> i & 1)
 
 
 class ExactPolicy(Policy):

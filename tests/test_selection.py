@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+import agent.selection as selection_module
 from agent.costs import Cost
 from agent.selection import (
     POLICIES,
@@ -178,7 +179,10 @@ def brute_force(problem: Problem) -> float:
     return best
 
 
-def test_exact_is_optimal_on_random_instances() -> None:
+@pytest.mark.parametrize("chunk", [selection_module.EXACT_CHUNK, 3])
+def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    monkeypatch.setattr(selection_module, "EXACT_CHUNK", chunk)  # 3: many chunks per instance
     rng = np.random.default_rng(11)
     compared = beaten = 0
     for trial in range(200):
@@ -216,3 +220,11 @@ def test_unavailable_models_are_never_activated(policy: str) -> None:
                         problem.profile, problem.budget, frozenset({"c"}))
     selection = get_policy(policy).select(without_c)
     assert "c" not in selection.active and "c" in selection.predicted
+
+
+def test_exact_refuses_too_many_models_clearly() -> None:
+    rng = np.random.default_rng(3)
+    big = random_problem(rng, selection_module.EXACT_MAX_MODELS + 1)
+    with pytest.raises(SelectionError, match="limited to k <="):
+        get_policy("exact").select(big)
+    assert get_policy("activation").select(big).active  # the paper's rule still answers
