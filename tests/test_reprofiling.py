@@ -63,6 +63,8 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     assert agent.bundle.profile.ensemble_agreement(target, sources) > 0.5  # offline unchanged
     assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(online_after)
     assert target in after.active and after.active != before.active
+    for selection in (before, after):  # models and the links into the rest, within budget
+        assert selection.use["memory_mb"] <= 40.0
 
     status = agent.status("running")
     profiling = status["profiling"]
