@@ -8,11 +8,13 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import ValidationError
 
 from agent.config import BudgetConfig, ConfigError, load_config
 from agent.publisher import Publisher, PublishError
+from agent.recorder import record_to_file
 from agent.scheduler import Agent
 from agent.selection import POLICIES, SelectionError, get_policy
 from links_tflite.bundle import BundleError
@@ -22,7 +24,7 @@ from links_tflite.recording import RecordingError
 log = logging.getLogger("agent")
 
 EXPECTED_ERRORS = (ConfigError, BundleError, RecordingError, SelectionError, PublishError,
-                   InterpreterUnavailable, FileNotFoundError)
+                   InterpreterUnavailable, FileNotFoundError, RuntimeError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     select.add_argument("--budget", default=None, metavar="memory_mb=..,delay_ms=..",
                         help="replace the config's [budget] for this run")
     select.add_argument("--json", action="store_true", help="print JSON")
+    rec = sub.add_parser("record", help="run all models on the source and write a recording")
+    rec.add_argument("--config", required=True)
+    rec.add_argument("--frames", type=int, required=True)
+    rec.add_argument("--out", type=Path, required=True, help="recording file (.npz)")
+    rec.add_argument("--with-frames", action="store_true",
+                     help="store the frames too, so the recording can be replayed as a source")
     return parser
 
 
@@ -87,7 +95,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     agent = Agent(config)
     first = next(agent.source.frames(), None)
     if first is None:
-        raise RecordingError(f"source {config.source.path} yielded no frame")
+        raise RecordingError(f"source {config.source.type!r} yielded no frame")
     agent.measure(first)
     problem = agent.problem()
     report: dict[str, object] = {"budget": problem.budget, "policies": {}}
@@ -120,6 +128,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    if args.frames < 1:
+        print("mlink-agent: --frames must be at least 1", file=sys.stderr)
+        return 2
+    recording = record_to_file(load_config(args.config), args.frames, args.out, args.with_frames)
+    print(f"{args.out}: {len(recording)} frames of {', '.join(recording.models)}")
+    for model_id, cost in recording.costs.items():
+        print(f"  {model_id}: {cost}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
@@ -136,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select}
+    commands = {"run": cmd_run, "validate-config": cmd_validate, "select": cmd_select,
+                "record": cmd_record}
     try:
         return commands[args.command](args)
     except EXPECTED_ERRORS as exc:

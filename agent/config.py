@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from links_tflite.tasks import TaskSpec, TaskSpecError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -49,11 +51,76 @@ class BundleConfig(Strict):
     path: Path
 
 
-class SourceConfig(Strict):
-    type: Literal["replay"] = "replay"
-    path: Path
-    fps: float = Field(0.0, ge=0.0, description="frames per second; 0 = as fast as possible")
+class _Paced(Strict):
+    fps: float = Field(0.0, ge=0.0, le=10_000.0, description="0 = as fast as possible")
     loop: bool = False
+
+
+class ReplaySourceConfig(_Paced):
+    """Replays the frames stored in a recording (`inputs/*` arrays)."""
+
+    type: Literal["replay"]
+    path: Path
+
+
+class CitySourceConfig(_Paced):
+    """The procedural city stream (agent.sources.city)."""
+
+    type: Literal["city"]
+    seed: int = Field(0, ge=0, le=2**31)
+    cameras: int = Field(4, ge=1, le=4)
+    start_day: int = Field(0, ge=0, le=1, description="0 weekday, 1 weekend")
+    start_hour: float = Field(0.0, ge=0.0, lt=24.0)
+
+
+class DigitsSourceConfig(_Paced):
+    """scikit-learn's handwritten digits in a seeded order (needs scikit-learn)."""
+
+    type: Literal["digits"]
+    seed: int = Field(0, ge=0, le=2**31)
+    start: int = Field(0, ge=0, le=1796)
+
+
+class ImagesSourceConfig(_Paced):
+    """A directory of image files (`.npy`, or PNG/JPEG/... with Pillow), in name order."""
+
+    type: Literal["images"]
+    path: Path
+    pattern: str = "*"
+    modality: Identifier = "image"
+    size: tuple[int, int] | None = None
+    grayscale: bool = False
+    scale: float = Field(1.0 / 255.0, gt=0.0)
+
+
+SourceConfig = Annotated[
+    ReplaySourceConfig | CitySourceConfig | DigitsSourceConfig | ImagesSourceConfig,
+    Field(discriminator="type"),
+]
+
+
+class TaskConfig(Strict):
+    """A model's task spec (links_tflite.tasks.TaskSpec), declared with the model."""
+
+    kind: Literal["single_label", "multi_label", "localization", "regression", "sequence"]
+    dim: int = Field(0, ge=0, le=100_000)
+    activation: str = ""
+    measure: str = ""
+    tolerance: float = Field(0.5, ge=0.0)
+    vocab_size: int = Field(0, ge=0, le=1_000_000)
+    max_len: int = Field(0, ge=0, le=10_000)
+    labels: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _is_a_task_spec(self) -> TaskConfig:
+        self.spec()
+        return self
+
+    def spec(self) -> TaskSpec:
+        try:
+            return TaskSpec(**{**self.model_dump(), "labels": tuple(self.labels)})
+        except TaskSpecError as exc:
+            raise ValueError(str(exc)) from None
 
 
 ENTRY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
@@ -80,6 +147,7 @@ class ModelConfig(Strict):
     input: Identifier
     threads: int = Field(1, ge=1, le=64)
     enabled: bool = True
+    task: TaskConfig | None = None
     timeout_ms: float = Field(5000.0, ge=0.0, le=3_600_000.0)
     load_timeout_s: float = Field(120.0, gt=0.0, le=3600.0)
 
@@ -179,11 +247,17 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     return config.model_copy(
         update={
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
-            "source": config.source.model_copy(update={"path": resolve(config.source.path)}),
+            "source": _resolve_source(config.source, resolve),
             "models": [m.model_copy(update={"path": None if m.path is None else resolve(m.path)})
                        for m in config.models],
         }
     )
+
+
+def _resolve_source(source: Any, resolve: Any) -> Any:
+    if hasattr(source, "path"):
+        return source.model_copy(update={"path": resolve(source.path)})
+    return source
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -89,12 +89,15 @@ class ProfilingStats:
 
 
 def check_models_in_bundle(config: AgentConfig, bundle: Bundle) -> None:
-    errors = [
-        (f"models.{i}.id", f"model {m.id!r} is not in the bundle at {bundle.root} "
-                           f"(it has {', '.join(sorted(bundle.models))})")
-        for i, m in enumerate(config.models)
-        if m.id not in bundle.models
-    ]
+    """Every configured model is one the bundle links, with the task the bundle expects."""
+    errors = []
+    for i, model in enumerate(config.models):
+        if model.id not in bundle.models:
+            errors.append((f"models.{i}.id", f"model {model.id!r} is not in the bundle at "
+                           f"{bundle.root} (it has {', '.join(sorted(bundle.models))})"))
+        elif model.task is not None and model.task.spec() != bundle.models[model.id]:
+            errors.append((f"models.{i}.task", f"differs from the bundle's task for {model.id!r}"
+                           f": {bundle.models[model.id].to_dict()}"))
     if errors:
         raise ConfigError(errors)
 
@@ -587,7 +590,7 @@ class Agent:
         frames = self.source.frames()
         first = next(frames, None)
         if first is None:
-            raise RuntimeError(f"source {self.config.source.path} yielded no frame")
+            raise RuntimeError(f"source {self.config.source.type!r} yielded no frame")
         self.measure(first)
         self.apply(self.select())
         return itertools.chain([first], frames)

@@ -6,6 +6,8 @@ One `.npz` file (numpy's zip of arrays, read with allow_pickle=False), keys:
   `models` ({model_id: {"task": TaskSpec}}), `modalities` (names), `costs` (optional,
   {model_id: {...}}), `notes`.
 - `frame_ids` int64 (N,), `ts` float64 (N,) seconds since the epoch (or stream start).
+- `camera_ids` int64 (N,) optional: which camera of a multi-camera stream saw the frame;
+  `cameras` in the meta names them by index.
 - `outputs/<model_id>` float32 (N, width): the model's exact output per frame; width is the
   task's `dim`, or `max_len` token ids (0-padded) for sequences.
 - `inputs/<modality>` (N, ...) optional: the frames themselves, so a recording can be replayed
@@ -44,6 +46,8 @@ class Recording:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    camera_ids: np.ndarray | None = None
+    cameras: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.frame_ids.shape[0])
@@ -64,6 +68,8 @@ class Recording:
         for group_name, group in (("outputs", self.outputs), ("ground_truth", self.ground_truth)):
             for model_id, values in group.items():
                 self._check_output(f"{group_name}/{model_id}", model_id, values)
+        if self.camera_ids is not None and self.camera_ids.shape != (n,):
+            raise RecordingError(f"camera_ids: expected ({n},), got {self.camera_ids.shape}")
         for name, values in self.inputs.items():
             if values.shape[0] != n:
                 raise RecordingError(f"inputs/{name}: {values.shape[0]} rows for {n} frames")
@@ -89,6 +95,8 @@ class Recording:
             inputs={k: v[rows] for k, v in self.inputs.items()},
             ground_truth={k: v[rows] for k, v in self.ground_truth.items()},
             costs=dict(self.costs),
+            camera_ids=None if self.camera_ids is None else self.camera_ids[rows],
+            cameras=list(self.cameras),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -102,12 +110,15 @@ class Recording:
             "models": {m: {"task": spec.to_dict()} for m, spec in self.tasks.items()},
             "modalities": sorted(self.inputs),
             "costs": self.costs,
+            "cameras": self.cameras,
         }
         arrays: dict[str, np.ndarray] = {
             "__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
             "frame_ids": self.frame_ids.astype(np.int64),
             "ts": self.ts.astype(np.float64),
         }
+        if self.camera_ids is not None:
+            arrays["camera_ids"] = self.camera_ids.astype(np.int64)
         arrays.update({f"outputs/{k}": v.astype(np.float32) for k, v in self.outputs.items()})
         arrays.update({f"inputs/{k}": v for k, v in self.inputs.items()})
         arrays.update(
@@ -152,6 +163,8 @@ class Recording:
             inputs=group("inputs/"),
             ground_truth=group("ground_truth/"),
             costs=meta.get("costs", {}) or {},
+            camera_ids=arrays.get("camera_ids"),
+            cameras=list(meta.get("cameras", []) or []),
         )
         try:
             recording.validate()

@@ -41,9 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "zoo":
+            from offline_trainer.cards import card_table
             from offline_trainer.zoo import build_zoo
 
-            print(build_zoo(args.workload, args.out, args.seed))
+            build_zoo(args.workload, args.out, args.seed)
+            print(card_table(args.out))
+            print(f"zoo written to {args.out}; agent config: {args.out / 'agent.toml'}")
         elif args.command == "links":
             from offline_trainer.train_links import summary_table, train_bundle
 

@@ -12,6 +12,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+# The models the shared bundle links: one per vector task kind that the skeleton's links
+# cover, small enough to train in seconds. The zoo itself builds every digits model.
+LINKED_MODELS = ("digit", "parity", "inkbox")
+
+
 @dataclass(frozen=True)
 class DigitsBuild:
     root: Path
@@ -27,7 +32,12 @@ class DigitsBuild:
 
     @property
     def recording(self) -> Path:
-        return self.root / "recording.npz"
+        return self.root / "recording-linked.npz"
+
+    def recipes(self) -> list:
+        from offline_trainer.workloads import get_workload
+
+        return [r for r in get_workload("digits").recipes() if r.model_id in LINKED_MODELS]
 
     def model_file(self, model_id: str) -> Path:
         return self.root / "models" / f"{model_id}.tflite"
@@ -35,11 +45,21 @@ class DigitsBuild:
 
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
+    from links_tflite.recording import Recording
     from offline_trainer.links import LinkTraining
     from offline_trainer.train_links import train_bundle
     from offline_trainer.zoo import build_zoo
 
     root = tmp_path_factory.mktemp("digits")
     build_zoo("digits", root, seed=0)
-    links = train_bundle(root / "recording.npz", root / "bundle", 0.7, LinkTraining(epochs=60))
+    full = Recording.load(root / "recording.npz")
+    linked = Recording(
+        workload=full.workload, frame_ids=full.frame_ids, ts=full.ts,
+        tasks={m: full.tasks[m] for m in LINKED_MODELS},
+        outputs={m: full.outputs[m] for m in LINKED_MODELS},
+        ground_truth={m: full.ground_truth[m] for m in LINKED_MODELS},
+    )
+    linked.save(root / "recording-linked.npz")
+    links = train_bundle(root / "recording-linked.npz", root / "bundle", 0.7,
+                         LinkTraining(epochs=60))
     return DigitsBuild(root=root, links=links)

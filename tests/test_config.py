@@ -16,6 +16,7 @@ port = 1884
 [bundle]
 path = "bundle"
 [source]
+type = "replay"
 path = "stream.npz"
 [budget]
 memory_mb = 3.5
@@ -49,8 +50,8 @@ def test_good_config_and_relative_paths(tmp_path: Path) -> None:
         (lambda t: t.replace("memory_mb = 3.5", "memory_mb = -1"), "budget.memory_mb",
          "greater than 0"),
         (lambda t: t.replace('id = "digit"', 'id = "../evil"'), "models.0.id", "pattern"),
-        (lambda t: t.replace('[source]\npath = "stream.npz"', "[source]"), "source.path",
-         "required"),
+        (lambda t: t.replace('path = "stream.npz"', ""), "source.replay.path", "required"),
+        (lambda t: t.replace('type = "replay"', 'type = "camera"'), "source", "tag"),
         (lambda t: t + '[[models]]\nid = "digit"\npath = "x"\ninput = "image"\n', "models",
          "duplicate model id"),
     ],
@@ -73,3 +74,17 @@ def test_validate_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad = write(tmp_path, GOOD.replace("[budget]", "[budgett]"))
     assert agent_main(["validate-config", str(bad)]) == 1
     assert "budgett" in capsys.readouterr().err
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "systemd" / "agent.example.toml")
+    assert [m.task.spec().kind for m in config.models if m.task] == [
+        "single_label", "single_label", "localization"]
+
+
+def test_a_task_that_is_not_a_task_spec(tmp_path: Path) -> None:
+    task = 'task = { kind = "localization", dim = 3 }'
+    text = GOOD.replace('input = "image"', f'input = "image"\n{task}')
+    with pytest.raises(ConfigError, match="4 numbers") as caught:
+        load_config(write(tmp_path, text))
+    assert caught.value.errors[0][0] == "models.0.task"

@@ -29,7 +29,7 @@ def python_config(root: Path, build_root: Path, policy: str = "all", budget: str
     )
     text = (
         f'device_id = "test"\n[bundle]\npath = "{build_root / "bundle"}"\n'
-        f'[source]\npath = "{build_root / "stream.npz"}"\n'
+        f'[source]\ntype = "replay"\npath = "{build_root / "stream.npz"}"\n'
         f"[budget]\n{budget}\n"
         f'[selection]\npolicy = "{policy}"\nretry_after_s = {retry_after_s}\n'
         f"[profiling]\nwarmup_runs = 1\ndelay_runs = 3\n{profiling}\n" + models

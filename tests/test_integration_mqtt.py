@@ -16,7 +16,6 @@ from links_tflite.bundle import load_bundle
 from links_tflite.ensemble import EnsemblePredictor
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.recording import Recording
-from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import agent_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,13 +39,13 @@ def broker():
 
 def test_every_output_arrives_once_with_provenance(digits_build, broker) -> None:
     config = digits_build.root / f"agent-{broker.port}.toml"
-    config.write_text(agent_config_text("digits", get_workload("digits").recipes(), broker.port,
+    config.write_text(agent_config_text("digits", digits_build.recipes(), broker.port,
                                         MEMORY_BUDGET_MB))
     collector = Collector("127.0.0.1", broker.port, "mlink", "digits-demo").start()
     result = run_agent(config, FRAMES)
     assert result.returncode == 0, result.stderr[-3000:]
     stream = Recording.load(digits_build.stream)
-    models = list(stream.tasks)
+    models = [r.model_id for r in digits_build.recipes()]
     assert collector.wait_for_outputs(FRAMES * len(models), timeout_s=20)
     collector.stop()
 
@@ -90,7 +89,7 @@ def test_unreachable_broker_is_a_clear_error(digits_build, tmp_path: Path) -> No
     from agent.broker import free_port
 
     config = tmp_path / "agent.toml"
-    text = agent_config_text("digits", get_workload("digits").recipes(), free_port(), 5.0)
+    text = agent_config_text("digits", digits_build.recipes(), free_port(), 5.0)
     config.write_text(text.replace('path = "', f'path = "{digits_build.root}/'))
     result = run_agent(config, 5)
     assert result.returncode == 2

@@ -8,7 +8,8 @@ import pytest
 
 from agent.config import LOCAL_ONLY_MODEL_FIELDS, ConfigError, ModelConfig, load_config
 
-HEAD = 'device_id = "box"\n[bundle]\npath = "b"\n[source]\npath = "s.npz"\n[[models]]\nid = "m"\n'
+HEAD = ('device_id = "box"\n[bundle]\npath = "b"\n[source]\ntype = "replay"\npath = "s.npz"\n'
+        '[[models]]\nid = "m"\n')
 
 
 @pytest.mark.parametrize(

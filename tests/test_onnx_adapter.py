@@ -45,7 +45,7 @@ def test_onnx_model_runs_in_the_agent(digits_build, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(
         f'device_id = "onnx"\n[bundle]\npath = "{root / "bundle"}"\n'
-        f'[source]\npath = "{root / "stream.npz"}"\n[selection]\npolicy = "all"\n'
+        f'[source]\ntype = "replay"\npath = "{root / "stream.npz"}"\n[selection]\npolicy = "all"\n'
         f'[profiling]\nwarmup_runs = 1\ndelay_runs = 2\n'
         f'[[models]]\nid = "digit"\npath = "{root / "models/digit.tflite"}"\ninput = "image"\n'
         f'[[models]]\nid = "parity"\nadapter = "onnx"\npath = "parity.onnx"\ninput = "image"\n'

@@ -12,7 +12,6 @@ import pytest
 
 from agent.cli import main as agent_main
 from agent.selection import POLICIES
-from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import agent_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture()
 def config(digits_build) -> Path:
     path = digits_build.root / "agent-select.toml"
-    path.write_text(agent_config_text("digits", get_workload("digits").recipes(), 1883, 50.0))
+    path.write_text(agent_config_text("digits", digits_build.recipes(), 1883, 50.0))
     return path
 
 

@@ -6,9 +6,10 @@ Registered by name so that `mlink-train zoo --workload NAME` can find them.
 from __future__ import annotations
 
 from offline_trainer.workloads.base import ModelRecipe, Workload, WorkloadData
+from offline_trainer.workloads.city import CityWorkload
 from offline_trainer.workloads.digits import DigitsWorkload
 
-WORKLOADS: dict[str, type[Workload]] = {DigitsWorkload.name: DigitsWorkload}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (DigitsWorkload, CityWorkload)}
 
 
 def get_workload(name: str) -> Workload:

@@ -19,6 +19,7 @@ class WorkloadData:
     ts: np.ndarray
     inputs: dict[str, np.ndarray]
     ground_truth: dict[str, np.ndarray]
+    camera_ids: np.ndarray | None = None
 
     def rows(self, rows: np.ndarray) -> WorkloadData:
         return WorkloadData(
@@ -26,6 +27,7 @@ class WorkloadData:
             ts=self.ts[rows],
             inputs={k: v[rows] for k, v in self.inputs.items()},
             ground_truth={k: v[rows] for k, v in self.ground_truth.items()},
+            camera_ids=None if self.camera_ids is None else self.camera_ids[rows],
         )
 
     def __len__(self) -> int:
@@ -59,6 +61,11 @@ class Workload:
 
     def load(self, seed: int) -> Splits:
         raise NotImplementedError
+
+    def source_config(self, seed: int) -> dict[str, object]:
+        """The agent's `[source]` table for this workload's stream (paths relative to the
+        zoo directory). By default a replay of the zoo's `stream.npz`."""
+        return {"type": "replay", "path": "stream.npz"}
 
     def recipes(self) -> list[ModelRecipe]:
         raise NotImplementedError

@@ -1,0 +1,37 @@
+"""Replays the frames stored in a recording (its `inputs/*` arrays)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+from agent.sources.base import Frame, Source, paced
+from links_tflite.recording import Recording
+
+
+class ReplaySource(Source):
+    type: ClassVar[str] = "replay"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.recording = Recording.load(config.path)
+        if not self.recording.inputs:
+            raise ValueError(f"{config.path}: the recording holds no frames (no inputs/* arrays)")
+        self.modalities = tuple(sorted(self.recording.inputs))
+
+    def _frames(self) -> Iterator[Frame]:
+        rec = self.recording
+        while True:
+            for row in range(len(rec)):
+                yield Frame(
+                    frame_id=int(rec.frame_ids[row]),
+                    ts=float(rec.ts[row]),
+                    modalities={name: values[row] for name, values in rec.inputs.items()},
+                    camera=int(rec.camera_ids[row]) if rec.camera_ids is not None else 0,
+                    ground_truth={k: v[row] for k, v in rec.ground_truth.items()},
+                )
+            if not self.config.loop:
+                return
+
+    def frames(self) -> Iterator[Frame]:
+        return paced(self._frames(), self.config.fps)
