@@ -2,9 +2,11 @@
 
     .venv/bin/python benchmarks/selection.py --build build/digits
 
-`--build` is a digits build (`mlink-train zoo --workload digits --out DIR` then
-`mlink-train links DIR/recording.npz --out DIR/bundle`). Writes
-benchmarks/results/selection.md. Everything is measured on this machine:
+`--build` is a digits build: `mlink-train zoo --workload digits --out DIR`, then links
+trained on the recording of the models the links can predict (the vector tasks: digit,
+parity, strokes, inkbox, inkmass) with `mlink-train links REC --out DIR/bundle`, and
+DIR/agent.toml listing those models. Writes benchmarks/results/selection.md.
+Everything is measured on this machine:
 1. digits: for budgets of about 1/3 and 2/3 of the models' total measured cost (memory,
    then delay), each policy's chosen set, its expected agreement, and the agreement really
    achieved on the stream (every published output against the model's own exact output);
@@ -86,7 +88,12 @@ def digits_section(build: Path, frames_n: int) -> list[str]:
         lines.append(f"| {m} | {c.get('memory_mb'):.3f} | {c.get('delay_ms'):.4f} |")
     for (s, t), c in agent.link_costs.items():
         lines.append(f"| {s}->{t} | {c.get('memory_mb'):.3f} | {c.get('delay_ms'):.4f} |")
-    lines += ["", "| budget | policy | active | expected agreement | achieved agreement | use |",
+    lines += ["", "Every policy optimises the design's objective, where every model that is not "
+              "activated is predicted from all activated sources, so its links' costs count. "
+              "Where links cost as much as the models (the delay budgets here: the digits "
+              "models take microseconds), `standalone`, which predicts nothing, can score "
+              "higher than the best set that must also pay for the links.", "",
+              "| budget | policy | active | expected agreement | achieved agreement | use |",
               "| --- | --- | --- | ---: | ---: | --- |"]
     for resource in ("memory_mb", "delay_ms"):
         total = sum(c.get(resource) for c in costs.values())
