@@ -165,11 +165,27 @@ class Agent:
         return {m: self.stats[m].cost() if m in self.stats else Cost(None, None)
                 for m in self.models}
 
+    @model_costs.setter
+    def model_costs(self, costs: dict[str, Cost]) -> None:
+        """Replace the models' figures (e.g. `{}` to forget them before measuring again)."""
+        self._set_costs({m: c for m, c in costs.items()}, is_link=False)
+
     @property
     def link_costs(self) -> dict[tuple[str, str], Cost]:
         return {(link.source, link.target): self.stats[link.name].cost()
                 for link in self.bundle.links if link.name in self.stats
                 and link.source in self.models and link.target in self.models}
+
+    @link_costs.setter
+    def link_costs(self, costs: dict[tuple[str, str], Cost]) -> None:
+        self._set_costs({link_name(s, t): c for (s, t), c in costs.items()}, is_link=True)
+
+    def _set_costs(self, costs: dict[str, Cost], is_link: bool) -> None:
+        for key in [k for k in self.stats if ("->" in k) == is_link and k not in costs]:
+            del self.stats[key]
+        for key, cost in costs.items():
+            stats = self._stats(key)
+            stats.memory_mb, stats.delay_ema_ms = cost.memory_mb, cost.delay_ms
 
     # -- guarded model calls ---------------------------------------------------------------
     def _call(self, model_id: str, call: Callable[[], T], timeout_s: float) -> T:
@@ -337,6 +353,11 @@ class Agent:
     def reselect(self) -> Selection:
         """Select again from the current costs, profile and failures, and apply the choice.
         Thread-safe; where nothing fits, every model is predicted-or-missing until it does."""
+        return self._reselect_now()
+
+    def _reselect_now(self) -> Selection:
+        """What the loop itself calls (failures, profiling windows): never raises for a
+        selection that is impossible, whatever a subclass makes of `reselect()`."""
         with self._lock:
             try:
                 selection = self.select()
@@ -352,9 +373,14 @@ class Agent:
         """Re-select before the next frame (safe from any thread)."""
         self._reselect.set()
 
-    def reprofile(self) -> None:
-        """Start a profiling window at the next frame (safe from any thread)."""
+    def request_reprofile(self) -> None:
+        """Start a profiling window at the next frame (safe from any thread): every model and
+        link runs for `sample_frames` frames, then the selection is re-made."""
         self._reprofile.set()
+
+    def reprofile(self) -> None:
+        """Re-profile on the live stream: a profiling window from the next frame."""
+        self.request_reprofile()
 
     # -- profiling windows -----------------------------------------------------------------
     def _window_due(self) -> bool:
@@ -389,7 +415,7 @@ class Agent:
         self.profiling.last_window_extra_memory_mb = sum(
             self.model_costs[m].get("memory_mb") for m in self.models
             if m not in self.selection.active)
-        self.reselect()  # unloads what is not activated
+        self._reselect_now()  # unloads what is not activated
         log.info("profiling window done: %s", self.online.summary())
 
     def _score_links(self, outputs: dict[str, np.ndarray]) -> None:
@@ -445,7 +471,7 @@ class Agent:
             self._reselect.clear()
             changed = True
         if changed:
-            self.reselect()
+            self._reselect_now()
         if self._window_due():
             self._begin_window()
         profiling = self._window_left > 0
@@ -476,7 +502,7 @@ class Agent:
                     extra_ms += (time.perf_counter() - start) * 1e3
             if not active_failed:
                 break
-            self.reselect()  # the failed model is predicted; newly activated ones run now
+            self._reselect_now()  # the failed model is predicted; newly activated ones run now
 
         if profiling:
             start = time.perf_counter()
@@ -519,9 +545,9 @@ class Agent:
     def status(self, state: str) -> dict[str, object]:
         """The retained status; safe from any thread (waits for the frame in progress)."""
         with self._lock:
-            return self._status(state)
+            return self._status_payload(state)
 
-    def _status(self, state: str) -> dict[str, object]:
+    def _status_payload(self, state: str) -> dict[str, object]:
         rss = rss_bytes()
         now = time.monotonic()
         prof = self.config.profiling

@@ -153,3 +153,18 @@ def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
     outputs = by_model(agent.process(next(frames)))
     assert outputs["inkbox"]["provenance"] == "predicted"
     assert agent.status("running")["models"]["inkbox"]["state"] == "failed"
+
+
+def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Path) -> None:
+    """What a caller that re-measures from scratch, or rolls back, relies on."""
+    from agent.costs import Cost
+
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root)))
+    agent.start()
+    models_before, links_before = agent.model_costs, agent.link_costs
+    assert all(c.delay_ms is not None for c in models_before.values()) and len(links_before) == 6
+    agent.model_costs, agent.link_costs = {}, {}
+    assert set(agent.model_costs.values()) == {Cost(None, None)} and not agent.link_costs
+    agent.model_costs, agent.link_costs = models_before, links_before
+    assert agent.model_costs == models_before and agent.link_costs == links_before
+    assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None

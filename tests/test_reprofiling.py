@@ -28,7 +28,7 @@ def heavy_models(digits_build) -> Iterator[None]:
 
 
 def run_window(agent: Agent, frames: Iterator, n: int) -> None:
-    agent.reprofile()
+    agent.request_reprofile()
     windows = agent.profiling.windows
     for _ in range(n):
         agent.process(next(frames))
