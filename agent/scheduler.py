@@ -187,6 +187,10 @@ class Agent:
             stats = self._stats(key)
             stats.memory_mb, stats.delay_ema_ms = cost.memory_mb, cost.delay_ms
 
+    def _health(self, model_id: str) -> Health:
+        """A model's failure state; models enabled later (remote config) start healthy."""
+        return self.health.setdefault(model_id, Health())
+
     # -- guarded model calls ---------------------------------------------------------------
     def _call(self, model_id: str, call: Callable[[], T], timeout_s: float) -> T:
         """`call` in the model's worker thread (inline where its timeout is 0); any error
@@ -238,7 +242,7 @@ class Agent:
     def _fail(self, model_id: str, failure: ModelFailure) -> None:
         """Exclude a model until its back-off ends; a hung one is replaced by a fresh adapter
         (the abandoned call keeps the old one)."""
-        health = self.health[model_id]
+        health = self._health(model_id)
         health.failures += 1
         health.total_failures += 1
         health.last_error, health.last_kind = str(failure), failure.kind
@@ -263,7 +267,8 @@ class Agent:
         """Measure the models whose back-off has ended on this frame; True if one is back."""
         back = False
         now = time.monotonic()
-        for model_id, health in self.health.items():
+        for model_id in list(self.models):
+            health = self._health(model_id)
             if health.retry_at is None or now < health.retry_at:
                 continue
             worker = self.workers.get(model_id)
@@ -324,7 +329,7 @@ class Agent:
             link_costs=self.link_costs,
             profile=self.profile,
             budget=budget,
-            unavailable=frozenset(m for m, h in self.health.items() if h.failed),
+            unavailable=frozenset(m for m in self.models if self._health(m).failed),
         )
 
     def select(self, policy: str | None = None) -> Selection:
@@ -486,7 +491,7 @@ class Agent:
             to_run = [m for m in sorted(active) if m not in ran]
             if profiling:
                 to_run += [m for m in self.models if m not in ran and m not in active
-                           and not self.health[m].failed]
+                           and not self._health(m).failed]
             if not to_run:
                 break
             active_failed = False
@@ -573,7 +578,7 @@ class Agent:
                     "retry_in_s": None if h.retry_at is None else round(max(0.0,
                                                                              h.retry_at - now), 3),
                 }
-                for m, h in self.health.items()
+                for m, h in ((m, self._health(m)) for m in self.models)
             },
             "profiling": {
                 "period_frames": prof.period_frames,

@@ -168,3 +168,19 @@ def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Pat
     agent.model_costs, agent.link_costs = models_before, links_before
     assert agent.model_costs == models_before and agent.link_costs == links_before
     assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None
+
+
+def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
+                                                        tmp_path: Path) -> None:
+    """What a remote `enabled = false` does to the running agent: the model leaves
+    `agent.models`; selection, the loop and the status carry on without it."""
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root, policy="exact")))
+    frames = agent.start()
+    inkbox = agent.models.pop("inkbox")
+    inkbox.unload()
+    agent.reselect()
+    assert set(by_model(agent.process(next(frames)))) == {"digit", "parity"}
+    assert set(agent.status("running")["models"]) == {"digit", "parity"}
+    agent.models["inkbox"] = inkbox
+    agent.reselect()
+    assert set(by_model(agent.process(next(frames)))) == set(MODELS)
