@@ -9,11 +9,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.config import ConfigError, load_config
+from pydantic import ValidationError
+
+from agent.config import BudgetConfig, ConfigError, load_config
 from agent.publisher import PublishError
 from agent.recorder import record_to_file
 from agent.scheduler import Agent
-from agent.selection import SelectionError
+from agent.selection import POLICIES, SelectionError, get_policy
 from links_tflite.bundle import BundleError
 from links_tflite.interpreter import InterpreterUnavailable
 from links_tflite.recording import RecordingError
@@ -33,8 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--frames", type=int, default=None, help="stop after N frames")
     check = sub.add_parser("validate-config", help="exit 0 if the config is valid, 1 if not")
     check.add_argument("config")
-    select = sub.add_parser("select", help="measure costs on this box and print the selection")
+    select = sub.add_parser("select", help="measure costs on this box and print, for every "
+                                          "policy, the chosen set, its expected agreement and "
+                                          "its use of the budget (the loop does not run)")
     select.add_argument("--config", required=True)
+    select.add_argument("--budget", default=None, metavar="memory_mb=..,delay_ms=..",
+                        help="replace the config's [budget] for this run")
+    select.add_argument("--json", action="store_true", help="print JSON")
     rec = sub.add_parser("record", help="run all models on the source and write a recording")
     rec.add_argument("--config", required=True)
     rec.add_argument("--frames", type=int, required=True)
@@ -61,12 +68,58 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if drained else 1
 
 
+def parse_budget(text: str) -> BudgetConfig:
+    """`memory_mb=3.5,delay_ms=2` -> a validated budget; errors name `budget.<key>`."""
+    values: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError([("budget", f"{item!r} is not key=value")], "--budget")
+        values[key.strip()] = value.strip()
+    try:
+        return BudgetConfig.model_validate(values)
+    except ValidationError as exc:
+        errors = [(".".join(["budget", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]
+        raise ConfigError(errors, "--budget") from None
+
+
 def cmd_select(args: argparse.Namespace) -> int:
-    agent = Agent(load_config(args.config))
-    agent.start()
-    assert agent.selection is not None
-    print(json.dumps({"selection": agent.selection.to_dict(),
-                      "costs": agent.status("select")["costs"]}, indent=2))
+    config = load_config(args.config)
+    if args.budget is not None:
+        config = config.model_copy(update={"budget": parse_budget(args.budget)})
+    agent = Agent(config)
+    first = next(agent.source.frames(), None)
+    if first is None:
+        raise RecordingError(f"source {config.source.type!r} yielded no frame")
+    agent.measure(first)
+    problem = agent.problem()
+    report: dict[str, object] = {"budget": problem.budget, "policies": {}}
+    policies: dict[str, object] = {}
+    for name in POLICIES:
+        try:
+            policies[name] = get_policy(name).select(problem).to_dict()
+        except SelectionError as exc:
+            policies[name] = {"policy": name, "error": str(exc)}
+    report["policies"] = policies
+    report["costs"] = agent.status("select")["costs"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"budget: {problem.budget or 'none'} (probe: {agent.probe.name})")
+    for model_id, cost in agent.model_costs.items():
+        print(f"  model {model_id:<16} memory {cost.get('memory_mb'):9.3f} MB  "
+              f"delay {cost.get('delay_ms'):9.4f} ms")
+    for (source, target), cost in agent.link_costs.items():
+        print(f"  link  {source + '->' + target:<16} memory {cost.get('memory_mb'):9.3f} MB  "
+              f"delay {cost.get('delay_ms'):9.4f} ms")
+    for name, result in policies.items():
+        assert isinstance(result, dict)
+        if "error" in result:
+            print(f"{name:<11} -> {result['error']}")
+            continue
+        use = ", ".join(f"{r} {v:.4f}" for r, v in dict(result["use"]).items())
+        print(f"{name:<11} active {result['active']} predicted {result['predicted']} "
+              f"expected agreement {result['expected_agreement']:.4f} use {use}")
     return 0
 
 

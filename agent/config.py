@@ -178,14 +178,41 @@ class TaskConfig(Strict):
             raise ValueError(str(exc)) from None
 
 
+ENTRY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+
+# Fields that name code or files. They come from the local TOML only: a remote config change
+# may enable or disable configured models, never set these (DESIGN: remote messages cannot
+# name files nor run code).
+LOCAL_ONLY_MODEL_FIELDS = ("adapter", "path", "entry")
+
+
 class ModelConfig(Strict):
+    """One black-box model. `adapter = "tflite"` needs `path` (a .tflite file, run by LiteRT
+    with `threads` threads), as does `adapter = "onnx"` (an .onnx file, run by ONNX Runtime
+    where the extra `onnx` is installed); `adapter = "python"` needs `entry` =
+    `module:callable` (a function taking one input example and returning the output, or a
+    class whose instances do; an instance is made on load and dropped on unload). Each
+    inference runs in the model's worker thread and is abandoned after `timeout_ms` (0: run
+    inline, no watchdog)."""
+
     id: Identifier
-    adapter: Literal["tflite"] = "tflite"
-    path: Path
+    adapter: Literal["tflite", "python", "onnx"] = "tflite"
+    path: Path | None = None
+    entry: Annotated[str, Field(pattern=ENTRY_PATTERN)] | None = None
     input: Identifier
     threads: int = Field(1, ge=1, le=64)
     enabled: bool = True
     task: TaskConfig | None = None
+    timeout_ms: float = Field(5000.0, ge=0.0, le=3_600_000.0)
+    load_timeout_s: float = Field(120.0, gt=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _adapter_fields(self) -> ModelConfig:
+        if self.adapter in ("tflite", "onnx") and (self.path is None or self.entry is not None):
+            raise ValueError(f"adapter {self.adapter!r} needs `path` (and no `entry`)")
+        if self.adapter == "python" and (self.entry is None or self.path is not None):
+            raise ValueError("adapter 'python' needs `entry` = 'module:callable' (and no `path`)")
+        return self
 
 
 class BudgetConfig(Strict):
@@ -194,12 +221,32 @@ class BudgetConfig(Strict):
 
 
 class SelectionConfig(Strict):
-    policy: Literal["activation", "standalone", "all"] = "activation"
+    """`policy`: see agent/selection.py. A failed model is excluded for `retry_after_s`,
+    doubling after each further failure up to `retry_max_s`, then measured again."""
+
+    policy: Literal["activation", "exact", "standalone", "all"] = "activation"
+    retry_after_s: float = Field(5.0, ge=0.0, le=86_400.0)
+    retry_max_s: float = Field(300.0, ge=0.0, le=86_400.0)
 
 
 class ProfilingConfig(Strict):
+    """Start-up measurement (`warmup_runs`, `delay_runs`) and periodic re-profiling: every
+    `period_frames` frames or `period_s` seconds (whichever comes first; 0 = never), the next
+    `sample_frames` frames run every available model, which updates the costs and the online
+    agreement of the links; then the selection is re-made."""
+
     warmup_runs: int = Field(3, ge=0, le=1000)
     delay_runs: int = Field(20, ge=1, le=10_000)
+    period_frames: int = Field(1000, ge=0)
+    period_s: float = Field(0.0, ge=0.0)
+    sample_frames: int = Field(20, ge=1, le=100_000)
+    min_samples: int = Field(20, ge=1, description="online figures replace the bundle's "
+                                                   "once they rest on this many frames")
+    agreement_window: int = Field(60, ge=1, le=100_000, description="frames per online figure")
+    online_subsets_max_sources: int = Field(8, ge=1, le=16)
+    ema_alpha: float = Field(0.2, gt=0.0, le=1.0)
+    delay_window: int = Field(200, ge=1, le=100_000)
+    memory_probe: Literal["auto", "rss", "pss", "nvml", "jetson"] = "auto"
 
 
 class AgentConfig(Strict):
@@ -266,7 +313,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
         update={
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
             "source": _resolve_source(config.source, resolve),
-            "models": [m.model_copy(update={"path": resolve(m.path)}) for m in config.models],
+            "models": [m.model_copy(update={"path": None if m.path is None else resolve(m.path)})
+                       for m in config.models],
             "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
             "mqtt": config.mqtt.model_copy(update={"password_file": resolve(
                 config.mqtt.password_file)}) if config.mqtt.password_file else config.mqtt,

@@ -1,16 +1,28 @@
 """Black-box model adapters: small classes behind one interface, registered by name and
-chosen by a model's `adapter` in the config. The agent only sees inputs and outputs."""
+chosen by a model's `adapter` in the config. The agent only sees inputs and outputs.
+
+`Worker` runs a model's calls in its own daemon thread so that a call that hangs can be
+abandoned after a timeout: a hung native call cannot be killed from Python, so the thread is
+left behind (it exits once the call returns) and the model is marked failed by the caller.
+`check_output` turns a NaN or a wrong-shaped output into a `ModelFailure` too.
+"""
 
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
-from typing import ClassVar
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from agent.config import ModelConfig
 from links_tflite.interpreter import TFLiteRunner
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +88,185 @@ class TFLiteModel(ModelAdapter):
         return self._runner.run_one(example)
 
 
-ADAPTERS: dict[str, type[ModelAdapter]] = {TFLiteModel.adapter: TFLiteModel}
+class PythonModel(ModelAdapter):
+    """A Python entry point `module:callable`, named in the local TOML only. A class is
+    instantiated on load (and its `close()` called on unload, where it has one); a function
+    is called as it is."""
+
+    adapter: ClassVar[str] = "python"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self._call: Callable[[np.ndarray], Any] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._call is not None
+
+    def load(self) -> None:
+        if self._call is not None:
+            return
+        assert self.config.entry is not None
+        module_name, _, attribute = self.config.entry.partition(":")
+        target = getattr(importlib.import_module(module_name), attribute)
+        self._call = target() if isinstance(target, type) else target
+        if not callable(self._call):
+            self._call = None
+            raise TypeError(f"model {self.id}: {self.config.entry} is not callable")
+        log.info("model %s loaded from %s", self.id, self.config.entry)
+
+    def unload(self) -> None:
+        if self._call is not None:
+            close = getattr(self._call, "close", None)
+            self._call = None
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("model %s: close() failed", self.id)
+            gc.collect()
+            log.info("model %s unloaded", self.id)
+
+    def infer(self, example: np.ndarray) -> np.ndarray:
+        if self._call is None:
+            raise RuntimeError(f"model {self.id} is not loaded")
+        return np.asarray(self._call(example), dtype=np.float32)
+
+
+class OnnxModel(ModelAdapter):
+    """An .onnx file (one input, one output) run by ONNX Runtime on the CPU with `threads`
+    intra-op threads. onnxruntime is the optional extra `onnx`; without it, loading fails
+    with an error saying so, and the model is marked failed like any other."""
+
+    adapter: ClassVar[str] = "onnx"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self._session: Any = None
+        self._input: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    def load(self) -> None:
+        if self._session is not None:
+            return
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RuntimeError("adapter 'onnx' needs onnxruntime: "
+                               "pip install 'mlink-edge[onnx]'") from exc
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.config.threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(str(self.config.path), sess_options=options,
+                                               providers=["CPUExecutionProvider"])
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(f"{self.config.path}: expected 1 input and 1 output, "
+                             f"found {len(inputs)} and {len(outputs)}")
+        self._session, self._input = session, inputs[0]
+        log.info("model %s loaded from %s (onnxruntime %s)", self.id, self.config.path,
+                 onnxruntime.__version__)
+
+    def unload(self) -> None:
+        if self._session is not None:
+            self._session = self._input = None
+            gc.collect()
+            log.info("model %s unloaded", self.id)
+
+    def infer(self, example: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise RuntimeError(f"model {self.id} is not loaded")
+        dims = self._input.shape[1:]
+        values = np.asarray(example, dtype=np.float32)
+        if all(isinstance(d, int) for d in dims):
+            values = values.reshape(dims)
+        return np.asarray(self._session.run(None, {self._input.name: values[None, ...]})[0][0])
+
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    TFLiteModel.adapter: TFLiteModel, PythonModel.adapter: PythonModel,
+    OnnxModel.adapter: OnnxModel,
+}
+
+
+class ModelFailure(RuntimeError):
+    """A model call that raised, timed out, or returned an unusable output."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind  # error, timeout, nan, shape
+        super().__init__(message)
+
+
+def check_output(model_id: str, value: Any, width: int) -> np.ndarray:
+    """The output as a float32 vector of the task's width, or a ModelFailure."""
+    try:
+        array = np.asarray(value, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ModelFailure("shape", f"model {model_id}: output is not numeric ({exc})") from None
+    if array.size != width:
+        raise ModelFailure("shape", f"model {model_id}: output has {array.size} numbers, "
+                                    f"its task expects {width}")
+    if not np.isfinite(array).all():
+        raise ModelFailure("nan", f"model {model_id}: output holds NaN or infinity")
+    return array
+
+
+class Worker:
+    """One daemon thread running one model's calls, each waited for at most `timeout_s`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"model-{name}", daemon=True)
+        self._thread.start()
+        self.hung = False
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            call, box, done = job
+            try:
+                box.append((True, call()))
+            except BaseException as exc:  # handed to the caller, whatever it is
+                box.append((False, exc))
+            done.set()
+
+    def call(self, call: Callable[[], T], timeout_s: float) -> T:
+        """`call()` in the worker thread; ModelFailure('timeout') if it takes longer (the
+        worker is then `hung` and must not be used again)."""
+        if self.hung:
+            raise RuntimeError(f"worker {self.name} is hung")
+        box: list[tuple[bool, Any]] = []
+        done = threading.Event()
+        self._jobs.put((call, box, done))
+        if not done.wait(timeout_s):
+            self.hung = True
+            self._jobs.put(None)  # the thread exits once the hung call returns, if ever
+            raise ModelFailure("timeout", f"model {self.name}: no answer within "
+                                          f"{timeout_s * 1e3:.0f} ms")
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    @property
+    def busy(self) -> bool:
+        """Still running an abandoned call."""
+        return self.hung and self._thread.is_alive()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for an abandoned call to return (tests, shutdown); True if the thread ended."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        if not self.hung:
+            self._jobs.put(None)
 
 
 def make_model(config: ModelConfig) -> ModelAdapter:

@@ -11,8 +11,21 @@ Policies are small classes behind one interface, registered by name:
   model whose addition breaks a budget; stop rule: every model has been considered once.
   With two budgets, c_i is the sum of i's shares of each budget. A cost of 0 is floored at
   1e-3 of the largest cost so that P_i stays finite.
+- `exact`: the best activated set the profile allows. Every subset of the candidate models is
+  scored at once with numpy (bitmask rows): model costs summed by matrix product, link costs
+  as sum_{i in A, j not in A} c(g_ij), and p_j(h_{A,j}) looked up per target in a table indexed
+  by the bitmask of A's usable sources (the profile's per-subset ensemble figure, falling
+  back to the best single link as `Profile.ensemble_agreement` does). Subsets whose model
+  costs alone break a budget are pruned before the link and agreement terms are computed
+  (model costs are a lower bound of the use), in chunks of bitmasks so that the scratch
+  memory stays at a few MB. 2^k subsets: milliseconds at k = 12, about 0.1 s at k = 16;
+  refused above `EXACT_MAX_MODELS` candidates with a clear error.
+  Ties are broken towards the cheaper set (sum of budget shares), then the lower bitmask.
 - `standalone`: the baseline without links: cheapest first while it fits; the rest get no output.
-- `all`: every model, ignoring the budget.
+- `all`: every available model, ignoring the budget.
+
+Models in `Problem.unavailable` (failed, backing off) are never activated by any policy; they
+stay targets, predicted from the others.
 """
 
 from __future__ import annotations
@@ -22,12 +35,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from agent.costs import Cost
 from links_tflite.bundle import Profile
 
 log = logging.getLogger(__name__)
 
 RESOURCES = ("memory_mb", "delay_ms")
+EXACT_MAX_MODELS = 18  # 2^18 subsets; the tables of p_j(h_{A,j}) take k * 2^(k-1) floats
+EXACT_CHUNK = 1 << 14  # subsets scored at once: a few MB of scratch
 
 
 class SelectionError(RuntimeError):
@@ -41,10 +58,16 @@ class Problem:
     link_costs: dict[tuple[str, str], Cost]
     profile: Profile
     budget: dict[str, float] = field(default_factory=dict)  # resource -> limit
+    unavailable: frozenset[str] = frozenset()  # failed models: never activated, still predicted
 
     @property
     def k(self) -> int:
         return len(self.models)
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The models a policy may activate."""
+        return tuple(m for m in self.models if m not in self.unavailable)
 
     def ensemble_sources(self, active: frozenset[str], target: str) -> list[str]:
         return [s for s in sorted(active) if (s, target) in self.link_costs]
@@ -107,8 +130,13 @@ class Policy:
 
     def select(self, problem: Problem) -> Selection:
         active = self.choose(problem)
+        if active & problem.unavailable:
+            raise AssertionError(f"policy {self.name} activated unavailable models")
         if not active:
-            cheapest = {r: min(problem.model_costs[m].get(r) for m in problem.models)
+            if not problem.candidates:
+                raise SelectionError(f"policy {self.name}: every model is unavailable "
+                                     f"({sorted(problem.unavailable)})")
+            cheapest = {r: min(problem.model_costs[m].get(r) for m in problem.candidates)
                         for r in problem.budget}
             raise SelectionError(
                 f"policy {self.name}: no model fits the budget {problem.budget} "
@@ -151,6 +179,8 @@ def activation_scores(problem: Problem) -> dict[str, float]:
 def greedy(problem: Problem, order: Iterable[str], with_links: bool) -> frozenset[str]:
     active: frozenset[str] = frozenset()
     for model in order:
+        if model in problem.unavailable:
+            continue
         candidate = active | {model}
         if problem.fits(candidate, with_links):
             active = candidate
@@ -176,15 +206,110 @@ class StandalonePolicy(Policy):
 
 
 class AllPolicy(Policy):
+    """Every available model; a failed one is predicted through the links."""
+
     name: ClassVar[str] = "all"
-    uses_links: ClassVar[bool] = False
 
     def choose(self, problem: Problem) -> frozenset[str]:
-        return frozenset(problem.models)
+        return frozenset(problem.candidates)
+
+
+def _agreement_table(problem: Problem, target: str, usable: list[str]) -> np.ndarray:
+    """p_target(h_{S,target}) for every subset S of `usable`, indexed by S's bitmask over
+    `usable`: the best single link where the profile has no figure for S, as
+    `Profile.ensemble_agreement` does; index 0 (no source) scores 0."""
+    n = len(usable)
+    table = np.full(1 << n, -np.inf)
+    for b, source in enumerate(usable):  # subsets with top bit b: those below, plus source b
+        table[1 << b: 2 << b] = np.maximum(table[: 1 << b],
+                                           problem.profile.link_agreement(source, target))
+    table[0] = 0.0
+    position = {s: b for b, s in enumerate(usable)}
+    for sources, value in problem.profile.ensembles.get(target, {}).items():
+        if sources and all(s in position for s in sources):
+            table[sum(1 << position[s] for s in sources)] = value
+    return table
+
+
+def exact_best(problem: Problem) -> frozenset[str]:
+    """The feasible non-empty activated set with the highest expected agreement, scoring the
+    subsets in chunks of `EXACT_CHUNK` bitmasks so that the scratch memory stays small."""
+    candidates = list(problem.candidates)
+    n = len(candidates)
+    if n == 0:
+        return frozenset()
+    if n > EXACT_MAX_MODELS:
+        raise SelectionError(f"policy exact: {n} candidate models; it enumerates 2^k subsets and "
+                             f"is limited to k <= {EXACT_MAX_MODELS}: use `activation`")
+    index = {m: i for i, m in enumerate(candidates)}
+    budget = dict(problem.budget)
+    model_cost = {r: np.array([problem.model_costs[m].get(r) for m in candidates])
+                  for r in RESOURCES}
+    link_cost = {r: np.zeros((n, problem.k)) for r in RESOURCES}
+    for (s, t), cost in problem.link_costs.items():
+        if s in index and t in problem.models:
+            for r in RESOURCES:
+                link_cost[r][index[s], problem.models.index(t)] = cost.get(r)
+    # per target: the bit of each usable source in the candidate mask, and its table
+    targets = []
+    for target in problem.models:
+        usable = [s for s in candidates
+                  if s != target and s in problem.profile.pairwise.get(target, {})]
+        targets.append(([index[s] for s in usable], _agreement_table(problem, target, usable)))
+    column = [index.get(m) for m in problem.models]
+
+    best: tuple[float, float, int] | None = None  # score, budget share, mask
+    for low in range(1, 1 << n, EXACT_CHUNK):
+        masks = np.arange(low, min(low + EXACT_CHUNK, 1 << n), dtype=np.int64)
+        bits = ((masks[:, None] >> np.arange(n)) & 1).astype(np.float64)  # rows: subsets
+        # prune: a subset whose models alone break a budget cannot fit once links are added
+        keep = np.ones(len(masks), dtype=bool)
+        for r, limit in budget.items():
+            keep &= bits @ model_cost[r] <= limit + 1e-12
+        masks, bits = masks[keep], bits[keep]
+        if not len(masks):
+            continue
+        # predicted[:, j] = 1 where model j (over all models) is not activated
+        predicted = np.ones((len(masks), problem.k))
+        for j, col in enumerate(column):
+            if col is not None:
+                predicted[:, j] = 1.0 - bits[:, col]
+        fits = np.ones(len(masks), dtype=bool)
+        share = np.zeros(len(masks))
+        for r, limit in budget.items():
+            use = bits @ model_cost[r] + ((bits @ link_cost[r]) * predicted).sum(axis=1)
+            fits &= use <= limit + 1e-12
+            share += use / limit
+        if not fits.any():
+            continue
+        score = bits.sum(axis=1)
+        for j, (positions, table) in enumerate(targets):
+            sub = np.zeros(len(masks), dtype=np.int64)
+            for b, position in enumerate(positions):
+                sub |= ((masks >> position) & 1) << b
+            score += predicted[:, j] * table[sub]
+        score = np.where(fits, score, -np.inf)
+        top = score.max()
+        tied = np.flatnonzero(score >= top - 1e-9)
+        pick = tied[int(np.argmin(share[tied]))]
+        candidate = (float(score[pick]), float(share[pick]), int(masks[pick]))
+        if best is None or candidate[0] > best[0] + 1e-9 or (
+                candidate[0] >= best[0] - 1e-9 and candidate[1] < best[1]):
+            best = candidate
+    if best is None:
+        return frozenset()
+    return frozenset(m for i, m in enumerate(candidates) if best[2] >> i & 1)
+
+
+class ExactPolicy(Policy):
+    name: ClassVar[str] = "exact"
+
+    def choose(self, problem: Problem) -> frozenset[str]:
+        return exact_best(problem)
 
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (ActivationPolicy, StandalonePolicy, AllPolicy)
+    p.name: p for p in (ActivationPolicy, ExactPolicy, StandalonePolicy, AllPolicy)
 }
 
 

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
+import agent.selection as selection_module
 from agent.costs import Cost
 from agent.selection import (
     POLICIES,
@@ -96,6 +97,134 @@ def test_budgets_are_never_exceeded(policy: str) -> None:
         except SelectionError:
             continue
         chosen += 1
+        # recomputed here, links into every predicted model counted for the link policies
+        use = problem.use(selection.active, with_links=selection.uses_links)
+        assert selection.uses_links == (policy != "standalone")
         for resource, limit in problem.budget.items():
-            assert selection.use[resource] <= limit + 1e-9
+            assert selection.use[resource] == pytest.approx(use[resource])
+            assert use[resource] <= limit + 1e-9
     assert chosen > 100  # the check above ran on many instances
+
+
+# -- exact -------------------------------------------------------------------------------------
+# Three models where the paper's rule is provably not optimal. `c` is expensive but predicts
+# `a` and `b` well; `a` and `b` are cheap and predict little. Links cost 0.01 MB each.
+TRAP_PAIRWISE = {  # target -> source -> agreement
+    "a": {"b": 0.1, "c": 0.9},
+    "b": {"a": 0.1, "c": 0.9},
+    "c": {"a": 0.2, "b": 0.2},
+}
+
+
+def trap_problem() -> Problem:
+    return Problem(
+        models=("a", "b", "c"),
+        model_costs={"a": Cost(1.0, 1.0), "b": Cost(1.0, 1.0), "c": Cost(3.0, 1.0)},
+        link_costs={(s, t): Cost(0.01, 0.0) for t, row in TRAP_PAIRWISE.items() for s in row},
+        profile=Profile(pairwise=TRAP_PAIRWISE,
+                        ensembles={"c": {frozenset({"a", "b"}): 0.25}}),
+        budget={"memory_mb": 3.05},
+    )
+
+
+def test_the_paper_rule_is_not_optimal_and_exact_is() -> None:
+    problem = trap_problem()
+    # P_a = P_b = (1 + 0.15 - 0.5) / (w * 1/3.05), P_c = (1 + 0.9 - 0.2) / (w * 3/3.05):
+    # 0.65 against 1.7/3 = 0.567, so the paper's greedy takes a, then b, then c no longer fits.
+    scores = activation_scores(problem)
+    assert scores["a"] == scores["b"] > scores["c"]
+    activation = get_policy("activation").select(problem)
+    assert activation.active == frozenset({"a", "b"})
+    assert activation.expected_agreement == pytest.approx((2 + 0.25) / 3)
+    # The feasible sets, by hand: {a} 1+2*0.01 -> (1 + 0.1 + 0.2)/3; {b} the same;
+    # {a,b} 2.02 -> 2.25/3; {c} 3.02 -> (1 + 0.9 + 0.9)/3 = 0.933; every pair with c and
+    # {a,b,c} break 3.05 MB. The optimum is {c}.
+    exact = get_policy("exact").select(problem)
+    assert exact.active == frozenset({"c"})
+    assert exact.expected_agreement == pytest.approx(2.8 / 3)
+    assert exact.use["memory_mb"] == pytest.approx(3.02)
+
+
+def test_exact_counts_link_costs() -> None:
+    # 3.01 MB fits `c` alone but not `c` plus its two links into a and b.
+    problem = trap_problem()
+    tight = Problem(problem.models, problem.model_costs, problem.link_costs, problem.profile,
+                    {"memory_mb": 3.01})
+    assert get_policy("exact").select(tight).active == frozenset({"a", "b"})
+
+
+def random_profile(rng: np.random.Generator, models: tuple[str, ...]) -> Profile:
+    """Pairwise links (some missing) and per-subset ensemble figures for some subsets."""
+    pairwise: dict[str, dict[str, float]] = {}
+    ensembles: dict[str, dict[frozenset[str], float]] = {}
+    for t in models:
+        sources = [s for s in models if s != t and rng.random() < 0.85]
+        pairwise[t] = {s: float(rng.random()) for s in sources}
+        ensembles[t] = {
+            frozenset(subset): float(rng.random())
+            for size in range(2, len(sources) + 1)
+            for subset in itertools.combinations(sources, size)
+            if rng.random() < 0.6
+        }
+    return Profile(pairwise=pairwise, ensembles=ensembles)
+
+
+def brute_force(problem: Problem) -> float:
+    best = -1.0
+    for size in range(1, len(problem.candidates) + 1):
+        for subset in itertools.combinations(problem.candidates, size):
+            active = frozenset(subset)
+            if problem.fits(active):
+                best = max(best, problem.expected_agreement(active))
+    return best
+
+
+@pytest.mark.parametrize("chunk", [selection_module.EXACT_CHUNK, 3])
+def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    monkeypatch.setattr(selection_module, "EXACT_CHUNK", chunk)  # 3: many chunks per instance
+    rng = np.random.default_rng(11)
+    compared = beaten = 0
+    for trial in range(200):
+        k = int(rng.integers(2, 8))
+        base = random_problem(rng, k)
+        unavailable = frozenset(m for m in base.models if rng.random() < 0.15)
+        profile = random_profile(rng, base.models)
+        links = {(s, t): c for (s, t), c in base.link_costs.items() if s in profile.pairwise[t]}
+        budget = base.budget if trial % 3 else {"memory_mb": base.budget["memory_mb"]}
+        problem = Problem(base.models, base.model_costs, links, profile, budget, unavailable)
+        optimum = brute_force(problem)
+        if optimum < 0:
+            with pytest.raises(SelectionError):
+                get_policy("exact").select(problem)
+            continue
+        exact = get_policy("exact").select(problem)
+        compared += 1
+        assert problem.fits(exact.active)
+        assert not exact.active & unavailable
+        assert exact.expected_agreement == pytest.approx(optimum, abs=1e-9)
+        try:
+            paper = get_policy("activation").select(problem).expected_agreement
+        except SelectionError:
+            continue
+        assert paper <= optimum + 1e-9
+        beaten += paper < optimum - 1e-6
+    assert compared > 120
+    assert beaten > 10  # the instances are not all trivial: the paper's rule loses on some
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_unavailable_models_are_never_activated(policy: str) -> None:
+    problem = trap_problem()
+    without_c = Problem(problem.models, problem.model_costs, problem.link_costs,
+                        problem.profile, problem.budget, frozenset({"c"}))
+    selection = get_policy(policy).select(without_c)
+    assert "c" not in selection.active and "c" in selection.predicted
+
+
+def test_exact_refuses_too_many_models_clearly() -> None:
+    rng = np.random.default_rng(3)
+    big = random_problem(rng, selection_module.EXACT_MAX_MODELS + 1)
+    with pytest.raises(SelectionError, match="limited to k <="):
+        get_policy("exact").select(big)
+    assert get_policy("activation").select(big).active  # the paper's rule still answers

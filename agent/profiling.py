@@ -1,0 +1,85 @@
+"""Online agreement: how well the links predict the models on this box's stream, now.
+
+During a profiling window every available model runs, so each target's exact output sits
+beside its links' predictions. Each (target, source subset) keeps the per-frame agreement of
+the ensemble over that subset on the last `window` profiling frames; once a figure rests on
+`min_samples` frames it replaces the bundle's offline figure in the profile the selection
+uses, so the choice follows the stream as it drifts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from links_tflite.agreement import mean_agreement
+from links_tflite.bundle import Profile
+from links_tflite.ensemble import combine
+from links_tflite.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def subsets_to_score(sources: list[str], active: Iterable[str],
+                     max_sources: int) -> list[frozenset[str]]:
+    """Every non-empty subset of `sources` when there are at most `max_sources` of them;
+    otherwise the single links, the activated set's subset and the full set."""
+    if len(sources) <= max_sources:
+        return [frozenset(c) for size in range(1, len(sources) + 1)
+                for c in itertools.combinations(sources, size)]
+    chosen = {frozenset([s]) for s in sources} | {frozenset(sources)}
+    in_active = frozenset(s for s in sources if s in set(active))
+    if in_active:
+        chosen.add(in_active)
+    return sorted(chosen, key=lambda c: (len(c), sorted(c)))
+
+
+class OnlineAgreement:
+    def __init__(self, window: int, min_samples: int) -> None:
+        self.window = window
+        self.min_samples = min_samples
+        self._samples: dict[tuple[str, frozenset[str]], deque[float]] = {}
+
+    def add(self, target: str, sources: frozenset[str], value: float) -> None:
+        samples = self._samples.setdefault((target, sources), deque(maxlen=self.window))
+        samples.append(float(value))
+
+    def figure(self, target: str, sources: frozenset[str]) -> float | None:
+        samples = self._samples.get((target, sources))
+        if samples is None or len(samples) < self.min_samples:
+            return None
+        return float(np.mean(samples))
+
+    def score_frame(self, spec: TaskSpec, target: str, exact: np.ndarray,
+                    link_outputs: Mapping[str, np.ndarray], weights: Mapping[str, float],
+                    subsets: Iterable[frozenset[str]]) -> None:
+        """One profiling frame: the ensemble of each subset against the exact output, the
+        ensemble combining the links' (activated) outputs as the agent does when predicting."""
+        for subset in subsets:
+            ordered = sorted(subset)
+            prediction = combine([link_outputs[s] for s in ordered], [weights[s] for s in ordered])
+            self.add(target, subset, mean_agreement(spec, prediction, exact))
+
+    def profile(self, base: Profile) -> Profile:
+        """The bundle's profile with every figure that has enough online samples replaced."""
+        pairwise = {t: dict(row) for t, row in base.pairwise.items()}
+        ensembles = {t: dict(table) for t, table in base.ensembles.items()}
+        for (target, sources), _ in self._samples.items():
+            value = self.figure(target, sources)
+            if value is None:
+                continue
+            if len(sources) == 1:
+                (source,) = sources
+                pairwise.setdefault(target, {})[source] = value
+            ensembles.setdefault(target, {})[sources] = value
+        return Profile(pairwise=pairwise, ensembles=ensembles, links=base.links,
+                       held_out_frames=base.held_out_frames)
+
+    def summary(self) -> dict[str, int]:
+        ready = sum(1 for key in self._samples if self.figure(*key) is not None)
+        return {"figures": len(self._samples), "figures_in_use": ready,
+                "samples": sum(len(s) for s in self._samples.values())}

@@ -1,0 +1,108 @@
+"""Cost probes: each degrades to None, never to an exception; the Jetson probe parses real
+procfs/sysfs layouts, here under a fake root; delay statistics exclude the warm-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.costs import (
+    PROBES,
+    CostStats,
+    JetsonProbe,
+    NvmlProbe,
+    RssProbe,
+    is_tegra,
+    make_probe,
+    memory_delta_mb,
+    read_meminfo_kb,
+)
+
+MEMINFO = """MemTotal:        7999760 kB
+MemFree:          512000 kB
+NvMapMemFree:      43008 kB
+NvMapMemUsed:     204800 kB
+"""
+
+
+def fake_jetson(root: Path, load: str | None = "532\n", model: bytes = b"NVIDIA Jetson Orin Nano\0"
+                ) -> Path:
+    (root / "proc/device-tree").mkdir(parents=True)
+    (root / "proc/device-tree/model").write_bytes(model)
+    (root / "proc/meminfo").write_text(MEMINFO)
+    if load is not None:
+        gpu = root / "sys/devices/platform/17000000.ga10b"
+        gpu.mkdir(parents=True)
+        (gpu / "load").write_text(load)
+    return root
+
+
+def test_jetson_probe_reads_fake_procfs_and_sysfs(tmp_path: Path) -> None:
+    root = fake_jetson(tmp_path)
+    assert is_tegra(root)
+    assert read_meminfo_kb(root, "NvMapMemUsed") == 204800
+    probe = JetsonProbe(root)
+    assert probe.available()
+    assert probe.nvmap_mb() == pytest.approx(200.0)
+    assert probe.gpu_load() == pytest.approx(0.532)
+    sample = probe.sample_mb()
+    rss = RssProbe().sample_mb()
+    assert sample is not None and rss is not None and sample == pytest.approx(rss + 200.0, abs=5)
+    assert make_probe("auto", root).name == "jetson"
+    # NVML is never used on a Jetson, even where the library would load
+    assert not NvmlProbe(root).available()
+
+
+def test_jetson_probe_degrades_to_none(tmp_path: Path) -> None:
+    root = fake_jetson(tmp_path, load=None)
+    (root / "proc/meminfo").write_text("MemTotal: 10 kB\nNvMapMemUsed: garbage\n")
+    probe = JetsonProbe(root)
+    assert probe.nvmap_mb() is None and probe.gpu_load() is None
+    assert probe.details() == {"nvmap_mb": None, "gpu_load": None}
+    assert probe.sample_mb() is not None  # host memory is still there
+    (root / "proc/meminfo").unlink()
+    assert read_meminfo_kb(root, "NvMapMemUsed") is None
+
+
+def test_not_a_jetson(tmp_path: Path) -> None:
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"Raspberry Pi 4 Model B\0")
+    assert not is_tegra(tmp_path) and not JetsonProbe(tmp_path).available()
+    assert not is_tegra(tmp_path / "missing")
+    assert make_probe("jetson", tmp_path).name != "jetson"  # falls back, with a warning
+    soc = tmp_path / "sys/devices/soc0"
+    soc.mkdir(parents=True)
+    (soc / "family").write_text("Tegra\n")
+    assert is_tegra(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_every_probe_answers_without_raising(name: str, tmp_path: Path) -> None:
+    probe = PROBES[name](tmp_path)
+    available = probe.available()
+    value = probe.sample_mb()
+    assert value is None or value >= 0
+    assert isinstance(probe.details(), dict)
+    if available:
+        assert value is not None
+
+
+def test_memory_delta_sees_an_allocation() -> None:
+    held: list[bytearray] = []
+    delta = memory_delta_mb(lambda: held.append(bytearray(b"x" * (32 * 1024 * 1024))))
+    assert delta is not None and 28 <= delta <= 40
+
+
+def test_cost_stats_exclude_warmup_and_track_percentiles() -> None:
+    stats = CostStats(alpha=0.5, window=4, warmup=2)
+    stats.begin_load()
+    for ms in (100.0, 90.0, 1.0, 2.0, 3.0, 4.0, 5.0):
+        stats.add_delay(ms)
+    assert stats.runs == 5  # the two warm-up runs are left out
+    assert stats.percentile(50) == pytest.approx(3.5)  # window: the last four
+    assert stats.delay_ema_ms == pytest.approx(((((1 + 2) / 2 + 3) / 2 + 4) / 2 + 5) / 2)
+    stats.record_memory(10.0)
+    stats.record_memory(20.0)
+    assert stats.memory_mb == pytest.approx(15.0)
+    assert stats.to_dict()["delay_p95_ms"] is not None

@@ -1,0 +1,186 @@
+"""A model that raises, hangs, returns NaN or the wrong shape is excluded and predicted from
+the others; the loop goes on, and the model comes back after its back-off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tests.python_models as pm
+from agent.config import load_config
+from agent.models import ModelFailure, Worker, check_output
+from agent.scheduler import Agent
+
+MODELS = ("digit", "parity", "inkbox")
+
+
+def python_config(root: Path, build_root: Path, policy: str = "all", budget: str = "",
+                  timeout_ms: float = 5000, retry_after_s: float = 0.0,
+                  profiling: str = "period_frames = 0") -> Path:
+    """An agent config whose models are the digits zoo behind Python entry points."""
+    models = "".join(
+        f'\n[[models]]\nid = "{m}"\nadapter = "python"\n'
+        f'entry = "tests.python_models:{m.capitalize()}"\ninput = "image"\n'
+        f"timeout_ms = {timeout_ms}\n"
+        for m in MODELS
+    )
+    text = (
+        f'device_id = "test"\n[bundle]\npath = "{build_root / "bundle"}"\n'
+        f'[source]\ntype = "replay"\npath = "{build_root / "stream.npz"}"\n'
+        f"[budget]\n{budget}\n"
+        f'[selection]\npolicy = "{policy}"\nretry_after_s = {retry_after_s}\n'
+        f"[profiling]\nwarmup_runs = 1\ndelay_runs = 3\n{profiling}\n" + models
+    )
+    path = root / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture()
+def models(digits_build) -> Iterator[None]:
+    pm.reset()
+    pm.MODEL_DIR = digits_build.root / "models"
+    yield
+    pm.RELEASE.set()  # let any hung call return
+    pm.reset()
+
+
+def by_model(payloads: list[dict]) -> dict[str, dict]:
+    return {str(p["model"]): p for p in payloads}
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("nan", "nan"),
+                                            ("shape", "shape"), ("hang", "timeout")])
+def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path: Path,
+                                                  mode: str, kind: str) -> None:
+    config = load_config(python_config(tmp_path, digits_build.root, timeout_ms=300,
+                                       retry_after_s=3600.0))
+    agent = Agent(config)
+    frames = agent.start()
+    assert agent.selection is not None and agent.selection.active == set(MODELS)
+    first = by_model(agent.process(next(frames)))
+    assert {p["provenance"] for p in first.values()} == {"executed"}
+
+    pm.MODE["parity"] = mode
+    for _ in range(3):  # the frame it fails on, and the ones after
+        outputs = by_model(agent.process(next(frames)))
+        assert set(outputs) == set(MODELS)  # every model's output still arrives
+        parity = outputs["parity"]
+        assert parity["provenance"] == "predicted"
+        assert set(parity["sources"]) <= {"digit", "inkbox"} and parity["sources"]
+        assert len(parity["value"]) == 2 and all(np.isfinite(parity["value"]))
+        assert outputs["digit"]["provenance"] == "executed"
+    status = agent.status("running")
+    assert status["models"]["parity"]["state"] == "failed"
+    assert agent.health["parity"].last_kind == kind
+    assert status["counters"]["model_errors"] == 1  # excluded: not called again meanwhile
+    assert "parity" not in status["selection"]["active"]
+    if mode == "hang":
+        assert status["counters"]["timeouts"] == 1
+        pm.RELEASE.set()
+        assert agent.workers["parity"].join(10.0)  # the abandoned call returns, its thread ends
+
+    # its back-off ends: it is measured again and, healthy, activated again
+    pm.MODE["parity"] = "ok"
+    agent.health["parity"].retry_at = 0.0
+    outputs = by_model(agent.process(next(frames)))
+    assert outputs["parity"]["provenance"] == "executed"
+    assert agent.status("running")["models"]["parity"]["state"] == "active"
+
+
+def test_a_model_failing_on_every_retry_backs_off_longer(digits_build, models,
+                                                         tmp_path: Path) -> None:
+    config = load_config(python_config(tmp_path, digits_build.root, retry_after_s=2.0))
+    agent = Agent(config)
+    frames = agent.start()
+    pm.MODE["inkbox"] = "raise"
+    backoffs = []
+    for _ in range(3):
+        agent.process(next(frames))
+        health = agent.health["inkbox"]
+        assert health.retry_at is not None
+        backoffs.append(health.backoff_s)
+        health.retry_at = 0.0  # the back-off is over: the next frame retries
+    assert backoffs == [2.0, 4.0, 8.0]
+    assert agent.health["inkbox"].failures == 3
+    calls_before = pm.CALLS["inkbox"]
+    agent.health["inkbox"].retry_at = float("inf")
+    agent.process(next(frames))
+    assert pm.CALLS["inkbox"] == calls_before  # not called while excluded
+
+
+def test_failure_during_measuring_excludes_the_model(digits_build, models,
+                                                     tmp_path: Path) -> None:
+    pm.MODE["digit"] = "raise"
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root, policy="exact",
+                                            retry_after_s=3600.0)))
+    frames = agent.start()
+    assert agent.selection is not None and "digit" not in agent.selection.active
+    outputs = by_model(agent.process(next(frames)))
+    assert outputs["digit"]["provenance"] == "predicted"
+
+
+def test_worker_times_out_and_check_output() -> None:
+    import threading
+
+    release = threading.Event()
+    worker = Worker("slow")
+    assert worker.call(lambda: 41 + 1, 5.0) == 42
+    with pytest.raises(ValueError, match="bad"):
+        worker.call(lambda: (_ for _ in ()).throw(ValueError("bad")), 5.0)
+    with pytest.raises(ModelFailure) as caught:
+        worker.call(release.wait, 0.05)
+    assert caught.value.kind == "timeout" and worker.hung and worker.busy
+    release.set()
+    with pytest.raises(ModelFailure, match="NaN"):
+        check_output("m", [0.5, float("nan")], 2)
+    with pytest.raises(ModelFailure, match="3 numbers"):
+        check_output("m", [0.5, 0.1, 0.2], 2)
+    assert check_output("m", [[0.5], [0.5]], 2).shape == (2,)
+
+
+def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
+                                                        tmp_path: Path) -> None:
+    path = python_config(tmp_path, digits_build.root, retry_after_s=3600.0)
+    path.write_text(path.read_text().replace("tests.python_models:Inkbox",
+                                             "tests.python_models:Missing"))
+    agent = Agent(load_config(path))
+    frames = agent.start()
+    assert agent.health["inkbox"].failed and "AttributeError" in agent.health["inkbox"].last_error
+    outputs = by_model(agent.process(next(frames)))
+    assert outputs["inkbox"]["provenance"] == "predicted"
+    assert agent.status("running")["models"]["inkbox"]["state"] == "failed"
+
+
+def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Path) -> None:
+    """What a caller that re-measures from scratch, or rolls back, relies on."""
+    from agent.costs import Cost
+
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root)))
+    agent.start()
+    models_before, links_before = agent.model_costs, agent.link_costs
+    assert all(c.delay_ms is not None for c in models_before.values()) and len(links_before) == 6
+    agent.model_costs, agent.link_costs = {}, {}
+    assert set(agent.model_costs.values()) == {Cost(None, None)} and not agent.link_costs
+    agent.model_costs, agent.link_costs = models_before, links_before
+    assert agent.model_costs == models_before and agent.link_costs == links_before
+    assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None
+
+
+def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
+                                                        tmp_path: Path) -> None:
+    """What a remote `enabled = false` does to the running agent: the model leaves
+    `agent.models`; selection, the loop and the status carry on without it."""
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root, policy="exact")))
+    frames = agent.start()
+    inkbox = agent.models.pop("inkbox")
+    inkbox.unload()
+    agent.reselect()
+    assert set(by_model(agent.process(next(frames)))) == {"digit", "parity"}
+    assert set(agent.status("running")["models"]) == {"digit", "parity"}
+    agent.models["inkbox"] = inkbox
+    agent.reselect()
+    assert set(by_model(agent.process(next(frames)))) == set(MODELS)
