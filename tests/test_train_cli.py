@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.costs import CostStats
 from agent.scheduler import measure_link
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import load_bundle
@@ -95,5 +96,6 @@ def test_sequence_recording_to_bundle(tmp_path: Path, capsys: pytest.CaptureFixt
 
     # the agent measures a sequence link's cost through the same runner (encoder, decoder
     # step and the greedy loop), not as a single-file link
-    cost = measure_link(bundle, link, recording.outputs["digit"][0], warmup=2, runs=5)
-    assert cost.delay_ms > 0
+    stats = CostStats(warmup=2)
+    measure_link(bundle, link, recording.outputs["digit"][0], stats, runs=5)
+    assert stats.cost().delay_ms > 0
