@@ -47,11 +47,12 @@ def ensure_bundle(out: Path) -> None:
     print(summary_table(results))
 
 
-def measured_budget(out: Path, port: int) -> float:
+def measured_budget(out: Path, port: int, recipes: list | None = None) -> float:
     """Half the summed model memory as this box measures it (via `mlink-agent select`)."""
     probe = out / "agent-probe.toml"
-    probe.write_text(agent_config_text(WORKLOAD, get_workload(WORKLOAD).recipes(), port))
-    costs = json.loads(_agent(["select", "--config", str(probe)], 300).stdout)["costs"]
+    recipes = get_workload(WORKLOAD).recipes() if recipes is None else recipes
+    probe.write_text(agent_config_text(WORKLOAD, recipes, port))
+    costs = json.loads(_agent(["select", "--config", str(probe), "--json"], 300).stdout)["costs"]
     total = sum(c["memory_mb"] or 0.0 for c in costs["models"].values())
     return max(total * BUDGET_SHARE, 1e-3)
 
