@@ -251,6 +251,16 @@ def make_probe(name: str = "auto", root: Path = Path("/")) -> MemoryProbe:
     return RssProbe(root)
 
 
+def warm_up_runtime(files: list[Path]) -> object | None:
+    """Load the smallest of these .tflite files and keep it: the runtime's one-off allocations
+    (kernels, the XNNPACK delegate) are then not charged to whichever model is measured first.
+    Hold the returned object until measuring is done."""
+    from links_tflite.interpreter import TFLiteRunner
+
+    existing = [f for f in files if f.is_file()]
+    return TFLiteRunner(min(existing, key=lambda f: f.stat().st_size)) if existing else None
+
+
 def memory_delta_mb(load: Callable[[], object], probe: MemoryProbe | None = None) -> float | None:
     """Growth of the probe's figure caused by `load()` (which should load and run the model
     once). `load`'s own exceptions propagate: the caller decides what a failed load means."""

@@ -28,7 +28,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agent.config import AgentConfig, ConfigError
-from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, rss_bytes
+from agent.costs import (
+    Cost,
+    CostStats,
+    make_probe,
+    memory_delta_mb,
+    rss_bytes,
+    warm_up_runtime,
+)
 from agent.models import ModelAdapter, ModelFailure, Worker, check_output, make_model
 from agent.profiling import OnlineAgreement, subsets_to_score
 from agent.publisher import Publisher
@@ -36,7 +43,6 @@ from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_source
 from links_tflite.bundle import Bundle, LinkEntry, Profile, link_name, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
-from links_tflite.interpreter import TFLiteRunner
 from links_tflite.tasks import decode
 
 log = logging.getLogger(__name__)
@@ -313,14 +319,10 @@ class Agent:
                 measure_link(self.bundle, link, output, self._stats(link.name),
                              self.config.profiling.delay_runs)
 
-    def _initialise_runtime(self) -> TFLiteRunner | None:
-        """Load the smallest link once, so that the runtime's own one-off allocations are not
-        charged to whichever model happens to be measured first."""
-        single_file = [link for link in self.bundle.links if not link.decoder]
-        if not single_file:
-            return None
-        smallest = min(single_file, key=lambda link: self.bundle.path_of(link).stat().st_size)
-        return TFLiteRunner(self.bundle.path_of(smallest))
+    def _initialise_runtime(self) -> object | None:
+        """Warm the runtime up on the smallest single-file link (see warm_up_runtime)."""
+        return warm_up_runtime(
+            [self.bundle.path_of(link) for link in self.bundle.links if not link.decoder])
 
     # -- selecting -------------------------------------------------------------------------
     def problem(self, budget: dict[str, float] | None = None) -> Problem:
