@@ -563,6 +563,8 @@ class Control:
         staging = self.store.bundles / f".incoming-{uuid.uuid4().hex}"
         staging.mkdir()
         final = self.store.bundles / f"{time.strftime('%Y%m%dT%H%M%S')}-{sha[:12]}"
+        if final.exists():  # the same archive pushed again within the second
+            final = final.with_name(f"{final.name}-{uuid.uuid4().hex[:6]}")
         try:
             root = unpack_bundle(archive, staging, 4 * max_bytes)
             bundle = load_bundle(root)  # every file present, listed and matching its sha256
