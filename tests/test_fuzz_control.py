@@ -401,3 +401,37 @@ def test_fuzz_bundle_pushes(rig: Rig, bundle_files: dict[str, bytes]) -> None:
     incoming = [p for p in rig.store.bundles.iterdir() if p.name.startswith(".incoming")]
     assert incoming == [], "no staging left behind"
     shutil.rmtree(rig.store.bundles, ignore_errors=True)
+
+
+# -- signatures required ---------------------------------------------------------------------
+
+def test_fuzz_unsigned_and_forged_requests_when_signatures_are_required(tmp_path: Path) -> None:
+    from agent.security import Verifier, sign
+
+    key = b"the box's own key, 32 bytes long"
+    rig = Rig(tmp_path)
+    rig.control.verifier = Verifier(key, required=True)
+    valid = {"transaction": "t", "version": 5, "budget": {"memory_mb": 2.0}}
+    forgeries = st.one_of(
+        JSON_VALUES.map(lambda v: json.dumps(v).encode()),  # unsigned, anything
+        st.builds(lambda k: sign(k, TOPICS.config_set, valid),
+                  st.binary(min_size=16, max_size=40).filter(lambda k: k != key)),
+        st.builds(lambda t: sign(key, t, valid),  # signed for another topic
+                  st.sampled_from([TOPICS.command("reselect"), "mlink/other/config/set"])),
+        st.builds(lambda s, g: json.dumps({"signed": s, "signature": g}).encode(),
+                  JSON_VALUES.map(json.dumps), st.text("0123456789abcdef", min_size=64,
+                                                       max_size=64)),
+        st.builds(lambda extra: json.dumps({**json.loads(sign(key, TOPICS.config_set, valid)),
+                                            **extra}).encode(),
+                  st.dictionaries(st.sampled_from(["version", "budget", "x"]), JSON_LEAVES,
+                                  min_size=1)),
+    )
+
+    @settings(FUZZ, max_examples=400)
+    @given(payload=forgeries)
+    def run(payload: bytes) -> None:
+        response = _check(rig, TOPICS.config_set, payload, expect_error=True)
+        assert {e["path"] for e in response["errors"]} & {"signature", "signed", ""}
+
+    run()
+    assert _check(rig, TOPICS.config_set, sign(key, TOPICS.config_set, valid))["status"] == "ok"
