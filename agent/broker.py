@@ -7,6 +7,7 @@ Mosquitto comes from Debian's package `mosquitto`; `scripts/ensure-mosquitto.sh`
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -49,10 +50,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class LocalBroker:
     """`with LocalBroker() as broker:` gives a running broker on `broker.port`."""
 
-    def __init__(self, port: int | None = None, extra_config: str = "") -> None:
+    def __init__(self, port: int | None = None, extra_config: str = "",
+                 anonymous: bool = True) -> None:
+        """`extra_config` is appended to mosquitto.conf (more listeners, a password file, an
+        ACL); `anonymous=False` makes every listener require a login."""
         self.binary = find_mosquitto()
         self.port = port or free_port()
         self.extra_config = extra_config
+        self.anonymous = anonymous
         self._dir = Path(tempfile.mkdtemp(prefix="mlink-mosquitto-"))
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -63,16 +68,21 @@ class LocalBroker:
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         conf = self._dir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log_path}\n{self.extra_config}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\npersistence false\n"
+            f"log_dest file {self.log_path}\n"
+            # as root, mosquitto would switch to its own user, which cannot read our files
+            f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_config}\n"
         )
-        self._process = subprocess.Popen(
-            [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
+        with (self._dir / "stderr.log").open("wb") as stderr:  # start-up errors go there
+            self._process = subprocess.Popen(
+                [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + timeout_s
         while not port_open(self.port):
             if self._process.poll() is not None or time.monotonic() > deadline:
-                log_text = self.log_path.read_text() if self.log_path.exists() else ""
+                log_text = "".join(p.read_text(errors="replace") for p in (
+                    self.log_path, self._dir / "stderr.log") if p.exists())
                 self.stop()
                 raise BrokerUnavailable(f"mosquitto did not start on port {self.port}: {log_text}")
             time.sleep(0.05)

@@ -38,6 +38,41 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def read_secret(path: Path | None, credential: str | None, where: str, what: str
+                ) -> str | None:
+    """A secret from a file or a systemd credential ($CREDENTIALS_DIRECTORY/<name>), read when
+    needed so that it never sits in the config, on the command line or in config/state."""
+    if credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError([(f"{where}_credential",
+                                "$CREDENTIALS_DIRECTORY is not set (not started by systemd "
+                                "with LoadCredential=?)")])
+        path = Path(directory) / credential
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError([(where.rsplit(".", 1)[0], f"cannot read {what} from {path}: "
+                                                     f"{exc.strerror or exc}")]) from None
+
+
+class TlsConfig(Strict):
+    """`[mqtt.tls]`: TLS to the broker. Without `ca_file` the system's CAs are trusted."""
+
+    ca_file: Path | None = Field(None, description="the CA certificate(s) that signed the broker's")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), with key_file")
+    key_file: Path | None = Field(None, description="the client certificate's private key (PEM)")
+    verify_hostname: bool = Field(True, description="check the broker's name in its certificate")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give cert_file and key_file together")
+        return self
+
+
 class MqttConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
@@ -52,6 +87,7 @@ class MqttConfig(Strict):
         None, pattern=r"^[A-Za-z0-9_.-]{1,128}$",
         description="a systemd credential (LoadCredential=) holding the password",
     )
+    tls: TlsConfig | None = None
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttConfig:
@@ -61,21 +97,8 @@ class MqttConfig(Strict):
 
     def password(self) -> str | None:
         """Read when connecting, never stored in the config or shown in config/state."""
-        path = self.password_file
-        if self.password_credential is not None:
-            directory = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise ConfigError([("mqtt.password_credential",
-                                    "$CREDENTIALS_DIRECTORY is not set (not started by systemd "
-                                    "with LoadCredential=?)")])
-            path = Path(directory) / self.password_credential
-        if path is None:
-            return None
-        try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError([("mqtt", f"cannot read the broker password from {path}: "
-                                        f"{exc.strerror or exc}")]) from None
+        return read_secret(self.password_file, self.password_credential, "mqtt.password",
+                           "the broker password")
 
 
 class StateConfig(Strict):
@@ -89,6 +112,37 @@ class StateConfig(Strict):
         "normal", description="SQLite fsync policy: normal survives a crash, full a power cut"
     )
     max_bundle_mb: float = Field(64.0, gt=0.0, le=4096.0)
+
+
+class ControlConfig(Strict):
+    """`[control]`: what a remote request must carry to be obeyed. With `require_signature`,
+    `config/set` and every `cmd/<name>` must be signed with HMAC-SHA256 under the key held on
+    the box (agent/security.py; the scheme: docs/mqtt.md). Not settable remotely."""
+
+    require_signature: bool = False
+    key_file: Path | None = Field(None, description="a file holding only the signing key")
+    key_credential: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="a systemd credential (LoadCredential=) holding the signing key",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ControlConfig:
+        if self.key_file is not None and self.key_credential is not None:
+            raise ValueError("give key_file or key_credential, not both")
+        if self.require_signature and self.key_file is None and self.key_credential is None:
+            raise ValueError("require_signature needs key_file or key_credential")
+        return self
+
+    def key(self) -> bytes | None:
+        """The signing key (the file's text without its final newline), at least 16 bytes."""
+        text = read_secret(self.key_file, self.key_credential, "control.key", "the signing key")
+        if text is None:
+            return None
+        key = text.encode("utf-8")
+        if len(key) < 16:
+            raise ConfigError([("control", "the signing key must be at least 16 bytes")])
+        return key
 
 
 class PublishConfig(Strict):
@@ -260,6 +314,7 @@ class AgentConfig(Strict):
     profiling: ProfilingConfig = ProfilingConfig()
     state: StateConfig = StateConfig()
     publish: PublishConfig = PublishConfig()
+    control: ControlConfig = ControlConfig()
     max_frames: int | None = Field(None, ge=1)
 
     @field_validator("models")
@@ -316,10 +371,21 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
             "models": [m.model_copy(update={"path": None if m.path is None else resolve(m.path)})
                        for m in config.models],
             "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
-            "mqtt": config.mqtt.model_copy(update={"password_file": resolve(
-                config.mqtt.password_file)}) if config.mqtt.password_file else config.mqtt,
+            "mqtt": _resolve_mqtt(config.mqtt, resolve),
+            "control": config.control.model_copy(update={"key_file": resolve(
+                config.control.key_file)}) if config.control.key_file else config.control,
         }
     )
+
+
+def _resolve_mqtt(mqtt: MqttConfig, resolve: Any) -> MqttConfig:
+    if mqtt.password_file is not None:
+        mqtt = mqtt.model_copy(update={"password_file": resolve(mqtt.password_file)})
+    if mqtt.tls is not None:
+        files = {k: resolve(v) for k, v in mqtt.tls.model_dump().items()
+                 if k.endswith("_file") and v is not None}
+        mqtt = mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=files)})
+    return mqtt
 
 
 def _resolve_source(source: Any, resolve: Any) -> Any:

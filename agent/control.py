@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.publisher import Publisher
+from agent.security import SignatureError, Verifier
 from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
 
 if TYPE_CHECKING:
@@ -148,6 +149,20 @@ def _request_path(loc: tuple[Any, ...], model_ids: list[str]) -> str:
         if number < len(model_ids):
             parts[1] = model_ids[number]
     return ".".join(parts)
+
+
+def _claimed_transaction(request: dict[str, Any]) -> str | None:
+    """The transaction a request refused for its signature claims (in its envelope, or in the
+    unsigned request), echoed when well formed so that the caller can match the refusal."""
+    inner: Any = request
+    if "signed" in request:
+        try:
+            inner = json.loads(request["signed"])
+        except (TypeError, ValueError):
+            return None
+    transaction = inner.get("transaction") if isinstance(inner, dict) else None
+    return transaction if isinstance(transaction, str) and TRANSACTION.match(transaction) \
+        else None
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -272,6 +287,8 @@ class Control:
         self.store = store
         self.config_path = config_path
         self.version = store.version
+        control = agent.config.control  # read once at start: a bad key stops the agent
+        self.verifier = Verifier(control.key(), control.require_signature)
         self._queue: queue.Queue[tuple[str, mqtt.MQTTMessage | None]] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._reload_requested = False
@@ -339,28 +356,34 @@ class Control:
             correlation = getattr(props, "CorrelationData", None)
         self.publisher.respond(topic, payload, correlation)
 
-    @staticmethod
-    def _parse(message: mqtt.MQTTMessage) -> tuple[dict[str, Any] | None, Errors]:
+    def _parse(self, message: mqtt.MQTTMessage) -> tuple[dict[str, Any] | None, Errors,
+                                                         str | None]:
+        """The request to act on, or the errors that refuse it, and the transaction to echo."""
         if message.retain:  # delivered from the broker's store: old, maybe already applied
-            return None, [("", "retained request refused: publish requests without retain")]
+            return None, [("", "retained request refused: publish requests without retain")], None
         if len(message.payload) > MAX_REQUEST_BYTES and not message.topic.endswith("/bundle"):
-            return None, [("", f"request larger than {MAX_REQUEST_BYTES} bytes")]
+            return None, [("", f"request larger than {MAX_REQUEST_BYTES} bytes")], None
         try:
             request = json.loads(message.payload or b"{}")
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return None, [("", f"not valid JSON: {exc}")]
+            return None, [("", f"not valid JSON: {exc}")], None
         if not isinstance(request, dict):
-            return None, [("", "expected a JSON object")]
+            return None, [("", "expected a JSON object")], None
+        try:
+            request = self.verifier.open(message.topic, request,
+                                         command=message.topic != self.publisher.topics.config_set)
+        except SignatureError as exc:
+            return None, exc.errors, _claimed_transaction(request)
         transaction = request.get("transaction")
         if transaction is not None and (not isinstance(transaction, str)
                                         or not TRANSACTION.match(transaction)):
-            return None, [("transaction", "must be a string of 1-128 letters, digits or _.:-")]
-        return request, []
+            return None, [("transaction", "must be a string of 1-128 letters, digits or _.:-")
+                          ], None
+        return request, [], transaction
 
     # -- config/set ----------------------------------------------------------------------------
     def _handle_config(self, message: mqtt.MQTTMessage) -> None:
-        request, errors = self._parse(message)
-        transaction = request.get("transaction") if request else None
+        request, errors, transaction = self._parse(message)
         applied: list[str] = []
         if request is not None:
             try:
@@ -443,7 +466,7 @@ class Control:
             patch["models"] = {k: v for k, v in patch["models"].items()
                                if k in {m.id for m in current.models}}
             new = apply_patch(current, patch)
-            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state")
+            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state", "control")
                        if getattr(fresh, k) != getattr(current, k)]
             shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
             if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:
@@ -467,8 +490,7 @@ class Control:
     # -- cmd/<name> ----------------------------------------------------------------------------
     def _handle_command(self, message: mqtt.MQTTMessage) -> None:
         name = message.topic.rsplit("/", 1)[-1]
-        request, errors = self._parse(message)
-        transaction = request.get("transaction") if request else None
+        request, errors, transaction = self._parse(message)
         result: dict[str, Any] | None = None
         if request is not None:
             try:
@@ -541,6 +563,8 @@ class Control:
         staging = self.store.bundles / f".incoming-{uuid.uuid4().hex}"
         staging.mkdir()
         final = self.store.bundles / f"{time.strftime('%Y%m%dT%H%M%S')}-{sha[:12]}"
+        if final.exists():  # the same archive pushed again within the second
+            final = final.with_name(f"{final.name}-{uuid.uuid4().hex[:6]}")
         try:
             root = unpack_bundle(archive, staging, 4 * max_bytes)
             bundle = load_bundle(root)  # every file present, listed and matching its sha256

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -109,6 +110,9 @@ class Publisher:
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._connected = threading.Event()
+        self._connack = threading.Event()  # the broker answered the first CONNECT
+        self._refused: str | None = None
+        self._last_disconnect: str | None = None
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._handlers: dict[str, MessageHandler] = {}
         self._retained: dict[str, bytes] = {}
@@ -129,6 +133,8 @@ class Publisher:
                     properties: Any) -> None:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
+            self._refused = str(reason_code)
+            self._connack.set()
             return
         log.info("connected to %s:%s", self.config.host, self.config.port)
         client.publish(self.topics.availability, "online", qos=1, retain=True)
@@ -137,11 +143,13 @@ class Publisher:
         self.connects += 1
         self._resend_retained = True
         self._connected.set()
+        self._connack.set()
         self._wake.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         self._connected.clear()
+        self._last_disconnect = str(reason_code)
         if not self._closing:
             log.warning("disconnected from the broker: %s", reason_code)
 
@@ -171,20 +179,59 @@ class Publisher:
         if self.connected:
             self._client.subscribe(topic_filter, qos=1)
 
-    def connect(self, timeout_s: float = 10.0) -> None:
+    def _secure(self) -> None:
+        """Login and TLS from `[mqtt]`; the password is read now, never kept in the config."""
         if self.config.username is not None:
             self._client.username_pw_set(self.config.username, self.config.password())
-        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        tls = self.config.tls
+        if tls is None:
+            return
+        try:
+            self._client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise PublishError(f"mqtt.tls: cannot load the certificates: {exc}") from None
+        self._client.tls_insecure_set(not tls.verify_hostname)
+
+    def connect(self, timeout_s: float = 10.0) -> None:
+        """Connect, retrying an unreachable broker until `timeout_s`; a refused login or a
+        failed TLS handshake fails at once with a message that says which. Later outages are
+        paho's to reconnect."""
+        self._secure()
+        where = f"{self.config.host}:{self.config.port}"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._client.connect(self.config.host, self.config.port,
+                                     self.config.keepalive_s)
+                break
+            except ssl.SSLError as exc:
+                raise PublishError(f"TLS handshake with the MQTT broker at {where} failed: "
+                                   f"{getattr(exc, 'verify_message', None) or exc} "
+                                   f"(check [mqtt.tls])") from None
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise PublishError(f"no connection to the MQTT broker at {where} within "
+                                       f"{timeout_s:.0f}s: {exc.strerror or exc}") from None
+                time.sleep(0.5)
         self._client.loop_start()
         if self.outbox is not None and self._sender is None:
             self._sender = threading.Thread(target=self._send_loop, name="mlink-outbox",
                                             daemon=True)
             self._sender.start()
-        if not self._connected.wait(timeout_s):
-            raise PublishError(
-                f"no connection to the MQTT broker at {self.config.host}:{self.config.port} "
-                f"within {timeout_s:.0f}s"
-            )
+        self._connack.wait(max(0.0, deadline - time.monotonic()) + 1.0)
+        if self._refused is not None:
+            login = f"user {self.config.username!r}" if self.config.username else "anonymous"
+            raise PublishError(f"the MQTT broker at {where} refused the connection "
+                               f"({login}): {self._refused} (check [mqtt] username and "
+                               f"password)")
+        if not self._connected.is_set():
+            why = f": {self._last_disconnect}" if self._last_disconnect else ""
+            raise PublishError(f"no connection to the MQTT broker at {where} within "
+                               f"{timeout_s:.0f}s{why}")
 
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, topic: str, payload: Any, qos: int | None = None,

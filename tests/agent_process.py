@@ -67,7 +67,8 @@ class AgentProcess:
 class Client:
     """An MQTT v5 client of one agent: keeps every message, sends requests."""
 
-    def __init__(self, port: int, device: str = DEVICE, prefix: str = "mlink") -> None:
+    def __init__(self, port: int, device: str = DEVICE, prefix: str = "mlink",
+                 login: tuple[str, str] | None = None) -> None:
         self.root = f"{prefix}/{device}"
         self.messages: list[tuple[str, bytes, Any]] = []
         self._lock = threading.Lock()
@@ -79,6 +80,8 @@ class Client:
                                                             ("replies/#", 1)])
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self._subscribed.wait(10)

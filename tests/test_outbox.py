@@ -4,7 +4,6 @@ outage and after a restart, bounded with counted drop-oldest. Against a real Mos
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -77,9 +76,7 @@ class Subscriber:
 def persistent_broker(tmp_path: Path):
     store = tmp_path / "mosquitto-db"
     store.mkdir()
-    # as root, mosquitto would switch to its own user, which cannot write under pytest's tmp
-    user = "user root\n" if os.geteuid() == 0 else ""
-    extra = f"{user}persistence true\npersistence_location {store}/\n"
+    extra = f"persistence true\npersistence_location {store}/\n"  # LocalBroker stays root
     with LocalBroker(extra_config=extra) as broker:
         yield broker
 

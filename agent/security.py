@@ -1,0 +1,129 @@
+"""Signed remote requests: HMAC-SHA256 with a key held on the box.
+
+A broker is often shared, and its ACL is only as good as its weakest login; with
+`[control] require_signature = true` the agent obeys a `config/set` or `cmd/<name>` only when
+it was signed with the key in `[control] key_file` / `key_credential`.
+
+A signed request is an envelope around the request's exact JSON text, so that what is
+signed is a byte string, not a re-serialisation of parsed JSON:
+
+    {"signed": "<the request JSON, as a string>", "signature": "<64 lowercase hex>"}
+
+    signature = HMAC-SHA256(key, b"mlink-hmac-sha256-v1\\n" + topic + b"\\n" + signed)
+
+with `topic` the full topic the envelope is published to (`mlink/box-1/cmd/bundle`, UTF-8)
+and `signed` the UTF-8 bytes of the string. The topic binds the request to one device and
+one kind of request. `config/set` is protected from replay by its growing `version`; a signed
+command must carry `expires` (Unix seconds, at most one hour ahead) and is refused after it,
+or when the same signature is presented twice before it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SCHEME = b"mlink-hmac-sha256-v1"
+ENVELOPE_KEYS = frozenset({"signed", "signature"})
+SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+MAX_EXPIRY_AHEAD_S = 3600.0
+
+Errors = list[tuple[str, str]]
+
+
+class SignatureError(ValueError):
+    """A request refused for its signature; `errors` holds (path, message) pairs."""
+
+    def __init__(self, errors: Errors) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{p or '<root>'}: {m}" for p, m in errors))
+
+
+def signing_bytes(topic: str, signed: str) -> bytes:
+    """Exactly the bytes the HMAC covers."""
+    return SCHEME + b"\n" + topic.encode("utf-8") + b"\n" + signed.encode("utf-8")
+
+
+def signature(key: bytes, topic: str, signed: str) -> str:
+    return hmac.new(key, signing_bytes(topic, signed), hashlib.sha256).hexdigest()
+
+
+def sign(key: bytes, topic: str, request: dict[str, Any] | str) -> bytes:
+    """The envelope payload for `request` on `topic` (for operators' tools and the tests)."""
+    signed = request if isinstance(request, str) else json.dumps(request, separators=(",", ":"))
+    return json.dumps({"signed": signed, "signature": signature(key, topic, signed)}).encode()
+
+
+def is_envelope(request: dict[str, Any]) -> bool:
+    return bool(ENVELOPE_KEYS & set(request))
+
+
+class Verifier:
+    """Opens signed envelopes and refuses what the policy does not allow."""
+
+    def __init__(self, key: bytes | None, required: bool) -> None:
+        if required and key is None:
+            raise ValueError("a required signature needs a key")
+        self._key = key
+        self.required = required
+        self._seen: dict[str, float] = {}  # command signatures used, until they expire
+
+    def open(self, topic: str, request: dict[str, Any], command: bool,
+             now: float | None = None) -> dict[str, Any]:
+        """The request to act on: the inner one of a valid envelope, or `request` itself when
+        it is unsigned and signatures are not required."""
+        if not is_envelope(request):
+            if self.required:
+                raise SignatureError([("signature", "this agent obeys only signed requests "
+                                                    "(HMAC-SHA256, see docs/mqtt.md)")])
+            return request
+        extra = sorted(set(request) - ENVELOPE_KEYS)
+        if extra:
+            raise SignatureError([("", f"a signed request holds only 'signed' and "
+                                       f"'signature', not {extra}")])
+        signed, given = request.get("signed"), request.get("signature")
+        if not isinstance(signed, str):
+            raise SignatureError([("signed", "must be the request's JSON text, as a string")])
+        if not isinstance(given, str) or not SIGNATURE.match(given):
+            raise SignatureError([("signature", "must be 64 lowercase hex digits")])
+        if self._key is None:
+            raise SignatureError([("signature", "this agent has no signing key ([control] "
+                                                "key_file or key_credential)")])
+        if not hmac.compare_digest(signature(self._key, topic, signed), given):
+            raise SignatureError([("signature", f"wrong signature for {topic} (not made with "
+                                                f"this agent's key, or the request or topic "
+                                                f"was altered)")])
+        try:
+            inner = json.loads(signed)
+        except json.JSONDecodeError as exc:
+            raise SignatureError([("signed", f"not valid JSON: {exc}")]) from None
+        if not isinstance(inner, dict):
+            raise SignatureError([("signed", "expected a JSON object")])
+        if is_envelope(inner):
+            raise SignatureError([("signed", "holds another signed envelope")])
+        if command:
+            self._check_fresh(inner, given, time.time() if now is None else now)
+        return inner
+
+    def _check_fresh(self, inner: dict[str, Any], given: str, now: float) -> None:
+        expires = inner.get("expires")
+        if isinstance(expires, bool) or not isinstance(expires, (int, float)) \
+                or expires != expires:
+            raise SignatureError([("expires", "a signed command needs 'expires': Unix seconds "
+                                              "after which it is refused")])
+        if expires < now:
+            raise SignatureError([("expires", f"expired {now - expires:.0f} s ago")])
+        if expires > now + MAX_EXPIRY_AHEAD_S:
+            raise SignatureError([("expires", f"more than {MAX_EXPIRY_AHEAD_S:.0f} s ahead")])
+        self._seen = {s: e for s, e in self._seen.items() if e >= now}
+        if given in self._seen:
+            raise SignatureError([("signature", "replayed: this signed command was already "
+                                                "received")])
+        self._seen[given] = float(expires)

@@ -1,0 +1,55 @@
+"""Graceful stop: SIGTERM while the broker is away and the outbox holds a backlog; the broker
+comes back within the stop timeout, the agent drains every output (each one acknowledged by
+the broker), publishes `stopped` and exits 0; the retained `availability` stays `stopped`, so
+the LWT (`offline`, retained too) was not sent on this clean exit. The unclean exit (SIGKILL
+leaves `offline`) is in tests/test_service.py."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+from agent.broker import LocalBroker
+from agent.outbox import Outbox
+from tests.agent_process import DEVICE, AgentProcess, Client, write_config
+
+
+def _retained(port: int, topic: str) -> str:
+    return subprocess.run(["mosquitto_sub", "-p", str(port), "-t", f"mlink/{DEVICE}/{topic}",
+                           "-C", "1", "-W", "20"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _depth(path: Path) -> int:
+    box = Outbox(path)
+    try:
+        return box.depth
+    finally:
+        box.close()
+
+
+def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with LocalBroker() as broker:
+        config = write_config(digits_build.root, broker.port, state)
+        client = Client(broker.port)
+        agent = AgentProcess(config)
+        try:
+            client.wait(lambda: client.json_on("models/digit/output")[3:])
+            broker.stop()
+            outbox = state / "outbox.sqlite"
+            client.wait(lambda: _depth(outbox) >= 30, timeout_s=30)
+            agent.signal(signal.SIGTERM)  # the backlog is waiting on disk
+            broker.start()
+            code, log = agent.stop(timeout_s=60)  # systemd's TimeoutStopSec=60
+        finally:
+            agent.stop()
+            client.stop()
+        assert code == 0, log[-3000:]  # 0 only when every output was acknowledged
+        assert "still unacknowledged" not in log
+        left = Outbox(outbox)
+        assert left.depth == 0 and left.dropped == 0
+        left.close()
+        assert _retained(broker.port, "availability") == "stopped"
+        assert '"state":"stopped"' in _retained(broker.port, "status").replace(" ", "")
