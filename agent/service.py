@@ -11,10 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +103,11 @@ class ServiceAgent(Agent):
 
     # -- control actions, each between two frames, all or nothing ----------------------------
     def _snapshot(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("config", "bundle", "ensembles", "models",
-                                              "model_costs", "link_costs", "selection")}
+        snapshot = {k: getattr(self, k) for k in ("config", "bundle", "ensembles", "models",
+                                                  "model_costs", "link_costs", "selection")}
+        for key in ("models", "model_costs", "link_costs"):
+            snapshot[key] = dict(snapshot[key])
+        return snapshot
 
     def _restore(self, snapshot: dict[str, Any]) -> None:
         for key in ("models", "model_costs", "link_costs"):
@@ -111,6 +116,17 @@ class ServiceAgent(Agent):
             setattr(self, key, value)
         if self.selection is not None:
             self.apply(self.selection)
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Hold the loop between two frames; on any failure, put everything back as it was."""
+        with self.lock:
+            snapshot = self._snapshot()
+            try:
+                yield
+            except Exception:
+                self._restore(snapshot)
+                raise
 
     def _remeasure(self) -> None:
         """Measure from scratch on the last frame: unload first, so that loading is measured."""
@@ -121,27 +137,16 @@ class ServiceAgent(Agent):
         self.measure(self.last_frame)
 
     def reprofile(self) -> dict[str, Any]:
-        with self.lock:
-            snapshot = self._snapshot()
-            snapshot["models"] = dict(self.models)
-            try:
-                self._remeasure()
-                self.apply(self.select())
-            except Exception:
-                self._restore(snapshot)
-                raise
+        with self._all_or_nothing():
+            self._remeasure()
+            self.apply(self.select())
         assert self.selection is not None
         self.publish_status("running")
         return {"selection": self.selection.to_dict(), "costs": self.status("running")["costs"]}
 
     def reselect(self) -> dict[str, Any]:
-        with self.lock:
-            snapshot = self._snapshot()
-            try:
-                self.apply(self.select())
-            except Exception:
-                self._restore(snapshot)
-                raise
+        with self._all_or_nothing():
+            self.apply(self.select())
         assert self.selection is not None
         self.publish_status("running")
         return {"selection": self.selection.to_dict()}
@@ -149,17 +154,15 @@ class ServiceAgent(Agent):
     def reconfigure(self, new: AgentConfig) -> None:
         """Apply a validated config: budget, policy, profiling, publish options, enabled
         models. On any failure the previous config stays in force."""
-        with self.lock:
-            snapshot = self._snapshot()
-            try:
+        try:
+            with self._all_or_nothing():
                 self._reconfigure(new)
-            except Exception as exc:
-                self._restore(snapshot)
-                if isinstance(exc, ConfigError):
-                    raise RequestError(exc.errors) from None
-                if isinstance(exc, SelectionError):
-                    raise RequestError([("budget", str(exc))]) from None
-                raise RequestError([("", f"{type(exc).__name__}: {exc}")]) from None
+        except ConfigError as exc:
+            raise RequestError(exc.errors) from None
+        except SelectionError as exc:
+            raise RequestError([("budget", str(exc))]) from None
+        except Exception as exc:
+            raise RequestError([("", f"{type(exc).__name__}: {exc}")]) from None
         self.publish_status("running")
 
     def _reconfigure(self, new: AgentConfig) -> None:
@@ -186,20 +189,14 @@ class ServiceAgent(Agent):
 
     def swap_bundle(self, bundle: Bundle) -> dict[str, Any]:
         """Swap in a verified bundle, re-measuring its links; the old one stays on failure."""
-        with self.lock:
-            snapshot = self._snapshot()
-            snapshot["models"] = dict(self.models)
-            try:
-                check_models_in_bundle(self.config, bundle)
-                self.bundle = bundle
-                self.ensembles = EnsemblePredictor(bundle)
-                self.config = self.config.model_copy(update={
-                    "bundle": self.config.bundle.model_copy(update={"path": bundle.root})})
-                self._remeasure()
-                self.apply(self.select())
-            except Exception:
-                self._restore(snapshot)
-                raise
+        with self._all_or_nothing():
+            check_models_in_bundle(self.config, bundle)
+            self.bundle = bundle
+            self.ensembles = EnsemblePredictor(bundle)
+            self.config = self.config.model_copy(update={
+                "bundle": self.config.bundle.model_copy(update={"path": bundle.root})})
+            self._remeasure()
+            self.apply(self.select())
         assert self.selection is not None
         self.publish_status("running")
         return self.selection.to_dict()
