@@ -19,6 +19,8 @@ p50/p95 over a sliding window (what the status reports).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import logging
 import time
@@ -261,11 +263,21 @@ def warm_up_runtime(files: list[Path]) -> object | None:
     return TFLiteRunner(min(existing, key=lambda f: f.stat().st_size)) if existing else None
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim) before a sample.
+    Otherwise a model loaded after another was unloaded reuses those pages — glibc also raises
+    its mmap threshold after large frees — and its RSS growth is under-counted. No-op where
+    the C library has no malloc_trim."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def memory_delta_mb(load: Callable[[], object], probe: MemoryProbe | None = None) -> float | None:
     """Growth of the probe's figure caused by `load()` (which should load and run the model
     once). `load`'s own exceptions propagate: the caller decides what a failed load means."""
     probe = probe or RssProbe()
     gc.collect()
+    release_free_heap()
     before = probe.sample_mb()
     load()
     after = probe.sample_mb()
