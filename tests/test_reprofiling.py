@@ -71,9 +71,7 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     assert profiling["windows"] == 2 and profiling["cost_ms"] > 0
     assert 0 < profiling["share_of_loop_time"] < 1
     assert profiling["online"]["figures_in_use"] > 0
-    # RSS deltas of a reload inside a window are noisier than at start (pages freed by other
-    # instances can be reused), and costs are an EMA over loads: half the ballast is the bound
-    assert profiling["last_window_extra_memory_mb"] >= 0.5 * BALLAST_MB
+    assert profiling["last_window_extra_memory_mb"] >= 0.9 * BALLAST_MB
     assert status["costs"]["models"]["parity"]["runs"] > 0
 
 
