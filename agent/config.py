@@ -402,16 +402,22 @@ def state_dir(config: AgentConfig, base_dir: Path) -> Path:
     return Path(from_systemd) if from_systemd else base_dir / "state"
 
 
-def load_config(path: str | Path) -> AgentConfig:
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The config file parsed but not yet validated (for tools that adjust it first)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         where = f"line {match.group(1)}" if match else ""
         raise ConfigError([(where, f"not valid TOML: {exc}")], str(path)) from None
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    path = Path(path)
+    data = read_config_file(path)
     return validate(data, path.parent.resolve(), str(path))

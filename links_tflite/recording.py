@@ -19,6 +19,7 @@ Row i of every array belongs to frame `frame_ids[i]`: that alignment is the whol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,20 @@ class Recording:
             costs=dict(self.costs),
             camera_ids=None if self.camera_ids is None else self.camera_ids[rows],
             cameras=list(self.cameras),
+        )
+
+    def select_models(self, models: list[str] | tuple[str, ...]) -> Recording:
+        """The same frames with only some models (e.g. the ones a bundle links)."""
+        missing = sorted(set(models) - set(self.tasks))
+        if missing:
+            raise RecordingError(f"models {missing} are not in the recording "
+                                 f"(it has {self.models})")
+        return dataclasses.replace(
+            self,
+            tasks={m: self.tasks[m] for m in models},
+            outputs={m: self.outputs[m] for m in models},
+            ground_truth={m: v for m, v in self.ground_truth.items() if m in models},
+            costs={m: v for m, v in self.costs.items() if m in models},
         )
 
     def save(self, path: str | Path) -> Path:

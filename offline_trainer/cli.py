@@ -31,9 +31,39 @@ def _parser() -> argparse.ArgumentParser:
                             "is held out for the profile (the paper: 0.01 to 0.48)")
     links.add_argument("--epochs", type=int, default=LinkTraining.epochs)
     links.add_argument("--seed", type=int, default=0)
+    evaluate = sub.add_parser("evaluate", help="the paper's tables on a workload, side by side "
+                                               "with the baselines")
+    evaluate.add_argument("--workload", default="digits")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="build directory (default build/eval/WORKLOAD)")
+    evaluate.add_argument("--results", type=Path, default=None,
+                          help="results file (default benchmarks/results/evaluation-WORKLOAD.md)")
+    evaluate.add_argument("--zoo", type=Path, default=None,
+                          help="the workload's zoo (default OUT/zoo; built when missing)")
+    evaluate.add_argument("--models", default="", help="comma-separated subset of the models")
+    evaluate.add_argument("--epochs", type=int, default=LinkTraining.epochs)
+    evaluate.add_argument("--frames", type=int, default=0, help="stream frames (0: all)")
+    evaluate.add_argument("--seed", type=int, default=0)
     demo = sub.add_parser("demo", help="train, deploy and run the agent end to end")
     demo.add_argument("--out", type=Path, default=Path("build/demo"))
     return parser
+
+
+def _evaluate(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    from offline_trainer.evaluation.report import write_report
+    from offline_trainer.evaluation.run import EvaluationSettings, evaluate
+
+    settings = EvaluationSettings(
+        workload=args.workload,
+        out=args.out or Path("build/eval") / args.workload,
+        results=args.results or Path("benchmarks/results") / f"evaluation-{args.workload}.md",
+        models=tuple(m for m in args.models.split(",") if m),
+        epochs=args.epochs, frames=args.frames, seed=args.seed, zoo=args.zoo,
+    )
+    command = " ".join(["mlink-train", *(sys.argv[1:] if argv is None else argv)])
+    path = write_report(evaluate(settings), command)
+    print(path.read_text())
+    print(f"results written to {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(ensemble_summary(report))
             print(f"bundle written to {args.out} ({report.profile.held_out_frames} held-out "
                   f"frames profiled)")
+        elif args.command == "evaluate":
+            _evaluate(args, argv)
         else:
             from offline_trainer.demo import run_demo
 

@@ -52,14 +52,8 @@ def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
 
     root = tmp_path_factory.mktemp("digits")
     build_zoo("digits", root, seed=0)
-    full = Recording.load(root / "recording.npz")
-    linked = Recording(
-        workload=full.workload, frame_ids=full.frame_ids, ts=full.ts,
-        tasks={m: full.tasks[m] for m in LINKED_MODELS},
-        outputs={m: full.outputs[m] for m in LINKED_MODELS},
-        ground_truth={m: full.ground_truth[m] for m in LINKED_MODELS},
-    )
-    linked.save(root / "recording-linked.npz")
+    Recording.load(root / "recording.npz").select_models(LINKED_MODELS).save(
+        root / "recording-linked.npz")
     links = train_bundle(root / "recording-linked.npz", root / "bundle", 0.7,
                          LinkTraining(epochs=60))
     return DigitsBuild(root=root, links=links)

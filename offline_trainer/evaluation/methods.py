@@ -1,0 +1,243 @@
+"""The methods compared under a budget, each run through the real agent on the stream.
+
+Every method is the agent (`agent.scheduler.Agent`, LiteRT, no TensorFlow in the path) with
+an activated set, optionally behind a frame filter:
+- `standalone`: the cheapest models first while they fit, no links (the rest get nothing);
+- `mlink-activation` / `mlink-exact`: the agent's selection policies under the budget;
+- `filtering`: every model, but only on the frames the filter lets through; the others reuse
+  the last processed frame's outputs;
+- `mlink+filtering`: an activated set chosen under budget / q, behind a filter processing a
+  share q of the frames, with q picked on the calibration frames among the shares that
+  include both ingredients alone (q = 1: MLink; all models at q = budget share: filtering);
+- `all`: every model on every frame, the reference.
+
+A budget share b means b x the models' total measured cost of one resource. A filter saves
+computation, not memory: filtering methods are charged q x the use of their set (the share
+of frames processed times what runs on them) in both resources. That is the reading of the
+paper's frame-filtering baseline (a budget of 1/3 of the models is 1/3 of the inference
+computations), and it favours filtering under a memory budget, where its peak is the
+whole set's memory: the tables report that peak beside.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.scheduler import Agent
+from agent.selection import Selection, SelectionError, get_policy
+from agent.sources.base import Frame
+from links_tflite.agreement import mean_agreement
+from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
+from offline_trainer.evaluation.stream import Stream
+
+log = logging.getLogger(__name__)
+
+METHODS = ("standalone", "mlink-activation", "mlink-exact", "filtering", "mlink+filtering",
+           "all")
+POLICY_OF = {"standalone": "standalone", "mlink-activation": "activation",
+             "mlink-exact": "exact", "all": "all"}
+COMBINED_SHARES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+WARMUP_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a run of the agent over frames achieved."""
+
+    agreement: float  # mean over models and frames vs the exact outputs (0 where none)
+    accuracy: float  # the same against the ground truth
+    ms_per_frame: float  # wall time: filter + agent.process
+    model_ms_per_frame: float  # the executed models' own inference time
+    processed_share: float
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    resource: str
+    share: float
+    budget: float
+    active: tuple[str, ...]
+    filter_share: float  # the share of frames the filter was tuned to process (1: no filter)
+    expected: float | None  # the profile's expected agreement (no filter, links used)
+    use: float  # charged against the budget: filter_share x the set's use
+    peak: float  # the set's own use: what must be resident at once
+    replaced_delay_ms: float  # measured delay of the models predicted or skipped
+    scored: Scored | None  # None: nothing fits
+    note: str = ""
+
+
+def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
+               exact: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+               frame_filter: FrameFilter | None = None) -> Scored:
+    """Run the agent over the frames with this activated set and score what it published."""
+    agent.apply(selection)
+    for frame in frames[:WARMUP_FRAMES]:  # first inferences allocate: not timed, not scored
+        agent.process(frame)
+    if frame_filter is not None:
+        frame_filter.reset()
+    models = list(agent.models)
+    values: dict[str, list[np.ndarray | None]] = {m: [] for m in models}
+    last: dict[int, dict[str, np.ndarray]] = {}
+    elapsed = model_ms = 0.0
+    processed = 0
+    for frame in frames:
+        start = time.perf_counter()
+        if frame_filter is None or frame_filter.should_process(frame):
+            payloads = agent.process(frame)
+            elapsed += time.perf_counter() - start
+            processed += 1
+            last[frame.camera] = {str(p["model"]): np.asarray(p["value"], np.float32)
+                                  for p in payloads}
+            model_ms += sum(float(p["latency_ms"]) for p in payloads
+                            if p["provenance"] == "executed")
+        else:
+            elapsed += time.perf_counter() - start
+        outputs = last.get(frame.camera, {})
+        for m in models:
+            values[m].append(outputs.get(m))
+    n = max(1, len(frames))
+    return Scored(
+        agreement=_score(agent, values, exact),
+        accuracy=_score(agent, values, truth),
+        ms_per_frame=elapsed * 1e3 / n,
+        model_ms_per_frame=model_ms / n,
+        processed_share=processed / n,
+    )
+
+
+def _score(agent: Agent, values: dict[str, list[np.ndarray | None]],
+           reference: dict[str, np.ndarray]) -> float:
+    """Mean over models of the per-frame agreement with the reference; a frame without an
+    output scores 0 for that model."""
+    per_model = []
+    for m, rows in values.items():
+        spec = agent.bundle.models[m]
+        present = [i for i, v in enumerate(rows) if v is not None]
+        if not present or len(rows) == 0:
+            per_model.append(0.0)
+            continue
+        shape = reference[m].shape[1:]
+        got = np.stack([np.asarray(rows[i]).reshape(shape) for i in present])
+        total = mean_agreement(spec, got, reference[m][present]) * len(present)
+        per_model.append(total / len(rows))
+    return float(np.mean(per_model)) if per_model else 0.0
+
+
+def totals(agent: Agent) -> dict[str, float]:
+    """The models' total measured cost per resource: what budget shares are shares of."""
+    costs = agent.model_costs.values()
+    return {r: float(sum(c.get(r) for c in costs)) for r in ("memory_mb", "delay_ms")}
+
+
+def select(agent: Agent, policy: str, budget: dict[str, float]) -> Selection | None:
+    """The policy's choice, or None where nothing fits."""
+    try:
+        return get_policy(policy).select(agent.problem(budget))
+    except SelectionError:
+        return None
+
+
+def replaced_delay(agent: Agent, active: frozenset[str], processed: float = 1.0) -> float:
+    """The measured delay of the work not done: models not activated, and every model on
+    the frames the filter skips."""
+    delays = {m: c.get("delay_ms") for m, c in agent.model_costs.items()}
+    inactive = sum(d for m, d in delays.items() if m not in active)
+    return inactive + (1.0 - processed) * sum(d for m, d in delays.items() if m in active)
+
+
+@dataclass
+class Evaluator:
+    """Runs each method at a budget on the test frames; filters are tuned on calibration."""
+
+    agent: Agent
+    stream: Stream
+    total: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total = totals(self.agent)
+        self._thresholds: dict[float, float] = {}
+        self._results: dict[tuple[str, str, float], MethodResult] = {}
+
+    def threshold(self, share: float) -> float:
+        if share not in self._thresholds:
+            self._thresholds[share] = calibrate_threshold(self.stream.calibration, share)
+        return self._thresholds[share]
+
+    def method(self, method: str, resource: str, share: float) -> MethodResult:
+        """The method's result at this budget (computed once per budget)."""
+        key = (method, resource, round(share, 6))
+        if key not in self._results:
+            self._results[key] = self._method(method, resource, share)
+        return self._results[key]
+
+    def _method(self, method: str, resource: str, share: float) -> MethodResult:
+        budget = share * self.total[resource]
+        if method in POLICY_OF:
+            return self._policy(method, resource, share, budget)
+        if method == "filtering":
+            q = min(1.0, share)
+            selection = get_policy("all").select(self.agent.problem({}))  # every model
+            return self._result(method, resource, share, budget, selection, q,
+                                self.stream.test, self.stream.exact, self.stream.truth)
+        if method == "mlink+filtering":
+            return self._combined(resource, share, budget)
+        raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+
+    def _policy(self, method: str, resource: str, share: float, budget: float) -> MethodResult:
+        policy = POLICY_OF[method]
+        selection = select(self.agent, policy, {} if policy == "all" else {resource: budget})
+        if selection is None:
+            return self._nothing(method, resource, share, budget)
+        return self._result(method, resource, share, budget, selection, 1.0,
+                            self.stream.test, self.stream.exact, self.stream.truth)
+
+    def _combined(self, resource: str, share: float, budget: float) -> MethodResult:
+        """The best (q, activated set under budget / q) on the calibration frames."""
+        best: tuple[float, float, Selection] | None = None
+        for q in sorted({*[s for s in COMBINED_SHARES if s >= share], min(1.0, share)}):
+            # (share / q) first: exactly 1.0 at q = share, so that every model fits there
+            selection = select(self.agent, "exact", {resource: share / q * self.total[resource]})
+            if selection is None:
+                continue
+            scored = self._run(selection, q, self.stream.calibration,
+                               self.stream.calibration_exact, self.stream.calibration_truth)
+            log.info("mlink+filtering %s %.2f: q %.2f active %s -> %.4f", resource, share, q,
+                     sorted(selection.active), scored.agreement)
+            if best is None or scored.agreement > best[0] + 1e-12:
+                best = (scored.agreement, q, selection)
+        if best is None:
+            return self._nothing("mlink+filtering", resource, share, budget)
+        _, q, selection = best
+        return self._result("mlink+filtering", resource, share, budget, selection, q,
+                            self.stream.test, self.stream.exact, self.stream.truth)
+
+    def _run(self, selection: Selection, q: float, frames: list[Frame],
+             exact: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> Scored:
+        frame_filter = FrameFilter(self.threshold(q)) if q < 1.0 else None
+        return run_frames(self.agent, frames, selection, exact, truth, frame_filter)
+
+    def _result(self, method: str, resource: str, share: float, budget: float,
+                selection: Selection, q: float, frames: list[Frame],
+                exact: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> MethodResult:
+        scored = self._run(selection, q, frames, exact, truth)
+        peak = self.agent.problem({}).use(selection.active, selection.uses_links)[resource]
+        return MethodResult(
+            method=method, resource=resource, share=share, budget=budget,
+            active=tuple(sorted(selection.active)), filter_share=q,
+            expected=selection.expected_agreement if selection.uses_links and q >= 1.0 else None,
+            use=q * peak, peak=peak,
+            replaced_delay_ms=replaced_delay(self.agent, selection.active,
+                                             scored.processed_share),
+            scored=scored,
+        )
+
+    def _nothing(self, method: str, resource: str, share: float, budget: float) -> MethodResult:
+        return MethodResult(method=method, resource=resource, share=share, budget=budget,
+                            active=(), filter_share=1.0, expected=None, use=0.0, peak=0.0,
+                            replaced_delay_ms=0.0, scored=None, note="nothing fits")

@@ -1,0 +1,254 @@
+"""An evaluation as a markdown results file with two plots beside it, and the issue's claims
+checked against the measured figures (a claim that fails is said so, with the figures)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from links_tflite.bundle import link_name
+from offline_trainer.evaluation.methods import METHODS, MethodResult
+from offline_trainer.evaluation.run import Evaluation
+
+log = logging.getLogger(__name__)
+
+RESOURCE_NAMES = {"memory_mb": "memory (MB)", "delay_ms": "delay (ms per frame)"}
+WIDE_MARGIN = 0.05  # "beats Standalone by a wide margin": at least 5 points of agreement
+
+
+def _f(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def fraction_section(ev: Evaluation, plot: str) -> list[str]:
+    fractions = list(ev.fractions)
+    links = sorted(next(iter(ev.fractions.values())))
+    lines = ["## 1. Link agreement vs training data", "",
+             f"Links trained on a share of the recording ({ev.recording_frames} frames, nested "
+             "seeded subsets) and scored on the same held-out rows (the recording beyond the "
+             f"largest share), through the exported files. Largest share = the bundle's links.",
+             "", "| link | " + " | ".join(f"{f:.0%}" for f in fractions) + " |",
+             "| --- | " + " | ".join("---:" for _ in fractions) + " |"]
+    for name in links:
+        lines.append(f"| {name} | " + " | ".join(_f(ev.fractions[f].get(name))
+                                                 for f in fractions) + " |")
+    lines.append("| **mean** | " + " | ".join(
+        f"**{np.mean(list(ev.fractions[f].values())):.3f}**" for f in fractions) + " |")
+    return [*lines, "", f"![link agreement vs training share]({plot})", ""]
+
+
+def ensemble_section(ev: Evaluation) -> list[str]:
+    profile = ev.profile
+    lines = ["## 2. Ensembles: each single source against the ensemble of all", "",
+             f"Held-out profile of the bundle ({profile.held_out_frames} frames). Case of the "
+             "full set, as in the paper's Table 3: *dominance* (the ensemble matches its best "
+             "link), *mutual assistance* (it beats every single link), *worse* (below its best "
+             "link). The last column counts the cases over every profiled subset of >= 2 "
+             "sources.", "",
+             "| target | single links | best single | ensemble of all | gain | case | subsets "
+             "(dominance / mutual / worse) |", "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    for target in ev.models:
+        row = profile.pairwise.get(target, {})
+        table = profile.ensembles.get(target, {})
+        if not row or not table:
+            continue
+        full = max(table, key=len)
+        detail = profile.subset_details.get(target, {}).get(full, {})
+        singles = ", ".join(f"{s} {v:.3f}" for s, v in sorted(row.items()))
+        counts = {"dominance": 0, "mutual_assistance": 0, "worse_than_best_single": 0}
+        for subset, info in profile.subset_details.get(target, {}).items():
+            if len(subset) > 1 and info.get("case") in counts:
+                counts[info["case"]] += 1
+        best = max(row.values())
+        lines.append(f"| {target} | {singles} | {best:.3f} | {table[full]:.3f} | "
+                     f"{table[full] - best:+.3f} | {detail.get('case', '')} | "
+                     f"{counts['dominance']} / {counts['mutual_assistance']} / "
+                     f"{counts['worse_than_best_single']} |")
+    return [*lines, ""]
+
+
+def _method_row(r: MethodResult) -> str:
+    if r.scored is None:
+        return f"| {r.method} | nothing fits | | | | | | | |"
+    s = r.scored
+    return (f"| {r.method} | {', '.join(r.active)} | {s.processed_share:.2f} | "
+            f"{_f(r.expected)} | {s.agreement:.3f} | {s.accuracy:.3f} | "
+            f"{s.ms_per_frame:.3f} | {r.use:.3f} | {r.peak:.3f} |")
+
+
+def methods_section(ev: Evaluation) -> list[str]:
+    calibration, test = ev.stream_frames
+    lines = ["## 3. Methods under a budget", "",
+             f"The real agent (LiteRT) on the stream: {calibration} calibration frames (filter "
+             f"thresholds, the combined method's share) then {test} test frames, scored against "
+             "every model's exact output and the ground truth (a model without an output scores "
+             "0). Costs measured here by the agent (memory probe "
+             f"`{ev.probe}`). *processed* = share of test frames processed (the filter's), "
+             "*use* = what is charged to the budget (processed share x the set's use, links "
+             "included), *peak* = what the set needs resident at once. A filter saves "
+             "computation, not memory: filtering is charged its processed share of the whole "
+             "set's cost, the paper's reading (it favours filtering under a memory budget).", ""]
+    for resource in ("memory_mb", "delay_ms"):
+        total = sum(c.get(resource) for c in ev.model_costs.values())
+        for share in ev.settings.shares:
+            rows = [r for r in ev.table if r.resource == resource and r.share == share]
+            lines += [f"### {RESOURCE_NAMES[resource]} budget {share:.2f} x total "
+                      f"({share * total:.4f} of {total:.4f})", "",
+                      "| method | active | processed | expected | agreement | ground truth | "
+                      "ms/frame | use | peak |",
+                      "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                      *(_method_row(r) for r in rows), ""]
+    return lines
+
+
+def curve_section(ev: Evaluation, plot: str) -> list[str]:
+    shares = sorted({r.share for r in ev.curve})
+    lines = ["## 4. Agreement vs memory budget", "",
+             "| method | " + " | ".join(f"{s:.1f}" for s in shares) + " |",
+             "| --- | " + " | ".join("---:" for _ in shares) + " |"]
+    for method in METHODS:
+        cells = []
+        for share in shares:
+            r = next(x for x in ev.curve if x.method == method and x.share == share)
+            cells.append(_f(r.scored.agreement if r.scored else 0.0))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return [*lines, "", f"![agreement vs memory budget]({plot})", ""]
+
+
+def overhead_section(ev: Evaluation) -> list[str]:
+    lines = ["## 5. Overhead", "",
+             "Per MLink (exact) run of section 3: the agent's own time per frame (links, "
+             "ensembles, payloads: wall time minus the executed models' inference) against the "
+             "measured delay of the models it did not run.", "",
+             "| budget | predicted | agent ms/frame | models replaced ms/frame | ratio |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for r in ev.table:
+        if r.method != "mlink-exact" or r.scored is None:
+            continue
+        own = r.scored.ms_per_frame - r.scored.model_ms_per_frame
+        predicted = [m for m in ev.models if m not in r.active]
+        ratio = own / r.replaced_delay_ms if r.replaced_delay_ms > 0 else float("nan")
+        lines.append(f"| {r.resource} {r.share:.2f} | {', '.join(predicted) or '-'} | "
+                     f"{own:.4f} | {r.replaced_delay_ms:.4f} | {ratio:.2f} |")
+    lines += ["", "Links measured by the agent (memory MB, delay ms): " + ", ".join(
+        f"{link_name(s, t)} {c.get('memory_mb'):.3f}/{c.get('delay_ms'):.4f}"
+        for (s, t), c in sorted(ev.link_costs.items())), ""]
+    if ev.rss:
+        base, with_tf = ev.rss
+        lines += ["The agent's resident memory in a fresh process after "
+                  f"{ev.settings.rss_frames} frames (exact selection at 2/3 of the memory), "
+                  "with LiteRT only and with TensorFlow imported first:", "",
+                  "| process | peak RSS MB | RSS MB |", "| --- | ---: | ---: |",
+                  f"| agent (LiteRT) | {base['peak_rss_mb']:.1f} | {base['rss_mb']:.1f} |",
+                  f"| agent + `import tensorflow` | {with_tf['peak_rss_mb']:.1f} | "
+                  f"{with_tf['rss_mb']:.1f} |",
+                  f"| ratio | {with_tf['peak_rss_mb'] / base['peak_rss_mb']:.1f}x | "
+                  f"{with_tf['rss_mb'] / base['rss_mb']:.1f}x |", ""]
+    return lines
+
+
+def _agreement(r: MethodResult) -> float:
+    return r.scored.agreement if r.scored else 0.0
+
+
+def claims(ev: Evaluation) -> list[tuple[str, bool, str]]:
+    """(claim, holds, the figures) for the issue's three claims."""
+    out = []
+    for resource in ("memory_mb", "delay_ms"):
+        for share in ev.settings.shares:
+            got = {r.method: _agreement(r) for r in ev.table
+                   if r.resource == resource and r.share == share}
+            where = f"{resource} {share:.2f}"
+            margin = min(got["mlink-exact"], got["mlink-activation"]) - got["standalone"]
+            out.append((f"MLink beats Standalone by >= {WIDE_MARGIN:.2f} ({where})",
+                        margin >= WIDE_MARGIN,
+                        f"exact {got['mlink-exact']:.3f}, activation "
+                        f"{got['mlink-activation']:.3f}, standalone {got['standalone']:.3f}"))
+            best_alone = max(got["mlink-exact"], got["filtering"])
+            out.append((f"MLink+filtering >= each alone ({where})",
+                        got["mlink+filtering"] >= best_alone - 1e-9,
+                        f"combined {got['mlink+filtering']:.3f}, MLink {got['mlink-exact']:.3f},"
+                        f" filtering {got['filtering']:.3f}"))
+    for share in sorted({r.share for r in ev.curve}):
+        got = {r.method: _agreement(r) for r in ev.curve if r.share == share}
+        out.append((f"exact >= activation (memory {share:.1f})",
+                    got["mlink-exact"] >= got["mlink-activation"] - 1e-9,
+                    f"exact {got['mlink-exact']:.3f}, activation {got['mlink-activation']:.3f}"))
+    return out
+
+
+def claims_section(ev: Evaluation) -> list[str]:
+    rows = claims(ev)
+    lines = ["## Claims, checked on the figures above", "",
+             f"{sum(ok for _, ok, _ in rows)} of {len(rows)} hold.", "",
+             "| claim | holds | measured |", "| --- | --- | --- |"]
+    lines += [f"| {c} | {'yes' if ok else '**no**'} | {figures} |" for c, ok, figures in rows]
+    return [*lines, ""]
+
+
+def plot_fractions(ev: Evaluation, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = list(ev.fractions)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for target in ev.models:
+        means = [np.mean([v for k, v in ev.fractions[f].items() if k.endswith(f"->{target}")])
+                 for f in fractions]
+        ax.plot([100 * f for f in fractions], means, marker="o", label=f"into {target}")
+    ax.plot([100 * f for f in fractions],
+            [np.mean(list(ev.fractions[f].values())) for f in fractions],
+            color="black", linewidth=2.5, label="all links")
+    ax.set(xscale="log", xlabel="training data (% of the recording)",
+           ylabel="held-out agreement", title=f"{ev.settings.workload}: links vs training data",
+           ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curve(ev: Evaluation, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in METHODS:
+        points = sorted((r.share, _agreement(r)) for r in ev.curve if r.method == method)
+        ax.plot(*zip(*points, strict=True), marker="o", label=method)
+    ax.set(xlabel="memory budget (share of the models' total)", ylabel="mean agreement",
+           title=f"{ev.settings.workload}: agreement vs budget", ylim=(0, 1.02))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(ev: Evaluation, command: str) -> Path:
+    results = ev.settings.results
+    results.parent.mkdir(parents=True, exist_ok=True)
+    stem = results.stem
+    plots = results.parent / "evaluation"
+    plots.mkdir(exist_ok=True)
+    fraction_png, curve_png = plots / f"{stem}-fractions.png", plots / f"{stem}-budget.png"
+    plot_fractions(ev, fraction_png)
+    plot_curve(ev, curve_png)
+    lines = [f"# Evaluation: `{ev.settings.workload}`", "",
+             f"Regenerate: `{command}`. Machine: {ev.machine}. Models: "
+             f"{', '.join(ev.models)}; seed {ev.settings.seed}; link epochs "
+             f"{ev.settings.epochs}. Absolute times are this machine's; the claims are ratios.",
+             "",
+             *claims_section(ev),
+             *fraction_section(ev, f"evaluation/{fraction_png.name}"),
+             *ensemble_section(ev),
+             *methods_section(ev),
+             *curve_section(ev, f"evaluation/{curve_png.name}"),
+             *overhead_section(ev)]
+    results.write_text("\n".join(lines))
+    return results
