@@ -9,13 +9,17 @@ Policies are small classes behind one interface, registered by name:
   is the mean agreement of i's links into the others (how well i predicts them), P2_i the mean
   agreement of the others' links into i (how well i is predicted). Greedy by P_i, skipping a
   model whose addition breaks a budget; stop rule: every model has been considered once.
+  Where no model fits together with the links into the others, it runs what fits alone
+  (as `standalone`) rather than nothing.
   With two budgets, c_i is the sum of i's shares of each budget. A cost of 0 is floored at
   1e-3 of the largest cost so that P_i stays finite.
 - `exact`: the best activated set the profile allows. Every subset of the candidate models is
   scored at once with numpy (bitmask rows): model costs summed by matrix product, link costs
   as sum_{i in A, j not in A} c(g_ij), and p_j(h_{A,j}) looked up per target in a table indexed
   by the bitmask of A's usable sources (the profile's per-subset ensemble figure, falling
-  back to the best single link as `Profile.ensemble_agreement` does). Subsets whose model
+  back to the best single link as `Profile.ensemble_agreement` does). Each subset is also
+  scored alone, |A| / k, the others getting no output: where links cost as much as the
+  models (or the budget is tight), running more models beats predicting. Subsets whose model
   costs alone break a budget are pruned before the link and agreement terms are computed
   (model costs are a lower bound of the use), in chunks of bitmasks so that the scratch
   memory stays at a few MB. 2^k subsets: milliseconds at k = 12, about 0.1 s at k = 16;
@@ -128,8 +132,12 @@ class Policy:
     def choose(self, problem: Problem) -> frozenset[str]:
         raise NotImplementedError
 
+    def plan(self, problem: Problem) -> tuple[frozenset[str], bool]:
+        """The activated set, and whether the other models are predicted through links."""
+        return self.choose(problem), self.uses_links
+
     def select(self, problem: Problem) -> Selection:
-        active = self.choose(problem)
+        active, uses_links = self.plan(problem)
         if active & problem.unavailable:
             raise AssertionError(f"policy {self.name} activated unavailable models")
         if not active:
@@ -146,9 +154,9 @@ class Policy:
             policy=self.name,
             active=active,
             predicted=tuple(m for m in problem.models if m not in active),
-            use=problem.use(active, self.uses_links),
-            expected_agreement=problem.expected_agreement(active, self.uses_links),
-            uses_links=self.uses_links,
+            use=problem.use(active, uses_links),
+            expected_agreement=problem.expected_agreement(active, uses_links),
+            uses_links=uses_links,
         )
 
 
@@ -195,6 +203,15 @@ class ActivationPolicy(Policy):
         order = sorted(problem.models, key=lambda m: (-scores[m], m))
         return greedy(problem, order, with_links=True)
 
+    def plan(self, problem: Problem) -> tuple[frozenset[str], bool]:
+        """Stop rule extended: where no model fits together with the links that predict the
+        others, run what fits alone (as `standalone`) rather than nothing."""
+        active = self.choose(problem)
+        if active:
+            return active, True
+        log.info("activation: nothing fits with links; running what fits alone")
+        return StandalonePolicy().choose(problem), False
+
 
 class StandalonePolicy(Policy):
     name: ClassVar[str] = "standalone"
@@ -231,13 +248,34 @@ def _agreement_table(problem: Problem, target: str, usable: list[str]) -> np.nda
     return table
 
 
-def exact_best(problem: Problem) -> frozenset[str]:
-    """The feasible non-empty activated set with the highest expected agreement, scoring the
-    subsets in chunks of `EXACT_CHUNK` bitmasks so that the scratch memory stays small."""
+Best = tuple[float, float, int, bool]  # score, budget share, mask, uses links
+
+
+def _better(best: Best | None, score: np.ndarray, share: np.ndarray, masks: np.ndarray,
+            uses_links: bool) -> Best | None:
+    """The best of `best` and these scored subsets (-inf: does not fit); ties go to the
+    cheaper set (sum of budget shares), then to the one seen first."""
+    top = score.max()
+    if not np.isfinite(top):
+        return best
+    tied = np.flatnonzero(score >= top - 1e-9)
+    pick = tied[int(np.argmin(share[tied]))]
+    candidate = (float(score[pick]), float(share[pick]), int(masks[pick]), uses_links)
+    if best is None or candidate[0] > best[0] + 1e-9 or (
+            candidate[0] >= best[0] - 1e-9 and candidate[1] < best[1]):
+        return candidate
+    return best
+
+
+def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
+    """The feasible non-empty activated set with the highest expected agreement, and whether
+    the others are predicted: each subset is scored with links into every other model and,
+    where that does not fit, alone (|A| / k: what `standalone` would get from it). Subsets
+    are scored in chunks of `EXACT_CHUNK` bitmasks so that the scratch memory stays small."""
     candidates = list(problem.candidates)
     n = len(candidates)
     if n == 0:
-        return frozenset()
+        return frozenset(), True
     if n > EXACT_MAX_MODELS:
         raise SelectionError(f"policy exact: {n} candidate models; it enumerates 2^k subsets and "
                              f"is limited to k <= {EXACT_MAX_MODELS}: use `activation`")
@@ -258,7 +296,7 @@ def exact_best(problem: Problem) -> frozenset[str]:
         targets.append(([index[s] for s in usable], _agreement_table(problem, target, usable)))
     column = [index.get(m) for m in problem.models]
 
-    best: tuple[float, float, int] | None = None  # score, budget share, mask
+    best: Best | None = None
     for low in range(1, 1 << n, EXACT_CHUNK):
         masks = np.arange(low, min(low + EXACT_CHUNK, 1 << n), dtype=np.int64)
         bits = ((masks[:, None] >> np.arange(n)) & 1).astype(np.float64)  # rows: subsets
@@ -269,6 +307,9 @@ def exact_best(problem: Problem) -> frozenset[str]:
         masks, bits = masks[keep], bits[keep]
         if not len(masks):
             continue
+        alone = sum((bits @ model_cost[r] / limit for r, limit in budget.items()),
+                    np.zeros(len(masks)))
+        best = _better(best, bits.sum(axis=1), alone, masks, False)
         # predicted[:, j] = 1 where model j (over all models) is not activated
         predicted = np.ones((len(masks), problem.k))
         for j, col in enumerate(column):
@@ -288,23 +329,19 @@ def exact_best(problem: Problem) -> frozenset[str]:
             for b, position in enumerate(positions):
                 sub |= ((masks >> position) & 1) << b
             score += predicted[:, j] * table[sub]
-        score = np.where(fits, score, -np.inf)
-        top = score.max()
-        tied = np.flatnonzero(score >= top - 1e-9)
-        pick = tied[int(np.argmin(share[tied]))]
-        candidate = (float(score[pick]), float(share[pick]), int(masks[pick]))
-        if best is None or candidate[0] > best[0] + 1e-9 or (
-                candidate[0] >= best[0] - 1e-9 and candidate[1] < best[1]):
-            best = candidate
+        best = _better(best, np.where(fits, score, -np.inf), share, masks, True)
     if best is None:
-        return frozenset()
-    return frozenset(m for i, m in enumerate(candidates) if best[2] >> i & 1)
+        return frozenset(), True
+    return frozenset(m for i, m in enumerate(candidates) if best[2] >> i & 1), best[3]
 
 
 class ExactPolicy(Policy):
     name: ClassVar[str] = "exact"
 
     def choose(self, problem: Problem) -> frozenset[str]:
+        return self.plan(problem)[0]
+
+    def plan(self, problem: Problem) -> tuple[frozenset[str], bool]:
         return exact_best(problem)
 
 

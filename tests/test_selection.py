@@ -65,6 +65,22 @@ def test_nothing_fits_is_a_clear_error() -> None:
         get_policy("activation").select(hand_problem({"memory_mb": 0.5}))
 
 
+def test_where_no_link_fits_the_link_policies_run_what_fits_alone() -> None:
+    # 3.05 MB: b + c (3 MB) fit, but not with their two links into a (0.1 MB each); b alone
+    # with its links into a and c (1.2 MB) does: activation's greedy takes b then cannot add
+    # c, exact prefers b + c alone (2/3) to b with links (1 + 0.5 + 0.4) / 3 = 0.633.
+    problem = hand_problem({"memory_mb": 3.05})
+    exact = get_policy("exact").select(problem)
+    assert exact.active == frozenset({"b", "c"}) and not exact.uses_links
+    assert exact.expected_agreement == pytest.approx(2 / 3)
+    assert exact.use["memory_mb"] == pytest.approx(3.0)
+    # links costing more than any budget: activation finds no set with links at all
+    costly = hand_problem({"memory_mb": 3.5}, link_memory=5.0)
+    paper = get_policy("activation").select(costly)
+    assert paper.active == frozenset({"b", "c"}) and not paper.uses_links
+    assert paper.expected_agreement == pytest.approx(2 / 3)
+
+
 def test_standalone_and_all() -> None:
     standalone = get_policy("standalone").select(hand_problem({"memory_mb": 3.5}))
     assert standalone.active == frozenset({"b", "c"})
@@ -99,7 +115,8 @@ def test_budgets_are_never_exceeded(policy: str) -> None:
         chosen += 1
         # recomputed here, links into every predicted model counted for the link policies
         use = problem.use(selection.active, with_links=selection.uses_links)
-        assert selection.uses_links == (policy != "standalone")
+        if policy == "standalone":
+            assert not selection.uses_links
         for resource, limit in problem.budget.items():
             assert selection.use[resource] == pytest.approx(use[resource])
             assert use[resource] <= limit + 1e-9
@@ -170,12 +187,14 @@ def random_profile(rng: np.random.Generator, models: tuple[str, ...]) -> Profile
 
 
 def brute_force(problem: Problem) -> float:
+    """The best set, its others predicted through links where that fits, else alone."""
     best = -1.0
     for size in range(1, len(problem.candidates) + 1):
         for subset in itertools.combinations(problem.candidates, size):
             active = frozenset(subset)
-            if problem.fits(active):
-                best = max(best, problem.expected_agreement(active))
+            for with_links in (True, False):
+                if problem.fits(active, with_links):
+                    best = max(best, problem.expected_agreement(active, with_links))
     return best
 
 
@@ -200,7 +219,7 @@ def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.Mo
             continue
         exact = get_policy("exact").select(problem)
         compared += 1
-        assert problem.fits(exact.active)
+        assert problem.fits(exact.active, exact.uses_links)
         assert not exact.active & unavailable
         assert exact.expected_agreement == pytest.approx(optimum, abs=1e-9)
         try:
