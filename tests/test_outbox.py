@@ -6,17 +6,13 @@ real Mosquitto, with a relay that swallows the broker's answers (tests/faults.py
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-import pytest
-
-from agent.broker import LocalBroker
 from agent.config import MqttConfig
 from agent.outbox import Outbox
 from agent.publisher import POSSIBLE_DUPLICATE, Publisher
+from tests.agent_process import Subscriber
 from tests.faults import LossyLink
 
 
@@ -35,67 +31,6 @@ def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
     first = again.after(0, 1)[0]
     assert first.topic == "t/7" and json.loads(first.payload) == {"i": 7}
     again.close()
-
-
-class Subscriber:
-    """A QoS 1 subscriber with a persistent session, so that the broker queues for it while
-    it is away (the broker runs with persistence on, so its queue survives a restart)."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.payloads: list[dict] = []
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="outbox-test-sub", protocol=mqtt.MQTTv311,
-                                  clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self._ready.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self._ready.wait(10)
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self._lock:
-            self.payloads.append(json.loads(message.payload))
-
-    def wait_for(self, count: int, timeout_s: float = 20.0) -> set[int]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len({p["i"] for p in self.payloads}) >= count:
-                    break
-            time.sleep(0.05)
-        with self._lock:
-            return {p["i"] for p in self.payloads}
-
-    def settled(self, quiet_s: float = 0.5, timeout_s: float = 20.0) -> set[int]:
-        """What has arrived once nothing more came for `quiet_s`."""
-        deadline = time.monotonic() + timeout_s
-        seen = -1
-        while time.monotonic() < deadline:
-            with self._lock:
-                count = len(self.payloads)
-            if count == seen and count:
-                break
-            seen = count
-            time.sleep(quiet_s)
-        with self._lock:
-            return {p["i"] for p in self.payloads}
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture()
-def persistent_broker(tmp_path: Path):
-    store = tmp_path / "mosquitto-db"
-    store.mkdir()
-    extra = f"persistence true\npersistence_location {store}/\n"  # LocalBroker stays root
-    with LocalBroker(extra_config=extra) as broker:
-        yield broker
 
 
 def _publisher(port: int, outbox_path: Path) -> Publisher:
