@@ -293,6 +293,8 @@ class Publisher:
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         self.published += 1
+        if self.outbox is not None:
+            return  # pending is the outbox's; paho's copies may be taken back at a reconnect
         self._pending.append(info)
         if len(self._pending) > 1000:
             self._pending = [i for i in self._pending if not i.is_published()]
