@@ -38,6 +38,7 @@ import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.files import write_atomically
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.publisher import Publisher
 from agent.security import SignatureError, Verifier
@@ -165,16 +166,6 @@ def _claimed_transaction(request: dict[str, Any]) -> str | None:
         else None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, then rename over the old file: a crash leaves the old or the new."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 class StateStore:
     """What the agent keeps in its state directory besides the outbox: the remotely set
     config (`config.json`: version, last transaction, accumulated patch) and pushed bundles
@@ -184,6 +175,7 @@ class StateStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_file = self.root / "config.json"
+        self.signatures_file = self.root / "signatures.json"  # used signed commands
         self.bundles = self.root / "bundles"
         self.current_link = self.root / "bundle-current"
         self.uploads = self.root / "uploads"
@@ -288,7 +280,8 @@ class Control:
         self.config_path = config_path
         self.version = store.version
         control = agent.config.control  # read once at start: a bad key stops the agent
-        self.verifier = Verifier(control.key(), control.require_signature)
+        self.verifier = Verifier(control.key(), control.require_signature,
+                                 seen_file=store.signatures_file)
         self._queue: queue.Queue[tuple[str, mqtt.MQTTMessage | None]] = queue.Queue(maxsize=1000)
         self._stop = threading.Event()
         self._reload_requested = False

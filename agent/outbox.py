@@ -5,6 +5,10 @@ restarts. paho-mqtt keeps QoS 1 messages in memory only; durability is ours.
 Bounded: beyond `max_messages` the oldest rows are dropped (drop-oldest: a subscriber cares
 more about the present than a backlog) and every drop is counted, persistently, for the status.
 One connection guarded by a lock: the loop thread writes, the sender thread reads and deletes.
+
+Each row remembers whether it was ever handed to MQTT (`sent`, committed before the hand-over):
+a row sent before and still here may have reached the broker with its PUBACK lost, so its
+next copy is published marked as a possible duplicate (agent/publisher.py).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -36,6 +41,7 @@ class Message:
     topic: str
     payload: bytes
     qos: int
+    sent: bool = False  # handed to MQTT before: may already have been delivered
 
 
 class Outbox:
@@ -51,6 +57,7 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
+        self._migrate()
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self.dropped = self._counter("dropped")
         self.acked = 0
@@ -58,6 +65,14 @@ class Outbox:
         if self._depth:
             log.info("outbox %s: %d messages from an earlier run will be replayed",
                      self.path, self._depth)
+
+    def _migrate(self) -> None:
+        """Outboxes written before `sent` existed: their rows may have been sent, so they
+        count as sent (marked when replayed) rather than risk an unmarked duplicate."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "sent" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
+            self._db.execute("UPDATE outbox SET sent = 1")
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -110,10 +125,20 @@ class Outbox:
         """Up to `limit` messages with an id above `last_id`, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload, qos FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
-                (last_id, limit),
+                "SELECT id, topic, payload, qos, sent FROM outbox WHERE id > ? "
+                "ORDER BY id LIMIT ?", (last_id, limit),
             ).fetchall()
-        return [Message(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
+        return [Message(int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), bool(r[4])) for r in rows]
+
+    def mark_sent(self, ids: list[int]) -> None:
+        """Record that these rows are being handed to MQTT; committed before the hand-over,
+        so that a crash right after it still replays them marked."""
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE outbox SET sent = 1 WHERE id = ?", [(i,) for i in ids])
+            self._db.execute("COMMIT")
 
     def ack(self, ids: list[int]) -> int:
         """Delete acknowledged messages; ids already dropped are ignored."""

@@ -7,10 +7,16 @@ reconnecting with back-off. `availability` is retained: `online` after each conn
 Outputs go through the durable outbox (agent/outbox.py): `publish()` only stages them; the
 sender thread writes what is staged to SQLite in one transaction (the loop never waits for
 the disk), then publishes from SQLite with a bounded window of messages in flight; a message
-is deleted on its PUBACK. paho keeps
-in-flight QoS 1 messages across a reconnect and resends them itself; what it never saw waits
-on disk, so memory stays bounded while the broker is away. Retained topics (status, config
-state) keep only their latest value, republished after every connect.
+is deleted on its PUBACK. Nothing is handed to paho while the connection is down, so what
+accumulates during a broker outage waits on disk and memory stays bounded.
+
+After a reconnect the messages that were in flight are taken back from paho (which would
+resend them unchanged) and published again from the outbox marked `"possible_duplicate":
+true`: each may have reached the broker with its PUBACK lost. Rows handed to MQTT by an
+earlier process are marked the same way when replayed; rows never sent are not. So a
+subscriber sees every output at least once, and every extra copy carries the mark.
+Retained topics (status, config state) keep only their latest value, republished after every
+connect.
 
 paho's callbacks only record and signal: acknowledgements are applied to SQLite by the sender
 thread, incoming requests are handed to their handlers (which queue them; agent/control.py).
@@ -38,6 +44,7 @@ log = logging.getLogger(__name__)
 
 WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
 STAGED_MAX = 10_000  # outputs accepted but not yet on disk; beyond it publish() waits
+POSSIBLE_DUPLICATE = "possible_duplicate"  # the mark on outputs sent again from the outbox
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
@@ -84,6 +91,19 @@ def dumps(payload: Any) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
+def mark_possible_duplicate(payload: bytes) -> bytes:
+    """The payload with `"possible_duplicate": true` when it is a JSON object (outputs are);
+    anything else is sent again unchanged."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        return payload
+    if not isinstance(data, dict):
+        return payload
+    data[POSSIBLE_DUPLICATE] = True
+    return dumps(data)
+
+
 def _encode(payload: Any) -> bytes:
     if isinstance(payload, bytes):
         return payload
@@ -118,6 +138,7 @@ class Publisher:
         self._retained: dict[str, bytes] = {}
         self._retained_lock = threading.Lock()
         self._acked_mids: deque[int] = deque()
+        self._taken_back: deque[list[mqtt.MQTTMessage]] = deque()  # from paho, per reconnect
         self._staged: deque[tuple[str, bytes, int]] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._cursor = 0  # highest outbox row id handed to paho in this process
@@ -137,6 +158,8 @@ class Publisher:
             self._connack.set()
             return
         log.info("connected to %s:%s", self.config.host, self.config.port)
+        if self.outbox is not None:  # before paho resends them unmarked; see _after_reconnect
+            self._taken_back.append(client.drop_out_messages())
         client.publish(self.topics.availability, "online", qos=1, retain=True)
         for topic in self._handlers:
             client.subscribe(topic, qos=1)
@@ -270,6 +293,8 @@ class Publisher:
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         self.published += 1
+        if self.outbox is not None:
+            return  # pending is the outbox's; paho's copies may be taken back at a reconnect
         self._pending.append(info)
         if len(self._pending) > 1000:
             self._pending = [i for i in self._pending if not i.is_published()]
@@ -285,6 +310,7 @@ class Publisher:
                 self._apply_acks()
                 if not self.connected:
                     continue
+                self._after_reconnect()
                 if self._resend_retained:
                     self._resend_retained = False
                     with self._retained_lock:
@@ -318,13 +344,38 @@ class Publisher:
                 rows.append(row)
         self.outbox.ack(rows)
 
+    def _after_reconnect(self) -> None:
+        """Forget what was in flight before the reconnect (paho no longer holds it): the rows
+        are read again from the outbox, marked, by _send_more. Responses taken back with them
+        are published again as they were; retained messages are resent from `_retained`."""
+        while self._taken_back:
+            taken = self._taken_back.popleft()
+            self._apply_acks()  # PUBACKs that arrived before the connection dropped
+            outbox_mids, rows = set(self._inflight), list(self._inflight.values())
+            self._inflight.clear()
+            if rows:
+                self._cursor = min(self._cursor, min(rows) - 1)
+                log.info("%d outputs in flight at the disconnect: sent again, marked %s",
+                         len(rows), POSSIBLE_DUPLICATE)
+            for message in taken:
+                if not message.retain and message.mid not in outbox_mids:
+                    self._client.publish(message.topic, message.payload, qos=message.qos,
+                                         properties=message.properties)
+
     def _send_more(self) -> None:
+        """Hand the next outbox rows to paho, up to WINDOW in flight; rows sent before (by this
+        process before a reconnect, or by an earlier one) go out marked."""
         assert self.outbox is not None
         room = WINDOW - len(self._inflight)
         if room <= 0:
             return
-        for message in self.outbox.after(self._cursor, room):
-            info = self._client.publish(message.topic, message.payload, qos=message.qos)
+        busy = set(self._inflight.values())
+        batch = [m for m in self.outbox.after(self._cursor, room) if m.id not in busy]
+        self.outbox.mark_sent([m.id for m in batch if not m.sent])
+        for message in batch:
+            payload = mark_possible_duplicate(message.payload) if message.sent \
+                else message.payload
+            info = self._client.publish(message.topic, payload, qos=message.qos)
             if info.rc == mqtt.MQTT_ERR_NO_CONN and message.qos == 0:
                 return  # paho keeps QoS 1 for the reconnect, not QoS 0: retry from disk
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -332,7 +383,7 @@ class Publisher:
                           mqtt.error_string(info.rc))
                 return
             self._inflight[info.mid] = message.id
-            self._cursor = message.id
+            self._cursor = max(self._cursor, message.id)
         if self._acked_mids:
             self._wake.set()
 

@@ -15,7 +15,9 @@ with `topic` the full topic the envelope is published to (`mlink/box-1/cmd/bundl
 and `signed` the UTF-8 bytes of the string. The topic binds the request to one device and
 one kind of request. `config/set` is protected from replay by its growing `version`; a signed
 command must carry `expires` (Unix seconds, at most one hour ahead) and is refused after it,
-or when the same signature is presented twice before it.
+or when the same signature is presented twice before it. The signatures used are kept until
+they expire in the state directory (`signatures.json`, written atomically before the command
+is obeyed), so a restart does not reopen the window for a captured command.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
+
+from agent.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +73,15 @@ def is_envelope(request: dict[str, Any]) -> bool:
 class Verifier:
     """Opens signed envelopes and refuses what the policy does not allow."""
 
-    def __init__(self, key: bytes | None, required: bool) -> None:
+    def __init__(self, key: bytes | None, required: bool,
+                 seen_file: Path | None = None) -> None:
+        """`seen_file` keeps the used command signatures across restarts (none: in memory)."""
         if required and key is None:
             raise ValueError("a required signature needs a key")
         self._key = key
         self.required = required
-        self._seen: dict[str, float] = {}  # command signatures used, until they expire
+        self._seen_file = seen_file
+        self._seen: dict[str, float] = self._load_seen()  # signatures used, until they expire
 
     def open(self, topic: str, request: dict[str, Any], command: bool,
              now: float | None = None) -> dict[str, Any]:
@@ -126,4 +134,31 @@ class Verifier:
         if given in self._seen:
             raise SignatureError([("signature", "replayed: this signed command was already "
                                                 "received")])
-        self._seen[given] = float(expires)
+        self._remember(given, float(expires))
+
+    def _load_seen(self) -> dict[str, float]:
+        """The unexpired signatures an earlier process used; an unreadable file is logged and
+        replaced (it only ever holds what a restart would otherwise forget)."""
+        if self._seen_file is None or not self._seen_file.exists():
+            return {}
+        try:
+            stored = json.loads(self._seen_file.read_text("utf-8"))
+            now = time.time()
+            return {str(s): float(e) for s, e in stored["seen"].items()
+                    if SIGNATURE.match(str(s)) and float(e) >= now}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.error("%s is unreadable (%s): signed commands used before this start are "
+                      "not remembered", self._seen_file, exc)
+            return {}
+
+    def _remember(self, given: str, expires: float) -> None:
+        """Record a used signature, on disk before the command is obeyed: if it cannot be
+        recorded, the command is refused rather than left replayable."""
+        seen = {**self._seen, given: expires}
+        if self._seen_file is not None:
+            try:
+                write_atomically(self._seen_file, json.dumps({"seen": seen}).encode())
+            except OSError as exc:
+                raise SignatureError([("signature", f"cannot record it against replay "
+                                                    f"({exc}); refused")]) from None
+        self._seen = seen

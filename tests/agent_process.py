@@ -1,5 +1,6 @@
-"""The agent as a real child process (TensorFlow refused, as on the box) and a subscriber that
-keeps every message it sees, for the service tests."""
+"""The agent as a real child process (TensorFlow refused, as on the box), a client that keeps
+every message it sees and sends requests, and a persistent-session subscriber that counts what
+was delivered across broker restarts, for the service and delivery tests."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.outbox import Outbox
 from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import agent_config_text
 from tests.conftest import LINKED_MODELS
@@ -37,6 +39,18 @@ def write_config(build_root: Path, port: int, state_dir: Path, memory_mb: float 
     path = build_root / f"agent-{uuid.uuid4().hex[:8]}.toml"
     path.write_text(text)
     return path
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0,
+               what: str = "condition") -> Any:
+    """The first truthy value of `predicate`, polled; TimeoutError naming `what` after."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not met in {timeout_s:.0f} s")
 
 
 class AgentProcess:
@@ -100,13 +114,7 @@ class Client:
             return [p.decode() for t, p, _ in self.messages if t == f"{self.root}/{topic}"]
 
     def wait(self, predicate: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise TimeoutError("condition not met in time")
+        return wait_until(predicate, timeout_s)
 
     def latest(self, topic: str, where: Callable[[Any], bool] = lambda _: True,
                timeout_s: float = 60.0) -> Any:
@@ -143,3 +151,78 @@ class Client:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class Subscriber:
+    """A QoS 1 subscriber with a persistent session, so that the broker queues for it while
+    it is away (with `persistent_broker`, its queue survives a broker restart). Keeps every
+    payload (JSON), and in `redelivered` beside it whether the broker sent it again itself (the
+    MQTT DUP flag: its own at-least-once delivery to us, after a broker restart; no publisher
+    can mark those). `key` names the field that identifies one message."""
+
+    def __init__(self, port: int, topic: str, key: str = "i",
+                 client_id: str = "persistent-sub") -> None:
+        self.key = key
+        self.payloads: list[dict] = []
+        self.redelivered: list[bool] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=client_id, protocol=mqtt.MQTTv311,
+                                  clean_session=False)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._ready.wait(10)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append(json.loads(message.payload))
+            self.redelivered.append(bool(message.dup))
+
+    def keys(self) -> set[Any]:
+        with self._lock:
+            return {p[self.key] for p in self.payloads}
+
+    def wait_for(self, count: int, timeout_s: float = 20.0) -> set[Any]:
+        """The distinct keys seen, once there are `count` of them (or time ran out)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.keys()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.keys()
+
+    def settled(self, quiet_s: float = 0.5, timeout_s: float = 20.0) -> set[Any]:
+        """The distinct keys seen, once nothing more came for `quiet_s`."""
+        deadline = time.monotonic() + timeout_s
+        seen = -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                count = len(self.payloads)
+            if count == seen and count:
+                break
+            seen = count
+            time.sleep(quiet_s)
+        return self.keys()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def retained(port: int, topic: str, device: str = DEVICE) -> str:
+    """The retained message on `mlink/<device>/<topic>`, read by the real mosquitto_sub."""
+    return subprocess.run(["mosquitto_sub", "-p", str(port), "-t", f"mlink/{device}/{topic}",
+                           "-C", "1", "-W", "20"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def outbox_depth(path: Path) -> int:
+    """Rows in an agent's outbox, read beside the running agent (SQLite WAL allows it)."""
+    box = Outbox(path)
+    try:
+        return box.depth
+    finally:
+        box.close()

@@ -43,6 +43,20 @@ class DigitsBuild:
         return self.root / "models" / f"{model_id}.tflite"
 
 
+@pytest.fixture()
+def persistent_broker(tmp_path: Path):
+    """A Mosquitto that keeps persistent sessions and their queues across its own restarts,
+    without a cap on queued messages (Mosquitto's default silently drops beyond 1000), so a
+    subscriber with a persistent session counts everything a publisher delivered."""
+    from agent.broker import LocalBroker
+
+    store = tmp_path / "mosquitto-db"
+    store.mkdir()
+    extra = f"persistence true\npersistence_location {store}/\nmax_queued_messages 0\n"
+    with LocalBroker(extra_config=extra) as broker:
+        yield broker
+
+
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
     from links_tflite.recording import Recording

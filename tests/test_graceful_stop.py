@@ -7,26 +7,11 @@ leaves `offline`) is in tests/test_service.py."""
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 from agent.broker import LocalBroker
 from agent.outbox import Outbox
-from tests.agent_process import DEVICE, AgentProcess, Client, write_config
-
-
-def _retained(port: int, topic: str) -> str:
-    return subprocess.run(["mosquitto_sub", "-p", str(port), "-t", f"mlink/{DEVICE}/{topic}",
-                           "-C", "1", "-W", "20"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def _depth(path: Path) -> int:
-    box = Outbox(path)
-    try:
-        return box.depth
-    finally:
-        box.close()
+from tests.agent_process import AgentProcess, Client, outbox_depth, retained, write_config
 
 
 def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path: Path) -> None:
@@ -39,7 +24,7 @@ def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path:
             client.wait(lambda: client.json_on("models/digit/output")[3:])
             broker.stop()
             outbox = state / "outbox.sqlite"
-            client.wait(lambda: _depth(outbox) >= 30, timeout_s=30)
+            client.wait(lambda: outbox_depth(outbox) >= 30, timeout_s=30)
             agent.signal(signal.SIGTERM)  # the backlog is waiting on disk
             broker.start()
             code, log = agent.stop(timeout_s=60)  # systemd's TimeoutStopSec=60
@@ -51,5 +36,5 @@ def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path:
         left = Outbox(outbox)
         assert left.depth == 0 and left.dropped == 0
         left.close()
-        assert _retained(broker.port, "availability") == "stopped"
-        assert '"state":"stopped"' in _retained(broker.port, "status").replace(" ", "")
+        assert retained(broker.port, "availability") == "stopped"
+        assert '"state":"stopped"' in retained(broker.port, "status").replace(" ", "")

@@ -1,20 +1,19 @@
 """The durable outbox: written before publishing, deleted on PUBACK, replayed after a broker
-outage and after a restart, bounded with counted drop-oldest. Against a real Mosquitto."""
+outage and after a restart, bounded with counted drop-oldest; what is sent again after its
+PUBACK was lost (in this process or by an earlier one) carries `possible_duplicate`. Against a
+real Mosquitto, with a relay that swallows the broker's answers (tests/faults.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-import pytest
-
-from agent.broker import LocalBroker
 from agent.config import MqttConfig
 from agent.outbox import Outbox
-from agent.publisher import Publisher
+from agent.publisher import POSSIBLE_DUPLICATE, Publisher
+from tests.agent_process import Subscriber
+from tests.faults import LossyLink
 
 
 def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
@@ -32,53 +31,6 @@ def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
     first = again.after(0, 1)[0]
     assert first.topic == "t/7" and json.loads(first.payload) == {"i": 7}
     again.close()
-
-
-class Subscriber:
-    """A QoS 1 subscriber with a persistent session, so that the broker queues for it while
-    it is away (the broker runs with persistence on, so its queue survives a restart)."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self.payloads: list[dict] = []
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="outbox-test-sub", protocol=mqtt.MQTTv311,
-                                  clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
-        self.client.on_subscribe = lambda *_: self._ready.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert self._ready.wait(10)
-
-    def _on_message(self, client, userdata, message) -> None:
-        with self._lock:
-            self.payloads.append(json.loads(message.payload))
-
-    def wait_for(self, count: int, timeout_s: float = 20.0) -> set[int]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if len({p["i"] for p in self.payloads}) >= count:
-                    break
-            time.sleep(0.05)
-        with self._lock:
-            return {p["i"] for p in self.payloads}
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-@pytest.fixture()
-def persistent_broker(tmp_path: Path):
-    store = tmp_path / "mosquitto-db"
-    store.mkdir()
-    extra = f"persistence true\npersistence_location {store}/\n"  # LocalBroker stays root
-    with LocalBroker(extra_config=extra) as broker:
-        yield broker
 
 
 def _publisher(port: int, outbox_path: Path) -> Publisher:
@@ -131,4 +83,79 @@ def test_unacknowledged_outputs_are_replayed_by_the_next_process(persistent_brok
     assert subscriber.wait_for(40) == set(range(40))
     assert second.close(10)
     assert Outbox(path).depth == 0
+    assert not any(POSSIBLE_DUPLICATE in p for p in subscriber.payloads), \
+        "never handed to MQTT before, so not marked"
+    subscriber.stop()
+
+
+def _copies(subscriber: Subscriber) -> dict[int, list[dict]]:
+    copies: dict[int, list[dict]] = {}
+    for payload in subscriber.payloads:
+        copies.setdefault(payload["i"], []).append(payload)
+    return copies
+
+
+def _extra_copies_are_marked(copies: dict[int, list[dict]]) -> int:
+    """Every copy after the first is marked; returns how many outputs arrived twice."""
+    for i, seen in copies.items():
+        assert all(p.get(POSSIBLE_DUPLICATE) is True for p in seen[1:]), (i, seen)
+    return sum(len(seen) > 1 for seen in copies.values())
+
+
+def test_outputs_whose_puback_was_lost_are_sent_again_marked(persistent_broker,
+                                                             tmp_path: Path) -> None:
+    topic = "mlink/box/models/m/output"
+    subscriber = Subscriber(persistent_broker.port, topic)
+    link = LossyLink(persistent_broker.port)
+    publisher = _publisher(link.port, tmp_path / "outbox.sqlite")
+    publisher.connect()
+    for i in range(20):
+        publisher.publish(topic, {"i": i})
+    assert publisher.drain(10)
+
+    link.mute()  # the broker gets the next ones, their PUBACKs are lost
+    for i in range(20, 60):
+        publisher.publish(topic, {"i": i})
+    reached = subscriber.settled() - set(range(20))  # paho sends 20, then awaits PUBACKs
+    assert len(reached) >= 10 and publisher.pending == 40 and link.swallowed > 0
+    link.cut()
+
+    assert subscriber.wait_for(60) == set(range(60))
+    assert publisher.drain(10) and publisher.close(5)
+    copies = _copies(subscriber)
+    assert _extra_copies_are_marked(copies) == len(reached)  # each one that got through
+    assert all(len(copies[i]) == 1 and POSSIBLE_DUPLICATE not in copies[i][0]
+               for i in range(20)), "acknowledged ones are sent once, unmarked"
+    link.close()
+    subscriber.stop()
+
+
+def test_a_restart_marks_what_the_earlier_process_had_sent(persistent_broker,
+                                                           tmp_path: Path) -> None:
+    topic = "mlink/box/models/m/output"
+    path = tmp_path / "outbox.sqlite"
+    subscriber = Subscriber(persistent_broker.port, topic)
+    link = LossyLink(persistent_broker.port)
+    first = _publisher(link.port, path)
+    first.connect()
+    link.mute()
+    for i in range(30):
+        first.publish(topic, {"i": i})
+    reached = subscriber.settled()
+    link.close()
+    while first.connected:
+        time.sleep(0.01)
+    assert not first.close(0.5)  # no PUBACK came: all 30 stay on disk, marked as sent
+    later = Outbox(path)  # never handed to MQTT: published unmarked by the next process
+    later.put_many([(topic, json.dumps({"i": i}).encode(), 1) for i in range(30, 40)])
+    later.close()
+
+    second = _publisher(persistent_broker.port, path)
+    second.connect()
+    assert subscriber.wait_for(40) == set(range(40))
+    assert second.close(10) and Outbox(path).depth == 0
+    copies = _copies(subscriber)
+    assert _extra_copies_are_marked(copies) == len(reached) > 0
+    assert all(POSSIBLE_DUPLICATE not in copies[i][0] for i in range(30, 40))
+    assert all(copies[i][-1].get(POSSIBLE_DUPLICATE) for i in range(30))
     subscriber.stop()

@@ -1,8 +1,9 @@
 """Signed remote requests (agent/security.py): the documented bytes are what is signed, a
 request signed for another topic, with another key, altered, expired or replayed is refused,
 unsigned requests are refused when signatures are required; the key comes from a file or a
-systemd credential. End to end: an agent that requires signatures obeys only signed requests
-and changes nothing for the others."""
+systemd credential; the used command signatures are kept on disk, so a replay is refused after
+a restart too. End to end: an agent that requires signatures obeys only signed requests and
+changes nothing for the others, and refuses a replayed command after it was restarted."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -79,6 +81,39 @@ def test_signed_commands_expire_and_cannot_be_replayed() -> None:
         assert path == "expires" and message in text
 
 
+def test_used_signatures_survive_a_restart(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    seen = tmp_path / "signatures.json"
+    now = time.time()
+
+    def command(transaction: str, ahead_s: float) -> dict:
+        return json.loads(sign(KEY, COMMAND, {"transaction": transaction,
+                                              "expires": now + ahead_s}))
+
+    first = Verifier(KEY, True, seen_file=seen)
+    short, used = command("c0", 1), command("c1", 60)
+    first.open(COMMAND, short, True, now)
+    first.open(COMMAND, used, True, now)
+    assert set(json.loads(seen.read_text())["seen"]) == {short["signature"], used["signature"]}
+
+    again = Verifier(KEY, True, seen_file=seen)  # a new process on the same state directory
+    assert "replayed" in _refusal(again, COMMAND, used, True, now + 2)[1]
+    later = command("c2", 120)
+    again.open(COMMAND, later, True, now + 2)
+    # what has expired is pruned at the next write; no temporary file is left behind
+    assert set(json.loads(seen.read_text())["seen"]) == {used["signature"], later["signature"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["signatures.json"]
+
+    seen.write_text('{"seen": ')  # unreadable: logged, and the agent still starts
+    with caplog.at_level(logging.ERROR, logger="agent.security"):
+        Verifier(KEY, True, seen_file=seen)
+    assert "unreadable" in caplog.text
+    # a signature that cannot be recorded is refused rather than left replayable
+    blocked = Verifier(KEY, True, seen_file=tmp_path / "missing" / "signatures.json")
+    path, text = _refusal(blocked, COMMAND, command("c3", 60), True, now)
+    assert path == "signature" and "cannot record" in text
+
+
 def test_the_key_from_a_file_or_a_credential(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "agent.toml"
@@ -138,8 +173,29 @@ def test_an_agent_requiring_signatures_obeys_only_signed_requests(digits_build, 
             assert (tmp_path / "state" / "bundle-current").is_symlink()
             replay = _ask(client, "cmd/bundle", payload, "b1")
             assert replay["status"] == "error" and "replayed" in json.dumps(replay)
+            reselect = sign(KEY, f"{root}/cmd/reselect",
+                            {"transaction": "r1", "expires": time.time() + 300})
+            assert _ask(client, "cmd/reselect", reselect, "r1")["status"] == "ok"
         finally:
             code, log = agent.stop()
+        assert code == 0, log[-3000:]
+
+        # restarted: the captured commands are still refused until they expire
+        before = client.latest("config/state")["version"]
+        client.messages.clear()
+        again = AgentProcess(config)
+        try:
+            client.latest("status", lambda s: s["state"] == "running" and s["selection"])
+            for topic, captured, transaction in (("cmd/reselect", reselect, "r1"),
+                                                 ("cmd/bundle", payload, "b1")):
+                answer = _ask(client, topic, captured, transaction)
+                assert answer["status"] == "error", answer
+                assert answer["errors"][0]["path"] == "signature"
+                assert "replayed" in answer["errors"][0]["message"]
+            assert client.latest("config/state")["version"] == before  # nothing re-applied
+            assert not client.json_on("cmd/reselect/response")[:-1]  # only the refusal
+        finally:
+            code, log = again.stop()
         assert code == 0, log[-3000:]
         client.stop()
 
