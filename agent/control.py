@@ -570,8 +570,10 @@ class Control:
                 raise
             self.store.point_at(final)
             self.store.prune_bundles({final, previous})
-        except BundleError as exc:
-            raise RequestError([("data", f"bundle refused, the old one stays: {exc}")]
+        except BundleError as exc:  # named inside the archive, not by this box's paths
+            message = str(exc).replace(f"{staging}{os.sep}", "")
+            message = message.replace(str(staging), "the archive")
+            raise RequestError([("data", f"bundle refused, the old one stays: {message}")]
                                ) from None
         except ConfigError as exc:  # e.g. a configured model missing from the new bundle
             raise RequestError([("data", f"bundle refused, the old one stays: {path}: {msg}")

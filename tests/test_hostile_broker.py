@@ -146,6 +146,7 @@ def test_hostile_bundle_pushes(rig: Rig, mutation: str, paths: set[str], words: 
     answer = _ask(rig, "cmd/bundle", json.dumps(push).encode())
     assert answer["transaction"] == push["transaction"]
     _refused(answer, paths, words)
+    assert str(rig.state) not in json.dumps(answer), "the reply gives away a local path"
     assert not Path("/tmp/mlink-hostile-escaped").exists()
     assert not (rig.state.parent / "escaped").exists()
     assert rig.client.latest("status")["bundle"] == str(rig.bundle)  # the old one serves
