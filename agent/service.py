@@ -235,7 +235,7 @@ def run(config_path: str | Path, frames: int | None = None,
         raise
     control.start()
     control.publish_state()
-    drained = False
+    counters: Counters | None = None
     try:
         notifier.status("measuring costs")
         counters = agent.run(frames)
@@ -243,6 +243,9 @@ def run(config_path: str | Path, frames: int | None = None,
         notifier.stopping()
         notifier.status("stopping: draining the outbox")
         control.stop()
-        drained = publisher.close()
+        drained = publisher.drain()
+        if counters is not None and drained:
+            agent.publish_status("stopped")  # again: the retained one shows the drained outbox
+        drained = publisher.close() and drained
         notifier.close()
     return counters, drained
