@@ -45,6 +45,9 @@ class Counter:
 
     def __init__(self, port: int) -> None:
         self.seen: dict[tuple[int, str], int] = {}
+        # extra copies: marked `possible_duplicate` by the agent (resent from its outbox),
+        # redelivered by the broker to this session (MQTT DUP flag), or neither
+        self.extra = {"marked": 0, "redelivered": 0, "unmarked": 0}
         self.lock = threading.Lock()
         self.last = time.monotonic()
         ready = threading.Event()
@@ -65,6 +68,10 @@ class Counter:
         output = json.loads(message.payload)
         key = (int(output["frame_id"]), str(output["model"]))
         with self.lock:
+            if key in self.seen:  # an extra copy: who sent it again?
+                kind = ("marked" if output.get("possible_duplicate") else
+                        "redelivered" if message.dup else "unmarked")
+                self.extra[kind] += 1
             self.seen[key] = self.seen.get(key, 0) + 1
             self.last = time.monotonic()
 
@@ -140,7 +147,7 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     counter.stop()
     broker.stop()
     with counter.lock:
-        seen = dict(counter.seen)
+        seen, extra = dict(counter.seen), dict(counter.extra)
     models = sorted({m for _, m in seen})
     source = load_config(config).source
     first = start_index(source.start_day, source.start_hour, source.cameras)
@@ -150,6 +157,8 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
         "elapsed_s": elapsed, "restarts": done_restarts, "outage_s": outage_s,
         "models": models, "expected": len(expected), "received": sum(seen.values()),
         "unique": len(set(seen) & expected), "duplicates": sum(n - 1 for n in seen.values()),
+        "marked": extra["marked"], "redelivered": extra["redelivered"],
+        "unmarked": extra["unmarked"],
         "lost": len(expected - set(seen)), "unexpected": len(set(seen) - expected),
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
         "outbox_left": _depth(outbox), "log_tail": log[-2000:],
@@ -163,7 +172,10 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("models", ", ".join(result["models"])),  # type: ignore[arg-type]
             ("outputs expected (frames x models)", result["expected"]),
             ("outputs received", result["received"]), ("unique received", result["unique"]),
-            ("duplicates", result["duplicates"]), ("lost", result["lost"]),
+            ("duplicates", result["duplicates"]),
+            ("- marked `possible_duplicate` by the agent", result["marked"]),
+            ("- redelivered by the broker (MQTT DUP flag)", result["redelivered"]),
+            ("- neither", result["unmarked"]), ("lost", result["lost"]),
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
@@ -178,7 +190,9 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
         "cores. The agent runs the city source with `fps = 0` (as fast as it goes) and the "
         "config `mlink-train zoo` wrote (no budget); Mosquitto is stopped and started again "
         "while it runs; a subscriber with a persistent QoS 1 session counts every output by "
-        "(frame, model). Duplicates are allowed (delivery is at least once); lost must be 0.",
+        "(frame, model). Duplicates are allowed (delivery is at least once) and should carry "
+        "a mark: the agent's `possible_duplicate` on what it resends from its outbox, or "
+        "MQTT's DUP flag on what the broker redelivers; lost must be 0.",
         "",
         "| measure | value |",
         "| --- | --- |",
