@@ -316,6 +316,9 @@ class CostStats:
     _to_skip: int = 0
     _recent: deque[float] = field(default_factory=deque)
 
+    def __post_init__(self) -> None:
+        self._recent = deque(self._recent, maxlen=self.window)  # bounded, no trimming loop
+
     def begin_load(self) -> None:
         """A (re)load: the next `warmup` runs are warm-up, not counted."""
         self._to_skip = self.warmup
@@ -333,8 +336,6 @@ class CostStats:
         self.delay_ema_ms = ms if self.delay_ema_ms is None else (
             self.alpha * ms + (1 - self.alpha) * self.delay_ema_ms)
         self._recent.append(ms)
-        while len(self._recent) > self.window:
-            self._recent.popleft()
 
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(list(self._recent), q)) if self._recent else None

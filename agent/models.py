@@ -220,36 +220,39 @@ class Worker:
     def __init__(self, name: str) -> None:
         self.name = name
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Calls are one at a time and a timed-out worker is never used again, so one event
+        # and one result slot serve every call (no allocation per frame).
+        self._done = threading.Event()
+        self._result: tuple[bool, Any] = (False, None)
         self._thread = threading.Thread(target=self._loop, name=f"model-{name}", daemon=True)
         self._thread.start()
         self.hung = False
 
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            call = self._jobs.get()
+            if call is None:
                 return
-            call, box, done = job
             try:
-                box.append((True, call()))
+                self._result = (True, call())
             except BaseException as exc:  # handed to the caller, whatever it is
-                box.append((False, exc))
-            done.set()
+                self._result = (False, exc)
+            self._done.set()
 
     def call(self, call: Callable[[], T], timeout_s: float) -> T:
         """`call()` in the worker thread; ModelFailure('timeout') if it takes longer (the
         worker is then `hung` and must not be used again)."""
         if self.hung:
             raise RuntimeError(f"worker {self.name} is hung")
-        box: list[tuple[bool, Any]] = []
-        done = threading.Event()
-        self._jobs.put((call, box, done))
-        if not done.wait(timeout_s):
+        self._done.clear()
+        self._jobs.put(call)
+        if not self._done.wait(timeout_s):
             self.hung = True
             self._jobs.put(None)  # the thread exits once the hung call returns, if ever
             raise ModelFailure("timeout", f"model {self.name}: no answer within "
                                           f"{timeout_s * 1e3:.0f} ms")
-        ok, value = box[0]
+        ok, value = self._result
+        self._result = (False, None)
         if ok:
             return value
         raise value

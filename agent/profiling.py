@@ -18,7 +18,7 @@ import numpy as np
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Profile
-from links_tflite.ensemble import combine
+from links_tflite.ensemble import combine_outputs
 from links_tflite.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,13 @@ class OnlineAgreement:
 
     def score_frame(self, spec: TaskSpec, target: str, exact: np.ndarray,
                     link_outputs: Mapping[str, np.ndarray], weights: Mapping[str, float],
-                    subsets: Iterable[frozenset[str]]) -> None:
+                    subsets: Iterable[frozenset[str]], pooling: str = "") -> None:
         """One profiling frame: the ensemble of each subset against the exact output, the
-        ensemble combining the links' (activated) outputs as the agent does when predicting."""
+        ensemble combining the links' (activated) outputs with the weights and pooling the
+        agent predicts with (`EnsemblePredictor.weights`)."""
         for subset in subsets:
-            ordered = sorted(subset)
-            prediction = combine([link_outputs[s] for s in ordered], [weights[s] for s in ordered])
+            prediction = combine_outputs(spec, weights, {s: link_outputs[s] for s in subset},
+                                         pooling)
             self.add(target, subset, mean_agreement(spec, prediction, exact))
 
     def profile(self, base: Profile) -> Profile:

@@ -87,8 +87,12 @@ class Topics:
         return f"{self.root}/cmd/{name}/response"
 
 
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def dumps(payload: Any) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(payload).encode("utf-8")
 
 
 def mark_possible_duplicate(payload: bytes) -> bytes:

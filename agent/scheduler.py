@@ -445,10 +445,11 @@ class Agent:
                 self._stats(link.name).add_delay((time.perf_counter() - start) * 1e3)
             if not link_outputs:
                 continue
-            weights = {s: self.bundle.profile.link_agreement(s, target) for s in link_outputs}
+            weights, pooling = self.ensembles.weights(target)
             subsets = subsets_to_score(sorted(link_outputs), self.selection.active,
                                        prof.online_subsets_max_sources)
-            self.online.score_frame(spec, target, exact, link_outputs, weights, subsets)
+            self.online.score_frame(spec, target, exact, link_outputs, weights, subsets,
+                                    pooling)
 
     # -- per frame -------------------------------------------------------------------------
     def _payload(self, frame: Frame, model_id: str, value: np.ndarray, provenance: str,
@@ -457,7 +458,7 @@ class Agent:
             "frame_id": frame.frame_id,
             "ts": frame.ts,
             "model": model_id,
-            "value": [float(v) for v in np.asarray(value).reshape(-1)],
+            "value": np.asarray(value, dtype=np.float64).reshape(-1).tolist(),
             "decoded": decode(self.bundle.models[model_id], value),
             "provenance": provenance,
             "sources": sources,

@@ -93,10 +93,14 @@ def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunn
 
 def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Weighted mean of link outputs; equal weights where every weight is zero."""
+    if len(outputs) == 1:  # the mean of one output, without the stacking
+        return np.asarray(outputs[0], dtype=np.float32)
     w = np.asarray(weights, dtype=np.float64)
     w = np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
     stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
-    return np.tensordot(w, stacked, axes=1).astype(np.float32)
+    # what np.tensordot(w, stacked, axes=1) computes, without its per-call shape handling
+    mixed = np.dot(w, stacked.reshape(len(w), -1)).reshape(stacked.shape[1:])
+    return mixed.astype(np.float32)
 
 
 def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -133,6 +137,7 @@ class EnsemblePredictor:
         self.num_threads = num_threads
         self._runners: dict[str, LinkRunner] = {}
         self._active: frozenset[str] = frozenset()
+        self._plans: dict[str, tuple[list[LinkEntry], dict[str, float], str]] = {}
 
     def weights(self, target: str) -> tuple[dict[str, float], str]:
         """The target's per-source weights and pooling: learned where the bundle has them."""
@@ -163,25 +168,31 @@ class EnsemblePredictor:
         for name, link in wanted.items():
             if name not in self._runners:
                 self._runners[name] = open_link(self.bundle, link, self.num_threads)
+        self._plans = {}
         log.debug("ensemble links loaded: %s", sorted(self._runners))
 
     def runner(self, link: LinkEntry) -> LinkRunner:
         return self._runners[link.name]
 
+    def _plan(self, target: str) -> tuple[list[LinkEntry], dict[str, float], str]:
+        """The target's loaded links, weights and pooling: looked up once per selection,
+        not per frame."""
+        if target not in self._plans:
+            links = [link for link in self.bundle.links_into(target)
+                     if link.name in self._runners]
+            self._plans[target] = (links, *self.weights(target))
+        return self._plans[target]
+
     def predict(self, target: str, outputs: Mapping[str, np.ndarray]) -> Prediction:
         """Predict `target` from the outputs of whichever activated sources are present."""
-        links = [
-            link
-            for link in self.bundle.links_into(target)
-            if link.source in outputs and link.name in self._runners
-        ]
+        loaded, weights, pooling = self._plan(target)
+        links = [link for link in loaded if link.source in outputs]
         if not links:
             raise LookupError(f"no loaded link predicts {target!r} from {sorted(outputs)}")
         link_outputs = {
             link.source: self._runners[link.name].run_one(outputs[link.source]) for link in links
         }
         sources = tuple(sorted(link_outputs))
-        weights, pooling = self.weights(target)
         return Prediction(
             value=combine_outputs(self.bundle.models[target], weights, link_outputs, pooling),
             sources=sources,

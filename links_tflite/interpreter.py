@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,24 +43,31 @@ def interpreter_class() -> tuple[str, type]:
     )
 
 
-def _quantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    dtype = detail["dtype"]
-    if np.issubdtype(dtype, np.floating):
-        return values.astype(dtype, copy=False)
+Converter = Callable[[np.ndarray], np.ndarray]
+
+
+def quantizer(detail: dict[str, Any]) -> Converter:
+    """float32 -> the tensor's type, with its dtype and parameters read once, not per call
+    (runners keep one per tensor: this sits on the per-frame path)."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return lambda values: values.astype(dtype, copy=False)
     scale, zero_point = detail["quantization"]
     if scale == 0:  # a plain integer input: token ids, which travel as float32
-        return np.rint(values).astype(dtype)
+        return lambda values: np.rint(values).astype(dtype)
     info = np.iinfo(dtype)
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+    low, high = info.min, info.max
+    return lambda values: np.clip(np.round(values / scale + zero_point), low, high).astype(dtype)
 
 
-def _dequantize(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.floating):
-        return values.astype(np.float32, copy=False)
+def dequantizer(detail: dict[str, Any]) -> Converter:
+    """The tensor's type -> float32 (see quantizer)."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return lambda values: values.astype(np.float32, copy=False)
     scale, zero_point = detail["quantization"]
     if scale == 0:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return lambda values: values.astype(np.float32)
+    return lambda values: ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def open_interpreter(path: Path, num_threads: int) -> tuple[str, Any]:
@@ -88,14 +96,21 @@ class TFLiteRunner:
                 f"{self.path}: expected 1 input and 1 output, "
                 f"found {len(inputs)} and {len(outputs)}"
             )
-        self._input = inputs[0]
-        self._output = outputs[0]
-        self._batch = int(self._input["shape"][0])
+        self._batch = int(inputs[0]["shape"][0])
+        self._example_shape = tuple(int(d) for d in inputs[0]["shape"][1:])
+        self._bind(inputs[0], outputs[0])
+
+    def _bind(self, input_detail: dict[str, Any], output_detail: dict[str, Any]) -> None:
+        """Remember the tensors and their converters (again after each reallocation)."""
+        self._input, self._output = input_detail, output_detail
+        self._input_index, self._output_index = input_detail["index"], output_detail["index"]
+        self._to_input = quantizer(input_detail)
+        self._from_output = dequantizer(output_detail)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example (batch dimension left out)."""
-        return tuple(int(d) for d in self._input["shape"][1:])
+        return self._example_shape
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -105,23 +120,22 @@ class TFLiteRunner:
         if batch == self._batch:
             return
         self._interpreter.resize_tensor_input(
-            self._input["index"], [batch, *self.input_shape], strict=False
+            self._input_index, [batch, *self._example_shape], strict=False
         )
         self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._bind(self._interpreter.get_input_details()[0],
+                   self._interpreter.get_output_details()[0])
         self._batch = batch
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run a batch (leading dimension = examples) and return float32 outputs."""
         values = np.asarray(batch, dtype=np.float32)
-        expected = self.input_shape
-        if values.shape[1:] != expected:
-            values = values.reshape(values.shape[0], *expected)
+        if values.shape[1:] != self._example_shape:
+            values = values.reshape(values.shape[0], *self._example_shape)
         self._resize(values.shape[0])
-        self._interpreter.set_tensor(self._input["index"], _quantize(values, self._input))
+        self._interpreter.set_tensor(self._input_index, self._to_input(values))
         self._interpreter.invoke()
-        return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+        return self._from_output(self._interpreter.get_tensor(self._output_index))
 
     def run_one(self, example: np.ndarray) -> np.ndarray:
         """Run one example (no batch dimension)."""
@@ -172,6 +186,7 @@ class MultiTensorRunner:
         self._output_index: dict[str, int] = dict(signature["outputs"])
         self._interpreter.allocate_tensors()
         self._details: dict[int, dict[str, Any]] = {}
+        self._converters: dict[int, Converter] = {}
         self._shapes = {
             name: tuple(int(d) for d in self._detail(index)["shape"][1:])
             for name, index in self._input_index.items()
@@ -207,7 +222,16 @@ class MultiTensorRunner:
                                                   strict=False)
         self._interpreter.allocate_tensors()
         self._details = {}
+        self._converters = {}
         self._batch = batch
+
+    def _converter(self, index: int) -> Converter:
+        """The tensor's quantizer (an input) or dequantizer (an output), made once."""
+        if index not in self._converters:
+            detail = self._detail(index)
+            is_input = index in self._input_index.values()
+            self._converters[index] = (quantizer if is_input else dequantizer)(detail)
+        return self._converters[index]
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a batch given as {input name: array}; returns {output name: float32 array}."""
@@ -221,10 +245,10 @@ class MultiTensorRunner:
         self._resize(sizes.pop())
         for name, index in self._input_index.items():
             values = batch[name].reshape(batch[name].shape[0], *self._shapes[name])
-            self._interpreter.set_tensor(index, _quantize(values, self._detail(index)))
+            self._interpreter.set_tensor(index, self._converter(index)(values))
         self._interpreter.invoke()
         return {
-            name: _dequantize(self._interpreter.get_tensor(index), self._detail(index))
+            name: self._converter(index)(self._interpreter.get_tensor(index))
             for name, index in self._output_index.items()
         }
 

@@ -138,9 +138,9 @@ def activate(activation: str, logits: np.ndarray) -> np.ndarray:
 
 def decode(spec: TaskSpec, output: np.ndarray) -> dict[str, Any]:
     """A subscriber-friendly reading of one output: the label, labels, box or numbers."""
-    values = np.asarray(output, dtype=np.float64).reshape(-1)
+    values = np.asarray(output, dtype=np.float64).reshape(-1).tolist()
     if spec.kind == "single_label":
-        index = int(np.argmax(values))
+        index = max(range(len(values)), key=values.__getitem__)
         decoded: dict[str, Any] = {"label": index}
         if spec.labels:
             decoded["name"] = spec.labels[index]
@@ -149,8 +149,8 @@ def decode(spec: TaskSpec, output: np.ndarray) -> dict[str, Any]:
         on = [i for i, v in enumerate(values) if v >= 0.5]
         return {"labels": on, **({"names": [spec.labels[i] for i in on]} if spec.labels else {})}
     if spec.kind == "localization":
-        return {"box": [float(v) for v in values[:4]]}
+        return {"box": values[:4]}
     if spec.kind == "regression":
-        return {"value": [float(v) for v in values]}
+        return {"value": values}
     tokens = [round(v) for v in values]
     return {"tokens": tokens[: tokens.index(0)] if 0 in tokens else tokens}

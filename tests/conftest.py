@@ -59,15 +59,62 @@ def persistent_broker(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
-    from links_tflite.recording import Recording
     from offline_trainer.links import LinkTraining
     from offline_trainer.train_links import train_bundle
     from offline_trainer.zoo import build_zoo
 
     root = tmp_path_factory.mktemp("digits")
     build_zoo("digits", root, seed=0)
-    Recording.load(root / "recording.npz").select_models(LINKED_MODELS).save(
-        root / "recording-linked.npz")
+    linked_recording(root / "recording.npz", root / "recording-linked.npz", LINKED_MODELS)
     links = train_bundle(root / "recording-linked.npz", root / "bundle", 0.7,
                          LinkTraining(epochs=60))
     return DigitsBuild(root=root, links=links)
+
+
+# The city models the shared city bundle links: the three vector models whose links the
+# profiling window scores (sequence targets are not scored online).
+CITY_LINKED_MODELS = ("persons", "traffic", "vehicles")
+CITY_SIZES = (3000, 1000, 40)  # zoo, recording, stream frames: a reduced city sample
+
+
+@dataclass(frozen=True)
+class CityBuild:
+    root: Path
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    def model_file(self, model_id: str) -> Path:
+        return self.root / "models" / f"{model_id}.tflite"
+
+
+def linked_recording(source: Path, out: Path, models: tuple[str, ...]) -> Path:
+    """A recording of only `models` (what the links of a test bundle are trained on)."""
+    from links_tflite.recording import Recording
+
+    Recording.load(source).select_models(models).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def city_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The city zoo, trained on a reduced sample so that the suite stays short."""
+    from offline_trainer.workloads.city import CityWorkload
+    from offline_trainer.zoo import build_zoo
+
+    root = tmp_path_factory.mktemp("city")
+    build_zoo("city", root, seed=0, workload=CityWorkload(*CITY_SIZES))
+    return root
+
+
+@pytest.fixture(scope="session")
+def city_build(city_zoo: Path) -> CityBuild:
+    """The city zoo with a bundle linking its vector models, trained with short epochs."""
+    from offline_trainer.links import LinkTraining
+    from offline_trainer.train_links import train_bundle
+
+    recording = linked_recording(city_zoo / "recording.npz",
+                                 city_zoo / "recording-linked.npz", CITY_LINKED_MODELS)
+    train_bundle(recording, city_zoo / "bundle", 0.7, LinkTraining(epochs=40))
+    return CityBuild(root=city_zoo)

@@ -1,5 +1,6 @@
 """Python entry-point models for the agent's tests (`adapter = "python"`): each wraps one of
-the digits zoo's real TFLite files and can be made to misbehave, or to drift, on demand.
+the digits or city zoo's real TFLite files and can be made to misbehave, or to drift, on
+demand.
 
 Module state is set by the tests in the same process: `MODEL_DIR` (where the .tflite files
 are), `MODE[model_id]` in {ok, raise, hang, nan, shape}, `DRIFT[model_id]` (flip the
@@ -58,6 +59,18 @@ class Parity(Wrapped):
 
 class Inkbox(Wrapped):
     model_id = "inkbox"
+
+
+class Persons(Wrapped):
+    model_id = "persons"
+
+
+class Traffic(Wrapped):
+    model_id = "traffic"
+
+
+class Vehicles(Wrapped):
+    model_id = "vehicles"
 
 
 def reset() -> None:

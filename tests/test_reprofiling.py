@@ -1,4 +1,5 @@
-"""Periodic re-profiling: after a forced drift the online agreement follows the stream and the
+"""Periodic re-profiling: after a forced drift (a model's outputs on digits, the city stream
+jumping from the morning to the evening rush) the online agreement follows the stream and the
 selection changes as the data demands; the profiling's cost is reported; models that are not
 activated are unloaded."""
 
@@ -7,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tests.python_models as pm
 from agent.config import load_config
 from agent.scheduler import Agent
+from agent.sources import open_source
 from tests.test_failures import python_config
 
 BALLAST_MB = 16.0  # each model holds this much, so two models fit 40 MB and three do not
@@ -91,3 +94,106 @@ def test_period_in_frames_starts_windows(digits_build, heavy_models, tmp_path: P
     # frames 1-5 run the two activated models, 6-7 all three, 8-12 two, 13-14 three
     assert calls == [2] * 5 + [3] * 2 + [2] * 5 + [3] * 2
     assert agent.profiling.windows == 2
+
+
+# -- the city stream: a forced drift from the weekday's morning rush to its evening rush ---
+
+CITY_MODELS = ("persons", "traffic", "vehicles")
+CITY_WINDOW = 24  # frames per profiling window: six seconds of the four cameras
+MORNING, EVENING = 7.75, 17.5
+
+
+def city_config(root: Path, build_root: Path) -> Path:
+    """The city zoo's vector models behind Python entry points (each holding a known
+    ballast), the city stream from the morning rush, `exact` under a two-model budget."""
+    models = "".join(
+        f'\n[[models]]\nid = "{m}"\nadapter = "python"\n'
+        f'entry = "tests.python_models:{m.capitalize()}"\ninput = "image"\n'
+        for m in CITY_MODELS)
+    path = root / "agent.toml"
+    path.write_text(
+        f'device_id = "test"\n[bundle]\npath = "{build_root / "bundle"}"\n'
+        f'[source]\ntype = "city"\nseed = 0\ncameras = 4\nstart_day = 0\n'
+        f"start_hour = {MORNING}\n[budget]\nmemory_mb = 40.0\n"
+        f'[selection]\npolicy = "exact"\n'
+        f"[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 0\n"
+        f"sample_frames = {CITY_WINDOW}\nmin_samples = 8\nagreement_window = {CITY_WINDOW}\n"
+        + models)
+    return path
+
+
+def reference_agreement(build, frames: list, target: str, sources: frozenset[str]) -> float:
+    """What the data says, computed without the agent: the target's exact output and the
+    ensemble over `sources` from the models' and links' own files, on the same frames."""
+    from links_tflite.agreement import mean_agreement
+    from links_tflite.bundle import load_bundle
+    from links_tflite.ensemble import EnsemblePredictor, combine_outputs, open_link
+    from links_tflite.interpreter import TFLiteRunner
+
+    bundle = load_bundle(build.bundle)
+    models = {m: TFLiteRunner(build.model_file(m)) for m in (target, *sources)}
+    links = {s: open_link(bundle, bundle.link(s, target)) for s in sources}
+    weights, pooling = EnsemblePredictor(bundle).weights(target)
+    scores = []
+    for frame in frames:
+        image = frame.modalities["image"]
+        outputs = {s: links[s].run_one(models[s].run_one(image)) for s in sources}
+        prediction = combine_outputs(bundle.models[target], weights, outputs, pooling)
+        scores.append(mean_agreement(bundle.models[target], prediction,
+                                     models[target].run_one(image)))
+    return float(np.mean(scores))
+
+
+def window_frames(agent: Agent, frames: Iterator, n: int) -> list:
+    """Run a profiling window on the next n frames; return them."""
+    agent.request_reprofile()
+    windows = agent.profiling.windows
+    seen = []
+    for _ in range(n):
+        seen.append(next(frames))
+        agent.process(seen[-1])
+    assert agent.profiling.windows == windows + 1
+    return seen
+
+
+def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
+    """In the morning rush the traffic model calls every frame free, so any link predicts it;
+    in the evening rush it sees jams, and only the vehicle count tells them apart. After the
+    stream jumps to the evening, the measured agreement of what is predicted falls as far as
+    the data says, and the selection is the best the evening's data allows."""
+    pm.reset()
+    pm.MODEL_DIR = city_build.root / "models"
+    pm.BALLAST_MB = BALLAST_MB  # each model 16 MB: two fit the 40 MB budget, three do not
+    try:
+        agent = Agent(load_config(city_config(tmp_path, city_build.root)))
+        morning = window_frames(agent, agent.start(), CITY_WINDOW)
+        before = agent.selection
+        (target,) = before.predicted
+        sources = frozenset(before.active)
+        online_before = agent.online.figure(target, sources)
+        assert online_before == pytest.approx(
+            reference_agreement(city_build, morning, target, sources), abs=1e-6)
+
+        drifted = agent.config.source.model_copy(update={"start_hour": EVENING})
+        evening = window_frames(agent, open_source(drifted).frames(), CITY_WINDOW)
+        online_after = agent.online.figure(target, sources)
+        assert online_after == pytest.approx(
+            reference_agreement(city_build, evening, target, sources), abs=1e-6)
+        assert online_after < online_before - 0.15  # the drift is in the data, and measured
+        assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(online_after)
+
+        # the selection now rests on the evening's figures: the predicted model is the one
+        # the other two predict best on the evening's frames
+        after = agent.selection
+        (predicted,) = after.predicted
+        figures = {m: reference_agreement(city_build, evening, m,
+                                          frozenset(CITY_MODELS) - {m}) for m in CITY_MODELS}
+        assert predicted == max(figures, key=figures.__getitem__), figures
+        assert after.expected_agreement == pytest.approx((2 + figures[predicted]) / 3, abs=1e-6)
+        assert after.use["memory_mb"] <= 40.0
+        payload = next(p for p in agent.process(evening[-1]) if p["model"] == predicted)
+        assert payload["provenance"] == "predicted"
+        assert payload["est_agreement"] == pytest.approx(figures[predicted], abs=1e-6)
+    finally:
+        pm.BALLAST_MB = 0.0
+        pm.reset()

@@ -117,14 +117,9 @@ def test_digits_cost_spread(digits_build) -> None:
     assert sizes[-1] >= 5 * sizes[0]
 
 
-def test_city_zoo_models_beat_trivial_predictors(tmp_path_factory) -> None:
+def test_city_zoo_models_beat_trivial_predictors(city_zoo) -> None:
     """The city zoo, trained on a reduced sample so that the suite stays short."""
-    from offline_trainer.workloads.city import CityWorkload
-    from offline_trainer.zoo import build_zoo
-
-    root = tmp_path_factory.mktemp("city")
-    build_zoo("city", root, seed=0, workload=CityWorkload(3000, 1000, 40))
-    cards = {p.stem: json.loads(p.read_text()) for p in root.glob("models/*.json")}
+    cards = {p.stem: json.loads(p.read_text()) for p in city_zoo.glob("models/*.json")}
     assert set(cards) == set(city_tasks())
     for card in cards.values():
         assert beats_trivial(card), card
