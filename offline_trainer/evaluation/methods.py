@@ -21,6 +21,7 @@ whole set's memory: the tables report that peak beside.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent.costs import Cost
 from agent.scheduler import Agent
-from agent.selection import Selection, SelectionError, get_policy
+from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
 from links_tflite.agreement import mean_agreement
 from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
@@ -64,7 +66,7 @@ class MethodResult:
     budget: float
     active: tuple[str, ...]
     filter_share: float  # the share of frames the filter was tuned to process (1: no filter)
-    expected: float | None  # the profile's expected agreement (no filter, links used)
+    expected: float | None  # the profile's expected agreement (None behind a filter)
     use: float  # charged against the budget: filter_share x the set's use
     peak: float  # the set's own use: what must be resident at once
     replaced_delay_ms: float  # measured delay of the models predicted or skipped
@@ -135,18 +137,19 @@ def totals(agent: Agent) -> dict[str, float]:
     return {r: float(sum(c.get(r) for c in costs)) for r in ("memory_mb", "delay_ms")}
 
 
-def select(agent: Agent, policy: str, budget: dict[str, float]) -> Selection | None:
+def select(problem: Problem, policy: str) -> Selection | None:
     """The policy's choice, or None where nothing fits."""
     try:
-        return get_policy(policy).select(agent.problem(budget))
+        return get_policy(policy).select(problem)
     except SelectionError:
         return None
 
 
-def replaced_delay(agent: Agent, active: frozenset[str], processed: float = 1.0) -> float:
+def replaced_delay(costs: dict[str, Cost], active: frozenset[str], processed: float = 1.0
+                   ) -> float:
     """The measured delay of the work not done: models not activated, and every model on
     the frames the filter skips."""
-    delays = {m: c.get("delay_ms") for m, c in agent.model_costs.items()}
+    delays = {m: c.get("delay_ms") for m, c in costs.items()}
     inactive = sum(d for m, d in delays.items() if m not in active)
     return inactive + (1.0 - processed) * sum(d for m, d in delays.items() if m in active)
 
@@ -161,8 +164,19 @@ class Evaluator:
 
     def __post_init__(self) -> None:
         self.total = totals(self.agent)
+        # the costs measured at the start, for every method: running a method updates the
+        # agent's delay figures, which would otherwise change the problem between methods
+        self._frozen = self.agent.problem({})
         self._thresholds: dict[float, float] = {}
         self._results: dict[tuple[str, str, float], MethodResult] = {}
+
+    @property
+    def costs(self) -> dict[str, Cost]:
+        """The models' costs every method is selected and charged with."""
+        return self._frozen.model_costs
+
+    def problem(self, budget: dict[str, float]) -> Problem:
+        return dataclasses.replace(self._frozen, budget=budget)
 
     def threshold(self, share: float) -> float:
         if share not in self._thresholds:
@@ -182,7 +196,7 @@ class Evaluator:
             return self._policy(method, resource, share, budget)
         if method == "filtering":
             q = min(1.0, share)
-            selection = get_policy("all").select(self.agent.problem({}))  # every model
+            selection = get_policy("all").select(self.problem({}))  # every model
             return self._result(method, resource, share, budget, selection, q,
                                 self.stream.test, self.stream.exact, self.stream.truth)
         if method == "mlink+filtering":
@@ -191,7 +205,7 @@ class Evaluator:
 
     def _policy(self, method: str, resource: str, share: float, budget: float) -> MethodResult:
         policy = POLICY_OF[method]
-        selection = select(self.agent, policy, {} if policy == "all" else {resource: budget})
+        selection = select(self.problem({} if policy == "all" else {resource: budget}), policy)
         if selection is None:
             return self._nothing(method, resource, share, budget)
         return self._result(method, resource, share, budget, selection, 1.0,
@@ -202,7 +216,7 @@ class Evaluator:
         best: tuple[float, float, Selection] | None = None
         for q in sorted({*[s for s in COMBINED_SHARES if s >= share], min(1.0, share)}):
             # (share / q) first: exactly 1.0 at q = share, so that every model fits there
-            selection = select(self.agent, "exact", {resource: share / q * self.total[resource]})
+            selection = select(self.problem({resource: share / q * self.total[resource]}), "exact")
             if selection is None:
                 continue
             scored = self._run(selection, q, self.stream.calibration,
@@ -225,14 +239,14 @@ class Evaluator:
     def _result(self, method: str, resource: str, share: float, budget: float,
                 selection: Selection, q: float, frames: list[Frame],
                 exact: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> MethodResult:
+        peak = selection.use[resource]  # at selection time: running updates the delays
         scored = self._run(selection, q, frames, exact, truth)
-        peak = self.agent.problem({}).use(selection.active, selection.uses_links)[resource]
         return MethodResult(
             method=method, resource=resource, share=share, budget=budget,
             active=tuple(sorted(selection.active)), filter_share=q,
-            expected=selection.expected_agreement if selection.uses_links and q >= 1.0 else None,
+            expected=selection.expected_agreement if q >= 1.0 else None,
             use=q * peak, peak=peak,
-            replaced_delay_ms=replaced_delay(self.agent, selection.active,
+            replaced_delay_ms=replaced_delay(self.costs, selection.active,
                                              scored.processed_share),
             scored=scored,
         )

@@ -131,8 +131,8 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
     rss = measure_rss(settings, bundle, models) if settings.rss_frames > 0 else []
     return Evaluation(
         settings=settings, models=models, recording_frames=len(recording),
-        fractions=fractions, profile=profile, model_costs=agent.model_costs,
-        link_costs=agent.link_costs, probe=agent.probe.name,
+        fractions=fractions, profile=profile, model_costs=evaluator.costs,
+        link_costs=evaluator.problem({}).link_costs, probe=agent.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
         table=table, curve=curve, rss=rss,
     )
