@@ -24,7 +24,7 @@ FORMAT = "mlink-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROFILE = "profile.json"
-POOLINGS = frozenset({"mean", "log_linear", "logit_mean", "heaviest_source"})
+POOLINGS = frozenset({"mean", "box_vote", "log_linear", "logit_mean", "heaviest_source"})
 
 
 class BundleError(ValueError):

@@ -8,7 +8,10 @@ over the sources present, and the pooling follows the target's kind (`POOLING`):
   renormalised): classes that every present link rules out stay out, which is how two weak
   links can assist each other (parity and shape together narrow a digit down);
 - multi_label: the weighted mean of the links' logits, then the sigmoid;
-- localization, regression: the weighted mean of the outputs;
+- localization: a weighted vote on whether there is a box (the links' gated boxes, empty
+  or not), then the weighted mean of the non-empty boxes (`box_vote`): averaging an empty
+  box with a box would halve it; bundles from before it pool boxes with `mean`;
+- regression: the weighted mean of the outputs;
 - sequence (token ids cannot be averaged): the sequence of the present source with the
   largest weight.
 Bundles from before learned weights (method `agreement_weighted_links`) use the profiled
@@ -28,10 +31,11 @@ from typing import Protocol
 
 import numpy as np
 
+from links_tflite.agreement import box_area
 from links_tflite.bundle import Bundle, LinkEntry
 from links_tflite.decoding import SequenceDecoder
 from links_tflite.interpreter import TFLiteRunner
-from links_tflite.tasks import TaskSpec, activate
+from links_tflite.tasks import TaskSpec, activate, link_output
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ AGREEMENT_WEIGHTED = "agreement_weighted_links"
 POOLING = {
     "single_label": "log_linear",
     "multi_label": "logit_mean",
-    "localization": "mean",
+    "localization": "box_vote",
     "regression": "mean",
     "sequence": "heaviest_source",
 }
@@ -61,17 +65,18 @@ class LinkRunner(Protocol):
 
 
 class VectorLink:
-    """A link into a vector target: its file runs to the logits, the host activates."""
+    """A link into a vector target: its file runs to the logits, the host activates (and
+    gates a localization link's box, `links_tflite.tasks.link_output`)."""
 
-    def __init__(self, runner: TFLiteRunner, activation: str) -> None:
+    def __init__(self, runner: TFLiteRunner, spec: TaskSpec) -> None:
         self.runner = runner
-        self.activation = activation
+        self.spec = spec
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return activate(self.activation, self.runner(batch))
+        return link_output(self.spec, self.runner(batch))
 
     def run_one(self, example: np.ndarray) -> np.ndarray:
-        return activate(self.activation, self.runner.run_one(example))
+        return link_output(self.spec, self.runner.run_one(example))
 
 
 def open_link_files(spec: TaskSpec, file: Path, decoder: Path | None = None,
@@ -81,7 +86,7 @@ def open_link_files(spec: TaskSpec, file: Path, decoder: Path | None = None,
         if decoder is None:
             raise ValueError(f"{file}: a link into a sequence target needs its decoder file")
         return SequenceDecoder(file, decoder, spec.max_len, num_threads)
-    return VectorLink(TFLiteRunner(file, num_threads), spec.activation)
+    return VectorLink(TFLiteRunner(file, num_threads), spec)
 
 
 def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunner:
@@ -103,6 +108,20 @@ def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     return mixed.astype(np.float32)
 
 
+def box_vote(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Per frame: the box if the sources giving one outweigh those giving the empty box, the
+    weighted mean of their boxes; else the empty box (see POOLING)."""
+    boxes = np.stack([np.asarray(o, np.float64) for o in outputs])  # sources, [frames,] 4
+    w = np.asarray(weights, dtype=np.float64)
+    w = np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
+    w = w.reshape((len(w),) + (1,) * (boxes.ndim - 2))
+    present = (box_area(boxes) > 0).astype(np.float64)  # sources, [frames]
+    vote = (w * present).sum(axis=0)
+    share = w * present / np.where(vote > 0, vote, 1.0)
+    mixed = (share[..., None] * boxes).sum(axis=0)
+    return (mixed * (vote >= 0.5)[..., None]).astype(np.float32)
+
+
 def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Combine activated link outputs with weights renormalised over them (see POOLING)."""
     if pooling == "mean":
@@ -110,6 +129,8 @@ def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.nd
     if pooling == "log_linear":
         logs = [np.log(np.clip(np.asarray(o, np.float64), EPS, None)) for o in outputs]
         return activate("softmax", combine(logs, weights))
+    if pooling == "box_vote":
+        return box_vote(outputs, weights)
     if pooling == "logit_mean":
         clipped = [np.clip(np.asarray(o, np.float64), EPS, 1 - EPS) for o in outputs]
         return activate("sigmoid", combine([np.log(p / (1 - p)) for p in clipped], weights))

@@ -136,6 +136,28 @@ def activate(activation: str, logits: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown activation {activation!r}")
 
 
+def link_width(spec: TaskSpec) -> int:
+    """How many logits a link into this target outputs: a localization link says first
+    whether there is something to box, then the box (as the zoo's localization models do)."""
+    return spec.dim + 1 if spec.kind == "localization" else spec.dim
+
+
+def gate_box(values: np.ndarray) -> np.ndarray:
+    """(presence, box) probabilities -> the box, or the empty box where presence < 0.5."""
+    values = np.asarray(values, dtype=np.float32)
+    return values[..., 1:] * (values[..., :1] >= 0.5)
+
+
+def link_output(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
+    """A vector link's exported logits as the target model's output: the task activation in
+    float on the host, then for a localization link's (presence, box) the gate. Links of
+    older bundles (4 box logits) are only activated."""
+    values = activate(spec.activation, logits)
+    if spec.kind == "localization" and values.shape[-1] == spec.dim + 1:
+        return gate_box(values)
+    return values
+
+
 def decode(spec: TaskSpec, output: np.ndarray) -> dict[str, Any]:
     """A subscriber-friendly reading of one output: the label, labels, box or numbers."""
     values = np.asarray(output, dtype=np.float64).reshape(-1).tolist()

@@ -59,7 +59,8 @@ def fit_source_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
     sources = sorted(outputs)
     if not sources:
         return {}
-    if spec.kind == "sequence" or len(sources) == 1:
+    if POOLING[spec.kind] in ("heaviest_source", "box_vote") or len(sources) == 1:
+        # not a differentiable mix: weights proportional to each link's agreement
         scores = {s: mean_agreement(spec, outputs[s], exact) for s in sources}
         total = sum(scores.values()) or 1.0
         return {s: float(v / total) for s, v in scores.items()}

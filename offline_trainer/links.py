@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from links_tflite.tasks import TaskSpec
+from links_tflite.tasks import TaskSpec, gate_box, link_width
 from offline_trainer.seq_links import (
     SeqSizes,
     as_source,
@@ -29,12 +29,14 @@ from offline_trainer.seq_links import (
     step_representative,
     teacher_inputs,
 )
+from offline_trainer.workloads.builders import presence_box_loss
 
-# Loss per target task kind: soft-label cross-entropy for labels, squared error for numbers.
-LOSS = {
+# Loss per target task kind: soft-label cross-entropy for labels, squared error for numbers,
+# and for a box, whether there is one (cross-entropy) and where (squared error, if there is).
+LOSS: dict[str, Any] = {
     "single_label": "categorical_crossentropy",
     "multi_label": "binary_crossentropy",
-    "localization": "mse",
+    "localization": presence_box_loss,
     "regression": "mse",
 }
 
@@ -64,10 +66,10 @@ def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) ->
         raise NotImplementedError(f"vec2vec cannot predict a {target.kind} target")
     keras.utils.set_random_seed(training.seed)
     inputs = keras.Input((source.output_width,))
-    hidden = keras.layers.Dense(2 * target.dim)(inputs)
+    hidden = keras.layers.Dense(2 * link_width(target))(inputs)
     hidden = keras.layers.Dropout(training.dropout)(hidden)
     hidden = keras.layers.ReLU()(hidden)
-    logits = keras.layers.Dense(target.dim, name="logits")(hidden)
+    logits = keras.layers.Dense(link_width(target), name="logits")(hidden)
     outputs = keras.layers.Activation(target.activation)(logits)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.RMSprop(training.learning_rate),
@@ -75,11 +77,26 @@ def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) ->
     return model
 
 
+def training_targets(target: TaskSpec, y: np.ndarray) -> np.ndarray:
+    """What a link learns: the target model's outputs, with a box's presence in front."""
+    y = y.astype(np.float32)
+    if target.kind == "localization":
+        present = (y[:, 2] > y[:, 0]) & (y[:, 3] > y[:, 1])
+        return np.concatenate([present[:, None].astype(np.float32), y], axis=1)
+    return y
+
+
+def activated(target: TaskSpec, model: Any, batch: Any) -> np.ndarray:
+    """The float Keras link's output as the target model's (a localization link's gated)."""
+    values = np.asarray(model(batch, training=False))
+    return gate_box(values) if target.kind == "localization" else values
+
+
 def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining) -> None:
     """Fit a vector-target link. Regression targets (counts, masses: any scale) are learnt
     standardised, then the scale is folded back into the logits layer, so the exported file
     still outputs the model's own units."""
-    y = y.astype(np.float32)
+    y = training_targets(target, y)
     mean, std = np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
     if target.kind == "regression":
         mean, std = y.mean(axis=0), y.std(axis=0) + 1e-6
@@ -135,8 +152,8 @@ def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
     if kind == "vec2vec":
         model = train_vec2vec(source, target, x, y, training)
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [x[rows]])],
-                           lambda batch: np.asarray(model(batch.astype(np.float32),
-                                                          training=False)), x[rows])
+                           lambda batch: activated(target, model, batch.astype(np.float32)),
+                           x[rows])
     inputs = as_source(source, x)
     if kind == "seq2vec":
         if target.kind not in LOSS:
@@ -145,8 +162,8 @@ def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
                               training.sizes)
         fit_link(model, target, inputs, y, training)
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [inputs[rows]])],
-                           lambda batch: np.asarray(model(as_source(source, batch),
-                                                          training=False)), x[rows])
+                           lambda batch: activated(target, model, as_source(source, batch)),
+                           x[rows])
     parts = build_decoder(source, target, training.seq_learning_rate, training.sizes)
     teacher, mask = teacher_inputs(y)
     parts.trainer.fit([inputs, teacher], np.rint(y).astype(np.int32), sample_weight=mask,

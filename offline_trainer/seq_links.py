@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from links_tflite.decoding import BOS_TOKEN, greedy_decode
-from links_tflite.tasks import TaskSpec
+from links_tflite.tasks import TaskSpec, link_width
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def source_encoder(source: TaskSpec, sizes: SeqSizes) -> Any:
     return keras.Model(inputs, [memory, h, c], name="encoder")
 
 
-def build_seq2vec(source: TaskSpec, target: TaskSpec, loss: str, learning_rate: float,
+def build_seq2vec(source: TaskSpec, target: TaskSpec, loss: Any, learning_rate: float,
                   sizes: SeqSizes) -> Any:
     """Token ids -> the target's vector output (softmax/sigmoid/linear by its kind)."""
     import keras
@@ -64,8 +64,9 @@ def build_seq2vec(source: TaskSpec, target: TaskSpec, loss: str, learning_rate: 
     inputs = keras.Input((source.max_len,), dtype="int32", name="source")
     embedded = keras.layers.Embedding(source.vocab_size, sizes.embedding)(inputs)
     state = keras.layers.LSTM(sizes.units, unroll=True)(embedded)
-    hidden = keras.layers.Dense(max(2 * target.dim, sizes.units), activation="relu")(state)
-    logits = keras.layers.Dense(target.dim, name="logits")(hidden)
+    hidden = keras.layers.Dense(max(2 * link_width(target), sizes.units),
+                                activation="relu")(state)
+    logits = keras.layers.Dense(link_width(target), name="logits")(hidden)
     outputs = keras.layers.Activation(target.activation)(logits)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)

@@ -10,7 +10,7 @@ from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import load_bundle
 from links_tflite.ensemble import LEARNED, EnsemblePredictor, combine_outputs
 from links_tflite.recording import Recording
-from links_tflite.tasks import TaskSpec
+from links_tflite.tasks import TaskSpec, link_output
 from offline_trainer.ensembles import fit_source_weights, profiled_subsets, random_masks
 from offline_trainer.train_links import split_rows
 
@@ -41,6 +41,35 @@ def test_sequence_targets_take_the_heaviest_present_source() -> None:
     weights = {"a": 0.7, "b": 0.3}
     np.testing.assert_array_equal(combine_outputs(spec, weights, {"a": a, "b": b}), a)
     np.testing.assert_array_equal(combine_outputs(spec, weights, {"b": b}), b)
+
+
+def test_boxes_are_pooled_by_a_presence_vote_then_averaged() -> None:
+    spec = TaskSpec("localization", 4)
+    box_a, box_b, empty = [0.1, 0.1, 0.5, 0.5], [0.3, 0.3, 0.7, 0.7], [0.0, 0.0, 0.0, 0.0]
+    outputs = {"a": np.array([box_a, box_a, empty]), "b": np.array([box_b, empty, empty]),
+               "c": np.array([empty, empty, empty])}
+    pooled = combine_outputs(spec, {"a": 0.3, "b": 0.3, "c": 0.4}, outputs)
+    # frame 0: a and b (0.6) outvote c: the mean of their boxes, not shrunk by c's empty box
+    np.testing.assert_allclose(pooled[0], [0.2, 0.2, 0.6, 0.6], atol=1e-6)
+    # frame 1: only a (0.3) sees a box: empty; frame 2: nobody does
+    np.testing.assert_allclose(pooled[1:], 0.0)
+    # one frame at a time gives the same as the batch
+    single = combine_outputs(spec, {"a": 0.3, "b": 0.3, "c": 0.4},
+                             {k: v[0] for k, v in outputs.items()})
+    np.testing.assert_allclose(single, pooled[0], atol=1e-6)
+
+
+def test_a_localization_link_gates_its_box_by_presence() -> None:
+    spec = TaskSpec("localization", 4)
+    logits = np.array([[3.0, 0.0, 0.0, 2.0, 2.0], [-3.0, 0.0, 0.0, 2.0, 2.0]])
+    out = link_output(spec, logits)
+    assert out.shape == (2, 4)
+    box = 1 / (1 + np.exp(-2.0))
+    np.testing.assert_allclose(out[0], [0.5, 0.5, box, box], rtol=1e-6)
+    np.testing.assert_allclose(out[1], 0.0)  # "nothing there" is the empty box
+    # a link of an older bundle (4 box logits) is only activated
+    assert link_output(spec, logits[:, 1:]).shape == (2, 4)
+    assert link_output(spec, logits[1:, 1:]).min() > 0
 
 
 def test_subsets_enumerated_up_to_12_models_and_sampled_beyond() -> None:

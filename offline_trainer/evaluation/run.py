@@ -26,6 +26,9 @@ from offline_trainer.zoo import build_zoo
 log = logging.getLogger(__name__)
 
 RESOURCES = ("memory_mb", "delay_ms")
+# Bumped when link training changes what it produces, so that cached bundles and fraction
+# tables are retrained (2: localization links learn presence + box, boxes pooled by a vote).
+TRAINER_VERSION = 2
 CURVE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 
 
@@ -74,6 +77,7 @@ def ensure_bundle(settings: EvaluationSettings, recording: Path, models: tuple[s
     from (recording, models, epochs, seed, fraction) changed."""
     bundle = settings.out / "bundle"
     stamp: dict[str, object] = {
+        "trainer": TRAINER_VERSION,
         "recording": sha256_file(recording), "models": list(models),
         "epochs": settings.epochs, "seed": settings.seed, "fraction": max(settings.fractions),
     }
