@@ -18,7 +18,7 @@ from links_tflite.bundle import Profile, link_name, load_bundle, sha256_file
 from links_tflite.recording import Recording
 from offline_trainer.evaluation.fractions import fraction_table
 from offline_trainer.evaluation.methods import METHODS, Evaluator, MethodResult
-from offline_trainer.evaluation.stream import evaluation_config, load_stream
+from offline_trainer.evaluation.stream import evaluation_config, load_stream, reuse_agreement
 from offline_trainer.links import LinkTraining
 from offline_trainer.train_links import train_bundle_report
 from offline_trainer.zoo import build_zoo
@@ -64,6 +64,7 @@ class Evaluation:
     link_costs: dict[tuple[str, str], Cost]
     probe: str
     stream_frames: tuple[int, int]  # calibration, test
+    reuse_agreement: float  # the previous frame's exact outputs vs the frame's (test frames)
     table: list[MethodResult]
     curve: list[MethodResult]
     rss: list[dict[str, object]] = field(default_factory=list)
@@ -138,5 +139,6 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
         fractions=fractions, profile=profile, model_costs=evaluator.costs,
         link_costs=evaluator.problem({}).link_costs, probe=agent.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
+        reuse_agreement=reuse_agreement(stream, agent.bundle.models),
         table=table, curve=curve, rss=rss,
     )

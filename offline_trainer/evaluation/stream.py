@@ -12,7 +12,9 @@ import numpy as np
 from agent.config import AgentConfig, read_config_file, validate
 from agent.sources.base import Frame
 from agent.sources.replay import ReplaySource
+from links_tflite.agreement import mean_agreement
 from links_tflite.recording import Recording
+from links_tflite.tasks import TaskSpec
 
 
 @dataclass
@@ -57,3 +59,20 @@ def load_stream(config: AgentConfig, models: tuple[str, ...], frames: int,
         calibration_exact={m: v[:cut] for m, v in exact.items()},
         calibration_truth={m: v[:cut] for m, v in truth.items()},
     )
+
+
+def reuse_agreement(stream: Stream, specs: dict[str, TaskSpec]) -> float:
+    """How redundant the test stream is in time: the mean agreement, over models and frames,
+    of the previous frame's exact output (same camera) with the frame's own. Near 1 a frame
+    filter loses little; for independent frames it is chance."""
+    last: dict[int, int] = {}
+    pairs: list[tuple[int, int]] = []
+    for row, frame in enumerate(stream.test):
+        if frame.camera in last:
+            pairs.append((last[frame.camera], row))
+        last[frame.camera] = row
+    if not pairs:
+        return 0.0
+    before, after = (np.array(side) for side in zip(*pairs, strict=True))
+    return float(np.mean([mean_agreement(specs[m], v[before], v[after])
+                          for m, v in stream.exact.items()]))
