@@ -7,8 +7,8 @@ all on held-out frames through the exported files and LiteRT:
 - int8 vs float agreement per link (the float Keras link against the int8 file);
 - the ensembles' per-subset agreement beside the best single link of each subset;
 - the bundle size and the median single-frame link delay in microseconds.
-A second, small section does the same for sequence links (seq2vec, vec2seq, seq2seq) on the
-synthetic spelling recording of the tests, since digits has no sequence model.
+The digits sequence models (name, roman) make the sequence links part of the matrix; a second,
+small section does the same on the synthetic spelling recording of the tests.
 Writes benchmarks/results/links.md and prints the same tables.
 
 Run: .venv/bin/python benchmarks/links.py [--epochs N] [--work DIR]
