@@ -96,12 +96,17 @@ def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunn
     return open_link_files(spec, bundle.path_of(link), decoder, num_threads)
 
 
+def normalised(weights: list[float]) -> np.ndarray:
+    """Weights summing to 1 over the sources present; equal where every weight is zero."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
+
+
 def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Weighted mean of link outputs; equal weights where every weight is zero."""
     if len(outputs) == 1:  # the mean of one output, without the stacking
         return np.asarray(outputs[0], dtype=np.float32)
-    w = np.asarray(weights, dtype=np.float64)
-    w = np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
+    w = normalised(weights)
     stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
     # what np.tensordot(w, stacked, axes=1) computes, without its per-call shape handling
     mixed = np.dot(w, stacked.reshape(len(w), -1)).reshape(stacked.shape[1:])
@@ -112,9 +117,7 @@ def box_vote(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Per frame: the box if the sources giving one outweigh those giving the empty box, the
     weighted mean of their boxes; else the empty box (see POOLING)."""
     boxes = np.stack([np.asarray(o, np.float64) for o in outputs])  # sources, [frames,] 4
-    w = np.asarray(weights, dtype=np.float64)
-    w = np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
-    w = w.reshape((len(w),) + (1,) * (boxes.ndim - 2))
+    w = normalised(weights).reshape((len(outputs),) + (1,) * (boxes.ndim - 2))
     present = (box_area(boxes) > 0).astype(np.float64)  # sources, [frames]
     vote = (w * present).sum(axis=0)
     share = w * present / np.where(vote > 0, vote, 1.0)

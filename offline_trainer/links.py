@@ -29,7 +29,7 @@ from offline_trainer.seq_links import (
     step_representative,
     teacher_inputs,
 )
-from offline_trainer.workloads.builders import presence_box_loss
+from offline_trainer.workloads.builders import presence_box_loss, presence_box_targets
 
 # Loss per target task kind: soft-label cross-entropy for labels, squared error for numbers,
 # and for a box, whether there is one (cross-entropy) and where (squared error, if there is).
@@ -79,11 +79,9 @@ def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) ->
 
 def training_targets(target: TaskSpec, y: np.ndarray) -> np.ndarray:
     """What a link learns: the target model's outputs, with a box's presence in front."""
-    y = y.astype(np.float32)
     if target.kind == "localization":
-        present = (y[:, 2] > y[:, 0]) & (y[:, 3] > y[:, 1])
-        return np.concatenate([present[:, None].astype(np.float32), y], axis=1)
-    return y
+        return presence_box_targets(y)
+    return y.astype(np.float32)
 
 
 def activated(target: TaskSpec, model: Any, batch: Any) -> np.ndarray:

@@ -21,13 +21,13 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.costs import median_delay_ms, memory_delta_mb
-from links_tflite.agreement import box_area, mean_agreement
+from links_tflite.agreement import mean_agreement
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec
 from offline_trainer.export import convert
 from offline_trainer.workloads import ModelRecipe, Workload, WorkloadData, get_workload
-from offline_trainer.workloads.builders import black_box
+from offline_trainer.workloads.builders import black_box, presence_box_targets
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ def training_targets(task: TaskSpec, truth: np.ndarray) -> np.ndarray:
     if task.kind == "sequence":
         return np.eye(task.vocab_size, dtype=np.float32)[truth.astype(np.int64)]
     if task.kind == "localization":
-        present = (box_area(truth) > 0).astype(np.float32)[:, None]
-        return np.concatenate([present, truth], axis=1)
+        return presence_box_targets(truth)
     return truth
 
 

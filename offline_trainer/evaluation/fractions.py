@@ -18,18 +18,16 @@ from tqdm import tqdm
 from links_tflite.bundle import link_name
 from links_tflite.recording import Recording
 from offline_trainer.links import LinkTraining
-from offline_trainer.train_links import linkable_pairs, train_one_link
+from offline_trainer.train_links import linkable_pairs, split_rows, train_one_link
 
 log = logging.getLogger(__name__)
 
 
 def nested_rows(n: int, fraction: float, largest: float, seed: int) -> tuple[np.ndarray,
                                                                            np.ndarray]:
-    """Training rows for `fraction` and the held-out rows shared by every fraction."""
-    order = np.random.default_rng(seed).permutation(n)
-    cut = max(1, min(n - 1, round(n * fraction)))
-    held = max(1, min(n - 1, round(n * largest)))
-    return np.sort(order[:cut]), np.sort(order[held:])
+    """Training rows for `fraction` and the held-out rows shared by every fraction: both cut
+    from the one seeded permutation `split_rows` draws, so the training sets are nested."""
+    return split_rows(n, fraction, seed)[0], split_rows(n, largest, seed)[1]
 
 
 def train_fraction(recording: Recording, fraction: float, largest: float,

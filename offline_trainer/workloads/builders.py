@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from links_tflite.agreement import box_area
 from links_tflite.tasks import TaskSpec
 
 LOSS = {
@@ -20,6 +23,13 @@ LOSS = {
     "sequence": "categorical_crossentropy",
 }
 BOX_WEIGHT = 30.0
+
+
+def presence_box_targets(boxes: np.ndarray) -> np.ndarray:
+    """(is there a box, box) rows, what `presence_box_loss` fits: the empty box is "no box"."""
+    boxes = np.asarray(boxes, dtype=np.float32)
+    present = (box_area(boxes) > 0).astype(np.float32)[:, None]
+    return np.concatenate([present, boxes], axis=1)
 
 
 def presence_box_loss(y_true: Any, y_pred: Any) -> Any:
