@@ -114,7 +114,7 @@ def city_config(root: Path, build_root: Path) -> Path:
     path.write_text(
         f'device_id = "test"\n[bundle]\npath = "{build_root / "bundle"}"\n'
         f'[source]\ntype = "city"\nseed = 0\ncameras = 4\nstart_day = 0\n'
-        f"start_hour = {MORNING}\n[budget]\nmemory_mb = 40.0\n"
+        f"start_hour = {MORNING}\n[budget]\nmemory_mb = 36.0\n"
         f'[selection]\npolicy = "exact"\n'
         f"[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 0\n"
         f"sample_frames = {CITY_WINDOW}\nmin_samples = 8\nagreement_window = {CITY_WINDOW}\n"
@@ -163,7 +163,10 @@ def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
     the data says, and the selection is the best the evening's data allows."""
     pm.reset()
     pm.MODEL_DIR = city_build.root / "models"
-    pm.BALLAST_MB = BALLAST_MB  # each model 16 MB: two fit the 40 MB budget, three do not
+    # each model 16 MB: two fit the 36 MB budget, three do not — with room for the reloads
+    # inside profiling windows, which the memory probe can under-read in the full suite
+    # (three fit a 40 MB budget once one model's cost had drifted to ~8 MB)
+    pm.BALLAST_MB = BALLAST_MB
     try:
         agent = Agent(load_config(city_config(tmp_path, city_build.root)))
         morning = window_frames(agent, agent.start(), CITY_WINDOW)
