@@ -165,7 +165,7 @@ def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
     pm.MODEL_DIR = city_build.root / "models"
     # each model 16 MB: two fit the 36 MB budget, three do not — with room for the reloads
     # inside profiling windows, which the memory probe can under-read in the full suite
-    # (three fit a 40 MB budget once one model's cost had drifted to ~8 MB)
+    # (in one full-suite run all three fitted a 40 MB budget after the evening window)
     pm.BALLAST_MB = BALLAST_MB
     try:
         agent = Agent(load_config(city_config(tmp_path, city_build.root)))
