@@ -31,6 +31,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.costs import (
     Cost,
     CostStats,
+    keep_heap_returnable,
     make_probe,
     memory_delta_mb,
     rss_bytes,
@@ -141,6 +142,8 @@ class Agent:
         self.counters = Counters()
         prof = config.profiling
         self.probe = make_probe(prof.memory_probe)
+        if not keep_heap_returnable():
+            log.info("not glibc: unloaded models' memory may stay in the process heap")
         self.stats: dict[str, CostStats] = {}  # model id, or link name "src->dst"
         self.health: dict[str, Health] = {m: Health() for m in self.models}
         self.workers: dict[str, Worker] = {}
