@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     zoo.add_argument("--workload", default="digits")
     zoo.add_argument("--out", type=Path, required=True)
     zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--model-size", choices=("small", "edge"), default=None,
+                     help="city only: `edge` trains every model at a real edge model's size "
+                          "(about 4 ms a frame on one core) for overhead benchmarks")
     links = sub.add_parser("links", help="train, quantize and profile links into a bundle")
     links.add_argument("recording", type=Path)
     links.add_argument("--out", type=Path, required=True)
@@ -74,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "zoo":
             from offline_trainer.cards import card_table
+            from offline_trainer.workloads import get_workload
             from offline_trainer.zoo import build_zoo
 
-            build_zoo(args.workload, args.out, args.seed)
+            options = {"model_size": args.model_size} if args.model_size else {}
+            build_zoo(args.workload, args.out, args.seed, get_workload(args.workload, **options))
             print(card_table(args.out))
             print(f"zoo written to {args.out}; agent config: {args.out / 'agent.toml'}")
         elif args.command == "links":
