@@ -127,3 +127,19 @@ def test_city_zoo_models_beat_trivial_predictors(city_zoo) -> None:
     sizes = sorted(c["file_bytes"] for c in cards.values())
     assert sizes[-1] >= 5 * sizes[0]
     assert delays[-1] >= 3 * delays[0]  # measured: a loose bound, timings are noisy
+
+
+def test_city_edge_size_models() -> None:
+    """`--model-size edge`: the same tasks, every model a real edge model's size; options
+    a workload does not take are refused by name."""
+    small, edge = get_workload("city"), get_workload("city", model_size="edge")
+    assert [r.model_id for r in edge.recipes()] == [r.model_id for r in small.recipes()]
+    assert edge.sizes[0] < small.sizes[0]  # fewer zoo frames: the build stays minutes
+    recipe = next(r for r in edge.recipes() if r.model_id == "persons")
+    assert recipe.build((SIZE, SIZE, 3)).count_params() > 5_000_000
+    assert next(r for r in small.recipes() if r.model_id == "persons").build(
+        (SIZE, SIZE, 3)).count_params() < 1_000_000
+    with pytest.raises(ValueError, match="model size 'huge'"):
+        get_workload("city", model_size="huge")
+    with pytest.raises(ValueError, match="'digits' does not take \\['model_size'\\]"):
+        get_workload("digits", model_size="edge")
