@@ -1,9 +1,9 @@
 """Selection benchmark: agreement per policy under budgets, selection time, agent overhead.
 
-    # digits: the zoo, then links on the models the links can predict (the vector tasks:
-    # digit, parity, strokes, inkbox, inkmass), and DIR/agent.toml listing those models
+    # digits: the zoo, then links on its vector models (the agent runs the bundle's models)
     .venv/bin/mlink-train zoo --workload digits --out build/digits
-    .venv/bin/mlink-train links REC --out build/digits/bundle
+    .venv/bin/mlink-train links build/digits/recording.npz --out build/digits/bundle \
+        --models digit,parity,strokes,inkbox,inkmass
     # city: the zoo and links on all five models (about 15 minutes on 2 cores)
     .venv/bin/mlink-train zoo --workload city --out build/city
     .venv/bin/mlink-train links build/city/recording.npz --out build/city/bundle \
@@ -48,7 +48,7 @@ from agent.publisher import dumps  # noqa: E402
 from agent.scheduler import Agent  # noqa: E402
 from agent.selection import POLICIES, Problem, SelectionError, get_policy  # noqa: E402
 from links_tflite.agreement import mean_agreement  # noqa: E402
-from links_tflite.bundle import Profile  # noqa: E402
+from links_tflite.bundle import Profile, load_bundle  # noqa: E402
 from links_tflite.interpreter import TFLiteRunner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "selection.md"
@@ -83,8 +83,11 @@ OVERHEAD_NOTE = (
 
 
 def benchmark_config(build: Path, timeout_ms: float) -> AgentConfig:
+    """The zoo's agent config, with only the bundle's models, no periodic profiling."""
     config = load_config(build / "agent.toml")
-    models = [m.model_copy(update={"timeout_ms": timeout_ms}) for m in config.models]
+    linked = load_bundle(config.bundle.path).models
+    models = [m.model_copy(update={"timeout_ms": timeout_ms}) for m in config.models
+              if m.id in linked]
     profiling = config.profiling.model_copy(update={"period_frames": 0})
     return config.model_copy(update={"models": models, "profiling": profiling})
 

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                             "is held out for the profile (the paper: 0.01 to 0.48)")
     links.add_argument("--epochs", type=int, default=LinkTraining.epochs)
     links.add_argument("--seed", type=int, default=0)
+    links.add_argument("--models", default="",
+                       help="comma-separated models of the recording to link (default: all)")
     evaluate = sub.add_parser("evaluate", help="the paper's tables on a workload, side by side "
                                                "with the baselines")
     evaluate.add_argument("--workload", default="digits")
@@ -92,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
             training = LinkTraining(epochs=args.epochs, seed=args.seed)
-            report = train_bundle_report(args.recording, args.out, args.train_fraction, training)
+            models = tuple(m for m in args.models.split(",") if m)
+            report = train_bundle_report(args.recording, args.out, args.train_fraction, training,
+                                         models)
             print(summary_table(report.links))
             print(ensemble_summary(report))
             print(f"bundle written to {args.out} ({report.profile.held_out_frames} held-out "

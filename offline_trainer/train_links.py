@@ -191,11 +191,15 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
     shutil.move(str(staging), str(out))
 
 
-def load_for_training(recording_path: Path, train_fraction: float) -> Recording:
-    """The recording, validated (Recording.load), with enough frames and models to link."""
+def load_for_training(recording_path: Path, train_fraction: float,
+                      models: tuple[str, ...] = ()) -> Recording:
+    """The recording (only `models`, where given), validated (Recording.load), with enough
+    frames and models to link."""
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"--train-fraction must be in (0, 1), got {train_fraction}")
     recording = Recording.load(recording_path)
+    if models:
+        recording = recording.select_models(models)
     if len(recording.models) < 2:
         raise RecordingError(f"{recording_path}: {len(recording.models)} model(s); links need "
                              "at least 2")
@@ -205,10 +209,12 @@ def load_for_training(recording_path: Path, train_fraction: float) -> Recording:
 
 
 def train_bundle_report(recording_path: Path, out: Path, train_fraction: float = 0.7,
-                        training: LinkTraining | None = None) -> TrainReport:
-    """The whole `mlink-train links` step; returns links, ensemble weights and profile."""
+                        training: LinkTraining | None = None,
+                        models: tuple[str, ...] = ()) -> TrainReport:
+    """The whole `mlink-train links` step (on `models` only, where given); returns links,
+    ensemble weights and profile."""
     training = training or LinkTraining()
-    recording = load_for_training(recording_path, train_fraction)
+    recording = load_for_training(recording_path, train_fraction, models)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
     pairs = linkable_pairs(recording)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,3 +99,17 @@ def test_sequence_recording_to_bundle(tmp_path: Path, capsys: pytest.CaptureFixt
     stats = CostStats(warmup=2)
     measure_link(bundle, link, recording.outputs["digit"][0], stats, runs=5)
     assert stats.cost().delay_ms > 0
+
+
+def test_links_on_some_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--models` links a subset of the recording's models; an unknown one is refused by name."""
+    path = make_recording(n=60).save(tmp_path / "rec.npz")
+    out = tmp_path / "bundle"
+    assert main(["links", str(path), "--out", str(out), "--models", "digit,parity",
+                 "--epochs", "2"]) == 0
+    assert set(load_bundle(out).models) == {"digit", "parity"}
+    assert main(["links", str(path), "--out", str(tmp_path / "b2"),
+                 "--models", "digit,roman"]) == 2
+    err = capsys.readouterr().err
+    assert "models ['roman'] are not in the recording" in err
+    assert not (tmp_path / "b2").exists()
