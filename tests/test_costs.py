@@ -77,6 +77,60 @@ def test_not_a_jetson(tmp_path: Path) -> None:
     assert is_tegra(tmp_path)
 
 
+class FakeNvml:
+    """The part of nvidia-ml-py's API the probe uses: two GPUs, this process on the second
+    (NVML itself needs a driver and a GPU, which CI has not)."""
+
+    def __init__(self, pid: int, used_mb: float | None, fail: bool = False) -> None:
+        self.pid, self.used, self.fail = pid, used_mb, fail
+
+    def nvmlInit(self) -> None:  # NVML's own names, kept
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list:
+        if self.fail:
+            raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
+        from types import SimpleNamespace
+
+        used = None if self.used is None else self.used * 1024 * 1024
+        return [SimpleNamespace(pid=self.pid + 1, usedGpuMemory=999 * 1024 * 1024),
+                *([SimpleNamespace(pid=self.pid, usedGpuMemory=used)] if handle else [])]
+
+
+def test_nvml_probe_adds_this_process_gpu_memory(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    fake = FakeNvml(os.getpid(), 300.0)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    probe = NvmlProbe(tmp_path)  # not a Jetson
+    assert probe.available() and make_probe("auto", tmp_path).name == "nvml"
+    assert probe.gpu_mb() == pytest.approx(300.0)  # other processes' memory is not ours
+    rss = RssProbe().sample_mb()
+    sample = probe.sample_mb()
+    assert rss is not None and sample is not None and sample == pytest.approx(rss + 300.0, abs=5)
+    fake.used = None  # NVML may not know the figure (e.g. under MIG): counted as none
+    assert probe.gpu_mb() == 0.0
+    fake.fail = True  # a lost GPU: the figure degrades to None, the host part stays
+    assert probe.gpu_mb() is None and probe.details() == {"gpu_mb": None}
+    assert probe.sample_mb() is not None
+
+
+def test_nvml_absent_is_not_available(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails, as without the extra
+    assert not NvmlProbe(tmp_path).available()
+    assert make_probe("nvml", tmp_path).name in ("pss", "rss")
+
+
 @pytest.mark.parametrize("name", sorted(PROBES))
 def test_every_probe_answers_without_raising(name: str, tmp_path: Path) -> None:
     probe = PROBES[name](tmp_path)
