@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,17 @@ from links_tflite.interpreter import TFLiteRunner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "selection.md"
 POLICY_ORDER = ("exact", "activation", "standalone", "all")
+OVERHEAD_TARGET = 0.05  # of the executed models' time
+
+
+@dataclass
+class Findings:
+    """What the sections measured that the issue's targets are checked against."""
+
+    # (where, exact's expected, activation's expected, exact's achieved, activation's achieved)
+    policies: list[tuple[str, float, float, float, float]] = field(default_factory=list)
+    synthetic_wins: int = 0
+    overhead: list[tuple[str, float]] = field(default_factory=list)  # (where, agent / models)
 DIGITS_NOTE = (
     "Every policy optimises the design's objective, where every model that is not activated is "
     "predicted from all activated sources, so its links' costs count. Where links cost as much "
@@ -113,7 +125,8 @@ def achieved(agent: Agent, frames: list, exact: dict[str, list[np.ndarray]]) -> 
     return float(np.mean([np.mean(v) for v in scores.values()]))
 
 
-def workload_section(title: str, build: Path, frames_n: int, note: str) -> list[str]:
+def workload_section(title: str, build: Path, frames_n: int, note: str,
+                     findings: Findings) -> list[str]:
     """Each policy's choice at budgets of 1/3 and 2/3 of the models' total measured cost,
     and the agreement it really achieves on the workload's stream."""
     agent = Agent(benchmark_config(build, 5000.0))
@@ -138,6 +151,7 @@ def workload_section(title: str, build: Path, frames_n: int, note: str) -> list[
         for share in (1 / 3, 2 / 3):
             budget = {resource: total * share}
             problem = agent.problem(budget)
+            got: dict[str, tuple[float, float]] = {}
             for name in POLICY_ORDER:
                 try:
                     selection = get_policy(name).select(problem)
@@ -147,11 +161,15 @@ def workload_section(title: str, build: Path, frames_n: int, note: str) -> list[
                     continue
                 agent.apply(selection)
                 real = achieved(agent, frames, exact)
+                got[name] = (selection.expected_agreement, real)
                 use = selection.use[resource]
                 lines.append(
                     f"| {resource} {share:.2f} x total = {total * share:.4f} | {name} | "
                     f"{', '.join(sorted(selection.active))} | "
                     f"{selection.expected_agreement:.4f} | {real:.4f} | {use:.4f} |")
+            if "exact" in got or "activation" in got:
+                (ee, ea), (ae, aa) = (got.get(p, (0.0, 0.0)) for p in ("exact", "activation"))
+                findings.policies.append((f"{title}, {resource} {share:.2f}", ee, ae, ea, aa))
     return lines
 
 
@@ -179,7 +197,7 @@ def synthetic_problem(rng: np.random.Generator, k: int, share: float,
     return Problem(models, costs, links, Profile(pairwise, ensembles), budget)
 
 
-def synthetic_section(instances: int) -> list[str]:
+def synthetic_section(instances: int, findings: Findings) -> list[str]:
     rng = np.random.default_rng(0)
     lines = ["## Synthetic profiles: expected agreement per policy", "",
              f"{instances} random instances per row (hub-like link skill, per-subset figures for "
@@ -197,6 +215,7 @@ def synthetic_section(instances: int) -> list[str]:
                     means[p].append(v)
                 wins += got["exact"] > got["activation"] + 1e-9
                 assert got["exact"] >= got["activation"] - 1e-9
+            findings.synthetic_wins += wins
             lines.append(f"| {k} | {share:.2f} | " + " | ".join(
                 f"{np.mean(means[p]):.4f}" for p in means) + f" | {wins}/{instances} |")
     lines += ["", "## Selection time (synthetic, single-threaded, median of 5)", "",
@@ -231,7 +250,8 @@ def overhead_pass(agent: Agent, frames: list) -> tuple[float, float]:
     return model_ms / len(frames), (agent_ms - model_ms) / len(frames)
 
 
-def overhead_rows(build: Path, frames_n: int, passes: int = 3) -> list[str]:
+def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
+                  passes: int = 3) -> list[str]:
     """Agent time beside the executed models' time at a memory budget of 2/3, with the
     per-model watchdog thread and inline; the median of `passes` passes (the box is shared)."""
     rows = []
@@ -249,10 +269,11 @@ def overhead_rows(build: Path, frames_n: int, passes: int = 3) -> list[str]:
         active = ", ".join(sorted(agent.selection.active)) if agent.selection else ""
         rows.append(f"| {label} | {active} | {model_ms:.4f} | {agent_ms:.4f} | "
                     f"{agent_ms / model_ms:.1%} |")
+        findings.overhead.append((f"{name}, {label}", agent_ms / model_ms))
     return rows
 
 
-def overhead_section(builds: dict[str, Path], frames_n: int) -> list[str]:
+def overhead_section(builds: dict[str, Path], frames_n: int, findings: Findings) -> list[str]:
     lines = ["## Agent overhead per frame (memory budget 2/3, `exact`)", "",
              "Agent time = time in `Agent.process` (models, links, ensembles, payloads) plus "
              "JSON-encoding every payload, minus the executed models' own inference time "
@@ -264,7 +285,33 @@ def overhead_section(builds: dict[str, Path], frames_n: int) -> list[str]:
         if not (build / "bundle" / "manifest.json").is_file():
             lines.append(f"| {name} | not built: see this script's docstring | | | | |")
             continue
-        lines += [f"| {name} " + row for row in overhead_rows(build, frames_n)]
+        lines += [f"| {name} " + row for row in overhead_rows(build, frames_n, findings, name)]
+    return lines
+
+
+def targets_section(findings: Findings) -> list[str]:
+    """The issue's targets, checked against what this run measured."""
+    lines = ["## Targets, checked on this run", "",
+             "| target | holds | evidence |", "| --- | --- | --- |"]
+    if findings.policies:
+        worse = [w for w, ee, ae, _, _ in findings.policies if ee < ae - 1e-9]
+        lines.append(f"| `exact` >= `activation` (expected agreement) at every budget | "
+                     f"{'no' if worse else 'yes'} | "
+                     f"{len(findings.policies) - len(worse)} of {len(findings.policies)} "
+                     f"budgets{'; worse at ' + ', '.join(worse) if worse else ''} |")
+        below = [w for w, _, _, ea, aa in findings.policies if ea < aa - 1e-9]
+        lines.append(f"| (reading) `exact` >= `activation` in agreement achieved on the stream | "
+                     f"{'no' if below else 'yes'} | "
+                     f"{'below at ' + ', '.join(below) if below else 'every budget'} (the "
+                     "profile's figures are estimates; the stream is one stretch of it) |")
+    better = [w for w, ee, ae, _, _ in findings.policies if ee > ae + 1e-9]
+    lines.append(f"| `exact` strictly better somewhere | "
+                 f"{'yes' if better or findings.synthetic_wins else 'no'} | "
+                 f"{', '.join(better) or 'no workload budget'}; synthetic: "
+                 f"{findings.synthetic_wins} instances |")
+    for where, ratio in findings.overhead:
+        lines.append(f"| agent overhead < {OVERHEAD_TARGET:.0%} of the executed models' time: "
+                     f"{where} | {'yes' if ratio < OVERHEAD_TARGET else 'no'} | {ratio:.1%} |")
     return lines
 
 
@@ -284,15 +331,18 @@ def main() -> int:
     lines = ["# Selection benchmark", "",
              f"Machine: {platform.machine()}, {platform.processor() or platform.platform()}; "
              f"Python {platform.python_version()}. Written by `benchmarks/selection.py`.", ""]
+    findings = Findings()
+    body: list[str] = []
     if "digits" in sections:
-        lines += [*workload_section("Digits", args.build, args.frames, DIGITS_NOTE), ""]
+        body += [*workload_section("Digits", args.build, args.frames, DIGITS_NOTE, findings), ""]
     if "city" in sections:
-        lines += [*workload_section("City", args.city, args.frames, CITY_NOTE), ""]
+        body += [*workload_section("City", args.city, args.frames, CITY_NOTE, findings), ""]
     if "synthetic" in sections:
-        lines += [*synthetic_section(args.instances), ""]
+        body += [*synthetic_section(args.instances, findings), ""]
     if "overhead" in sections:
         builds = {"digits": args.build, "city": args.city, "city, edge-size models": args.city_edge}
-        lines += [*overhead_section(builds, args.frames), ""]
+        body += [*overhead_section(builds, args.frames, findings), ""]
+    lines += [*targets_section(findings), "", *body]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
