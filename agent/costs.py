@@ -19,8 +19,6 @@ p50/p95 over a sliding window (what the status reports).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import logging
 import time
@@ -32,6 +30,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import psutil
+
+from agent.heap import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -261,46 +261,6 @@ def warm_up_runtime(files: list[Path]) -> object | None:
 
     existing = [f for f in files if f.is_file()]
     return TFLiteRunner(min(existing, key=lambda f: f.stat().st_size)) if existing else None
-
-
-# glibc's mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-HEAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value for both
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def keep_heap_returnable() -> bool:
-    """Fix glibc's mmap and trim thresholds at their starting values, so that unloading a
-    model gives its memory back to the OS and reloading it is measured in full.
-
-    By default glibc raises both thresholds after a large block is freed: a model's buffers,
-    mmapped when first loaded, then come from a thread's arena on reload, and on unload stay
-    there as the arena's top chunk, which malloc_trim does not release outside the main
-    arena. The box never got the memory back, and the next reload cost no RSS at all (it read
-    0.07 MB for a 16 MB model). Call once per process before models are loaded; False where
-    the C library is not glibc."""
-    libc = _libc()
-    try:
-        return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, HEAP_THRESHOLD_BYTES)
-                    and libc.mallopt(M_TRIM_THRESHOLD, HEAP_THRESHOLD_BYTES))
-    except AttributeError:
-        return False
-
-
-def release_free_heap() -> None:
-    """Give the C heap's free pages back to the OS (glibc's malloc_trim) before a sample, so
-    that a model loaded after another was unloaded does not reuse resident pages and go
-    under-counted. No-op where the C library has no malloc_trim."""
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            libc.malloc_trim(0)
 
 
 def memory_delta_mb(load: Callable[[], object], probe: MemoryProbe | None = None) -> float | None:

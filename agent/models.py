@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from agent.config import ModelConfig
+from agent.heap import returning_memory
 from links_tflite.interpreter import TFLiteRunner
 
 T = TypeVar("T")
@@ -270,6 +271,14 @@ class Worker:
     def stop(self) -> None:
         if not self.hung:
             self._jobs.put(None)
+
+
+def unload(model: ModelAdapter) -> None:
+    """Unload a model and give its memory back to the OS now, not at the next trim (see
+    agent.heap): what the budget frees must be free on the box."""
+    if model.loaded:
+        with returning_memory():
+            model.unload()
 
 
 def make_model(config: ModelConfig) -> ModelAdapter:

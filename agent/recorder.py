@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import AgentConfig, ConfigError
-from agent.costs import keep_heap_returnable, median_delay_ms, memory_delta_mb, warm_up_runtime
-from agent.models import make_model
+from agent.costs import median_delay_ms, memory_delta_mb, warm_up_runtime
+from agent.heap import configure_heap
+from agent.models import make_model, unload
 from agent.sources import open_source
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec
@@ -39,7 +40,7 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False) -> Recor
     if not seen:
         raise RuntimeError(f"source {config.source.type!r} yielded no frame")
     warmup, runs = config.profiling.warmup_runs, config.profiling.delay_runs
-    keep_heap_returnable()  # each model's memory measured on its own, not on the last one's
+    configure_heap()  # each model's memory measured on its own, not on the last one's
     warmed = warm_up_runtime([m.path for m in config.enabled_models
                               if m.adapter == "tflite" and m.path is not None])
     outputs: dict[str, np.ndarray] = {}
@@ -52,7 +53,7 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False) -> Recor
         outputs[model_id] = np.stack(
             [model.infer(f.modalities[model.input_modality]) for f in seen]
         ).reshape(len(seen), tasks[model_id].output_width)
-        model.unload()
+        unload(model)
         log.info("recorded %s on %d frames", model_id, len(seen))
     del warmed
     truth_models = [m for m in models if all(m in f.ground_truth for f in seen)]

@@ -31,13 +31,20 @@ from agent.config import AgentConfig, ConfigError
 from agent.costs import (
     Cost,
     CostStats,
-    keep_heap_returnable,
     make_probe,
     memory_delta_mb,
     rss_bytes,
     warm_up_runtime,
 )
-from agent.models import ModelAdapter, ModelFailure, Worker, check_output, make_model
+from agent.heap import configure_heap
+from agent.models import (
+    ModelAdapter,
+    ModelFailure,
+    Worker,
+    check_output,
+    make_model,
+    unload,
+)
 from agent.profiling import OnlineAgreement, subsets_to_score
 from agent.publisher import Publisher
 from agent.selection import Problem, Selection, SelectionError, get_policy
@@ -142,8 +149,8 @@ class Agent:
         self.counters = Counters()
         prof = config.profiling
         self.probe = make_probe(prof.memory_probe)
-        if not keep_heap_returnable():
-            log.info("not glibc: unloaded models' memory may stay in the process heap")
+        if not configure_heap():
+            log.info("not glibc: an unloaded model's memory may stay in the process heap")
         self.stats: dict[str, CostStats] = {}  # model id, or link name "src->dst"
         self.health: dict[str, Health] = {m: Health() for m in self.models}
         self.workers: dict[str, Worker] = {}
@@ -267,7 +274,7 @@ class Agent:
             self.models[model_id] = make_model(self.models[model_id].config)
         else:
             try:
-                self.models[model_id].unload()
+                unload(self.models[model_id])
             except Exception:
                 log.exception("model %s: unload after a failure failed", model_id)
                 self.models[model_id] = make_model(self.models[model_id].config)
@@ -352,7 +359,7 @@ class Agent:
         that fails to load is marked failed and a new selection is asked for."""
         for model_id, model in self.models.items():
             if model_id not in selection.active:
-                model.unload()
+                unload(model)
         for model_id in sorted(selection.active):
             try:
                 self._load(model_id)

@@ -81,9 +81,9 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
 
 def test_unloading_gives_memory_back(digits_build, heavy_models, tmp_path: Path) -> None:
     """Each window reloads the model left out and unloads it again: the box gets its memory
-    back every time, and every reload is charged in full. (With glibc's default dynamic
-    thresholds the reload came from a thread arena's top chunk, which was never released:
-    the process kept 16 MB more after the second window, and reloads read 0.07 MB.)"""
+    back every time, and every reload is charged in full. (Before agent.heap, the reload came
+    from a thread arena's top chunk, which was never released: the process kept 16 MB more
+    after the second window, and reloads read 0.07 MB.)"""
     config = load_config(python_config(
         tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 0\nsample_frames = 2\nmin_samples = 1"))
