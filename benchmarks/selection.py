@@ -82,21 +82,22 @@ CITY_NOTE = (
 OVERHEAD_NOTE = (
     "The agent's own work is close to a fixed cost per frame, so the ratio is set by the "
     "models' size. With the test-size zoos (models of 0.005-0.15 ms) it is many times the "
-    "models' time; with the city zoo at edge size (`--model-size edge`, every model a 5.7 M-"
-    "parameter CNN of about 4 ms on one core, three executed and two predicted per frame) it "
-    "is 0.7-0.9 ms inline and 1.1-1.3 ms with the watchdog thread (three runs): 6-8% and "
+    "models' time; with the city zoo at edge size (`--model-size edge`, every model a 5.7 "
+    "M-parameter CNN of about 4 ms on one core, three executed and two predicted per frame) "
+    "it is 0.7-0.9 ms inline and 1.1-1.3 ms with the watchdog thread (three runs): 6-8% and "
     "9-10% of the models' 12 ms, above the 5% target. The target holds from about 18 ms "
-    "(inline) and 26 ms (watchdog) of executed models per frame. Where the edge frame's own 0.7 ms goes "
-    "(timed per stage, inline): the two predicted targets' six link calls and pooling 0.34 ms, "
-    "the code around each model call (output check, delay statistics) 0.18 ms, JSON 0.065 "
-    "ms, payloads 0.05 ms, the rest of the loop 0.07 ms; the same work takes a fifth of that "
-    "between small models: after a 22 MB model has streamed through the caches, everything "
-    "the agent touches is cold. The watchdog's handoff to the model's thread costs 15-20 us "
-    "hot, but about 0.13 ms of CPU per call here (wake-ups across cores on this 2-core VM "
-    "count as system time). What would meet it: one handoff per frame instead of per model "
-    "(a runner thread for the frame's calls, replaced when one hangs), and the links into a "
-    "target fused into one call. CPU time is the process's, all threads; the models' own is "
-    "their thread's CPU time inside `infer`, so neither column counts waiting.")
+    "(inline) and 26 ms (watchdog) of executed models per frame. Where the edge frame's own "
+    "0.7 ms goes (timed per stage, inline): the two predicted targets' six link calls and "
+    "pooling 0.34 ms, the code around each model call (output check, delay statistics) 0.18 "
+    "ms, JSON 0.065 ms, payloads 0.05 ms, the rest of the loop 0.07 ms; the same work takes a"
+    " fifth of that between small models: after a 22 MB model has streamed through the "
+    "caches, everything the agent touches is cold. The watchdog's handoff to the model's "
+    "thread costs 15-20 us hot, but about 0.13 ms of CPU per call here (wake-ups across cores"
+    " on this 2-core VM count as system time). What would meet it: one handoff per frame "
+    "instead of per model (a runner thread for the frame's calls, replaced when one hangs), "
+    "and the links into a target fused into one call. CPU time is the process's, all threads;"
+    " the models' own is their thread's CPU time inside `infer`, so neither column counts "
+    "waiting.")
 
 
 def benchmark_config(build: Path, timeout_ms: float) -> AgentConfig:
