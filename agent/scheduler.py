@@ -345,6 +345,7 @@ class Agent:
             profile=self.profile,
             budget=budget,
             unavailable=frozenset(m for m in self.models if self._health(m).failed),
+            ensembles={t: self.ensembles.weights(t) for t in self.models},
         )
 
     def select(self, policy: str | None = None) -> Selection:
@@ -546,7 +547,7 @@ class Agent:
                     log.debug("frame %s: %s", frame.frame_id, exc)
                     continue
                 latency = (time.perf_counter() - start) * 1e3
-                est = self.profile.ensemble_agreement(target, frozenset(prediction.sources))
+                est = self.profile.ensemble_agreement(target, frozenset(prediction.present))
                 payloads.append(self._payload(frame, target, prediction.value, "predicted",
                                               list(prediction.sources), est, latency))
         self.counters.executed += sum(p["provenance"] == "executed" for p in payloads)

@@ -2,7 +2,9 @@
 
 Objective (DESIGN): maximise (1/k)(|A| + sum_{j not in A} p_j(h_{A,j})) subject to, for each
 budgeted resource, sum_{i in A} c(f_i) + sum_{j not in A} c(h_{A,j}) <= B. The cost of an
-ensemble h_{A,j} is the sum of the costs of its links from the activated sources.
+ensemble h_{A,j} is the sum of the costs of the links it reads from the activated sources
+(`links_tflite.ensemble.contributing_sources`: the heaviest alone for a sequence target,
+those with a positive weight otherwise), given by `Problem.ensembles`; without it, all.
 
 Policies are small classes behind one interface, registered by name:
 - `activation`: the paper's rule. P_i = (1 + P1_i - P2_i) / (w c_i), w = 2 / min c, where P1_i
@@ -35,7 +37,7 @@ stay targets, predicted from the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -43,6 +45,7 @@ import numpy as np
 
 from agent.costs import Cost
 from links_tflite.bundle import Profile
+from links_tflite.ensemble import contributing_sources
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class Problem:
     profile: Profile
     budget: dict[str, float] = field(default_factory=dict)  # resource -> limit
     unavailable: frozenset[str] = frozenset()  # failed models: never activated, still predicted
+    # target -> (per-source weights, pooling): which links its ensemble reads
+    ensembles: dict[str, tuple[dict[str, float], str]] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -74,7 +79,12 @@ class Problem:
         return tuple(m for m in self.models if m not in self.unavailable)
 
     def ensemble_sources(self, active: frozenset[str], target: str) -> list[str]:
-        return [s for s in sorted(active) if (s, target) in self.link_costs]
+        """The activated sources whose links the target's ensemble reads."""
+        linked = [s for s in sorted(active) if (s, target) in self.link_costs]
+        if target not in self.ensembles:
+            return linked
+        weights, pooling = self.ensembles[target]
+        return contributing_sources(pooling, weights, linked)
 
     def use(self, active: frozenset[str], with_links: bool = True) -> dict[str, float]:
         """What the activated set costs in each resource, links for the others included."""
@@ -249,6 +259,34 @@ def _agreement_table(problem: Problem, target: str, usable: list[str]) -> np.nda
 
 
 Best = tuple[float, float, int, bool]  # score, budget share, mask, uses links
+Reader = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def _ensemble_reader(problem: Problem, target: str, index: dict[str, int]) -> Reader:
+    """For rows of candidate bits, one target's link cost per candidate and whether each
+    candidate has a link into it: the cost of the links its ensemble reads from each row's
+    set (as `Problem.ensemble_sources`)."""
+    if target not in problem.ensembles:
+        return lambda bits, cost, linked: bits @ cost
+    weights, pooling = problem.ensembles[target]
+    if pooling == "heaviest_source":  # the linked present source that sorts first
+        order = [index[s] for s in sorted(index, key=lambda s: (weights.get(s, 0.0), s),
+                                          reverse=True)]
+
+        def heaviest(bits: np.ndarray, cost: np.ndarray, linked: np.ndarray) -> np.ndarray:
+            use, taken = np.zeros(len(bits)), np.zeros(len(bits), dtype=bool)
+            for i in (i for i in order if linked[i]):
+                here = (bits[:, i] > 0) & ~taken
+                use[here] = cost[i]
+                taken |= here
+            return use
+        return heaviest
+    positive = np.array([weights.get(s, 0.0) > 0 for s in index], dtype=np.float64)
+
+    def weighted(bits: np.ndarray, cost: np.ndarray, linked: np.ndarray) -> np.ndarray:
+        any_positive = bits @ (linked * positive) > 0
+        return np.where(any_positive, bits @ (cost * positive), bits @ cost)
+    return weighted
 
 
 def _better(best: Best | None, score: np.ndarray, share: np.ndarray, masks: np.ndarray,
@@ -284,10 +322,13 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
     model_cost = {r: np.array([problem.model_costs[m].get(r) for m in candidates])
                   for r in RESOURCES}
     link_cost = {r: np.zeros((n, problem.k)) for r in RESOURCES}
+    linked = np.zeros((n, problem.k))  # 1 where the candidate has a link into the model
     for (s, t), cost in problem.link_costs.items():
         if s in index and t in problem.models:
+            linked[index[s], problem.models.index(t)] = 1.0
             for r in RESOURCES:
                 link_cost[r][index[s], problem.models.index(t)] = cost.get(r)
+    readers = [_ensemble_reader(problem, target, index) for target in problem.models]
     # per target: the bit of each usable source in the candidate mask, and its table
     targets = []
     for target in problem.models:
@@ -318,7 +359,9 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
         fits = np.ones(len(masks), dtype=bool)
         share = np.zeros(len(masks))
         for r, limit in budget.items():
-            use = bits @ model_cost[r] + ((bits @ link_cost[r]) * predicted).sum(axis=1)
+            links = np.stack([reader(bits, link_cost[r][:, j], linked[:, j])
+                              for j, reader in enumerate(readers)], axis=1)
+            use = bits @ model_cost[r] + (links * predicted).sum(axis=1)
             fits &= use <= limit + 1e-12
             share += use / limit
         if not fits.any():

@@ -18,7 +18,10 @@ Bundles from before learned weights (method `agreement_weighted_links`) use the 
 pairwise agreements as the weights and the plain weighted mean.
 
 `combine_outputs` is the one implementation: the trainer's profile measures the ensemble
-through it, so the per-subset table describes exactly what ships.
+through it, so the per-subset table describes exactly what ships. `contributing_sources`
+says which present sources it reads (the heaviest alone for `heaviest_source`; those with a
+positive weight otherwise, all of them where none has one): only their links are loaded, run
+and charged to the budget, which changes no prediction.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ EPS = 1e-6
 @dataclass(frozen=True)
 class Prediction:
     value: np.ndarray
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # the sources whose links it read (contributing_sources)
     est_agreement: float
+    present: tuple[str, ...] = ()  # every source present: the profile's key for the figure
 
 
 class LinkRunner(Protocol):
@@ -140,6 +144,16 @@ def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.nd
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
+def contributing_sources(pooling: str, weights: Mapping[str, float],
+                         present: Iterable[str]) -> list[str]:
+    """The present sources whose outputs the pooling reads (see `combine_outputs`), sorted."""
+    sources = sorted(present)
+    if pooling == "heaviest_source":
+        return [max(sources, key=lambda s: (weights.get(s, 0.0), s))] if sources else []
+    weighted = [s for s in sources if weights.get(s, 0.0) > 0]
+    return weighted or sources  # where no weight is positive, `normalised` weighs all equally
+
+
 def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
                     outputs: Mapping[str, np.ndarray], pooling: str = "") -> np.ndarray:
     """The ensemble over the sources present in `outputs` (batch or single frame)."""
@@ -153,6 +167,16 @@ def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
     return pool(pooling, [outputs[s] for s in sources], [weights.get(s, 0.0) for s in sources])
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One target's ensemble for the current activated set."""
+
+    loaded: dict[str, LinkEntry]  # source -> its loaded link
+    sources: frozenset[str]  # every source with a link into the target
+    weights: dict[str, float]
+    pooling: str
+
+
 class EnsemblePredictor:
     """Holds the links needed for one activated set and runs the ensembles."""
 
@@ -161,7 +185,7 @@ class EnsemblePredictor:
         self.num_threads = num_threads
         self._runners: dict[str, LinkRunner] = {}
         self._active: frozenset[str] = frozenset()
-        self._plans: dict[str, tuple[list[LinkEntry], dict[str, float], str]] = {}
+        self._plans: dict[str, Plan] = {}
 
     def weights(self, target: str) -> tuple[dict[str, float], str]:
         """The target's per-source weights and pooling: learned where the bundle has them."""
@@ -174,13 +198,15 @@ class EnsemblePredictor:
                 for link in self.bundle.links_into(target)}, pooling
 
     def needed_links(self, active: Iterable[str], targets: Iterable[str]) -> list[LinkEntry]:
+        """The links from the activated sources that each target's ensemble reads."""
         active_set = set(active)
-        return [
-            link
-            for target in targets
-            for link in self.bundle.links_into(target)
-            if link.source in active_set
-        ]
+        needed = []
+        for target in targets:
+            links = {link.source: link for link in self.bundle.links_into(target)
+                     if link.source in active_set}
+            weights, pooling = self.weights(target)
+            needed += [links[s] for s in contributing_sources(pooling, weights, links)]
+        return needed
 
     def prepare(self, active: Iterable[str], targets: Iterable[str]) -> None:
         """Load exactly the links from the activated sources into the predicted targets."""
@@ -198,27 +224,31 @@ class EnsemblePredictor:
     def runner(self, link: LinkEntry) -> LinkRunner:
         return self._runners[link.name]
 
-    def _plan(self, target: str) -> tuple[list[LinkEntry], dict[str, float], str]:
+    def _plan(self, target: str) -> Plan:
         """The target's loaded links, weights and pooling: looked up once per selection,
         not per frame."""
         if target not in self._plans:
-            links = [link for link in self.bundle.links_into(target)
-                     if link.name in self._runners]
-            self._plans[target] = (links, *self.weights(target))
+            links = self.bundle.links_into(target)
+            self._plans[target] = Plan(
+                {link.source: link for link in links if link.name in self._runners},
+                frozenset(link.source for link in links), *self.weights(target))
         return self._plans[target]
 
     def predict(self, target: str, outputs: Mapping[str, np.ndarray]) -> Prediction:
         """Predict `target` from the outputs of whichever activated sources are present."""
-        loaded, weights, pooling = self._plan(target)
-        links = [link for link in loaded if link.source in outputs]
+        plan = self._plan(target)
+        links = {s: link for s, link in plan.loaded.items() if s in outputs}
         if not links:
             raise LookupError(f"no loaded link predicts {target!r} from {sorted(outputs)}")
         link_outputs = {
-            link.source: self._runners[link.name].run_one(outputs[link.source]) for link in links
+            s: self._runners[links[s].name].run_one(outputs[s])
+            for s in contributing_sources(plan.pooling, plan.weights, links)
         }
-        sources = tuple(sorted(link_outputs))
+        present = tuple(sorted(plan.sources.intersection(outputs)))
         return Prediction(
-            value=combine_outputs(self.bundle.models[target], weights, link_outputs, pooling),
-            sources=sources,
-            est_agreement=self.bundle.profile.ensemble_agreement(target, frozenset(sources)),
+            value=combine_outputs(self.bundle.models[target], plan.weights, link_outputs,
+                                  plan.pooling),
+            sources=tuple(sorted(link_outputs)),
+            est_agreement=self.bundle.profile.ensemble_agreement(target, frozenset(present)),
+            present=present,
         )

@@ -8,7 +8,7 @@ import pytest
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import load_bundle
-from links_tflite.ensemble import LEARNED, EnsemblePredictor, combine_outputs
+from links_tflite.ensemble import LEARNED, EnsemblePredictor, combine_outputs, open_link
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec, link_output
 from offline_trainer.ensembles import fit_source_weights, profiled_subsets, random_masks
@@ -41,6 +41,36 @@ def test_sequence_targets_take_the_heaviest_present_source() -> None:
     weights = {"a": 0.7, "b": 0.3}
     np.testing.assert_array_equal(combine_outputs(spec, weights, {"a": a, "b": b}), a)
     np.testing.assert_array_equal(combine_outputs(spec, weights, {"b": b}), b)
+
+
+def test_only_the_links_an_ensemble_reads_are_loaded_and_run(tmp_path) -> None:
+    """A sequence target reads its heaviest present source: that link alone is loaded, run
+    and reported, and the prediction is the one every link would have given. The figure is
+    still looked up for the whole present set (what the selection counted)."""
+    from offline_trainer.links import LinkTraining
+    from offline_trainer.train_links import train_bundle
+    from tests.synthetic import make_recording
+
+    recording = make_recording(n=120, models=("digit", "parity", "spelled"))
+    train_bundle(recording.save(tmp_path / "rec.npz"), tmp_path / "bundle", 0.7,
+                 LinkTraining(epochs=5))
+    bundle = load_bundle(tmp_path / "bundle")
+    predictor = EnsemblePredictor(bundle)
+    weights, pooling = predictor.weights("spelled")
+    assert pooling == "heaviest_source"
+    heaviest = max(("digit", "parity"), key=lambda s: (weights[s], s))
+    predictor.prepare({"digit", "parity"}, ["spelled"])
+    assert [link.name for link in predictor.needed_links({"digit", "parity"}, ["spelled"])] \
+        == [f"{heaviest}->spelled"]
+    outputs = {s: recording.outputs[s][7] for s in ("digit", "parity")}
+    prediction = predictor.predict("spelled", outputs)
+    assert prediction.sources == (heaviest,) and prediction.present == ("digit", "parity")
+    every = {s: open_link(bundle, bundle.link(s, "spelled")).run_one(outputs[s])
+             for s in outputs}
+    np.testing.assert_array_equal(
+        prediction.value, combine_outputs(bundle.models["spelled"], weights, every, pooling))
+    assert prediction.est_agreement == bundle.profile.ensemble_agreement(
+        "spelled", frozenset(outputs))
 
 
 def test_boxes_are_pooled_by_a_presence_vote_then_averaged() -> None:

@@ -88,6 +88,21 @@ def test_standalone_and_all() -> None:
     assert get_policy("all").select(hand_problem({"memory_mb": 0.5})).active == {"a", "b", "c"}
 
 
+def random_ensembles(rng: np.random.Generator, models: tuple[str, ...]
+                     ) -> dict[str, tuple[dict[str, float], str]]:
+    """Per target, at random: a sequence ensemble (reads the heaviest source), a weighted one
+    with some zero weights (reads the others), or none given (reads every source)."""
+    ensembles = {}
+    for target in models:
+        kind = rng.integers(3)
+        if kind == 2:
+            continue
+        weights = {s: float(rng.random()) * (kind == 0 or rng.random() < 0.6)
+                   for s in models if s != target}
+        ensembles[target] = (weights, "heaviest_source" if kind == 0 else "mean")
+    return ensembles
+
+
 def random_problem(rng: np.random.Generator, k: int) -> Problem:
     models = tuple(f"m{i}" for i in range(k))
     pairwise = {t: {s: float(rng.random()) for s in models if s != t} for t in models}
@@ -99,7 +114,30 @@ def random_problem(rng: np.random.Generator, k: int) -> Problem:
                     for s, t in itertools.permutations(models, 2)},
         profile=Profile(pairwise=pairwise, ensembles={}),
         budget={"memory_mb": float(rng.uniform(3, 30)), "delay_ms": float(rng.uniform(2, 12))},
+        ensembles=random_ensembles(rng, models),
     )
+
+
+def test_an_ensemble_is_charged_for_the_links_it_reads() -> None:
+    """A sequence target reads only its heaviest present source; a weighted one only the
+    sources with a positive weight (all of them where none has one)."""
+    problem = Problem(
+        models=("a", "b", "c", "d"),
+        model_costs={m: Cost(1.0, 1.0) for m in "abcd"},
+        link_costs={(s, t): Cost(0.1 * (1 + "abcd".index(s)), 0.0)
+                    for s, t in itertools.permutations("abcd", 2)},
+        profile=Profile(pairwise={t: {s: 0.5 for s in "abcd" if s != t} for t in "abcd"},
+                        ensembles={}),
+        ensembles={"d": ({"a": 0.2, "b": 0.7, "c": 0.1}, "heaviest_source"),
+                   "c": ({"a": 0.0, "b": 0.6, "d": 0.4}, "mean")},
+    )
+    assert problem.ensemble_sources(frozenset("abc"), "d") == ["b"]
+    assert problem.ensemble_sources(frozenset("ac"), "d") == ["a"]
+    assert problem.ensemble_sources(frozenset("ab"), "c") == ["b"]
+    assert problem.ensemble_sources(frozenset("a"), "c") == ["a"]  # no positive weight
+    assert problem.ensemble_sources(frozenset("ab"), "d") == ["b"]
+    # {a, b}: d reads b (0.2), c reads b (0.2); no ensemble given for nothing else predicted
+    assert problem.use(frozenset("ab"))["memory_mb"] == pytest.approx(2.0 + 0.2 + 0.2)
 
 
 @pytest.mark.parametrize("policy", sorted(set(POLICIES) - {"all"}))
@@ -211,7 +249,8 @@ def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.Mo
         profile = random_profile(rng, base.models)
         links = {(s, t): c for (s, t), c in base.link_costs.items() if s in profile.pairwise[t]}
         budget = base.budget if trial % 3 else {"memory_mb": base.budget["memory_mb"]}
-        problem = Problem(base.models, base.model_costs, links, profile, budget, unavailable)
+        problem = Problem(base.models, base.model_costs, links, profile, budget, unavailable,
+                          base.ensembles)
         optimum = brute_force(problem)
         if optimum < 0:
             with pytest.raises(SelectionError):
