@@ -19,11 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import gc
-import logging
 from collections.abc import Iterator
-
-log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h) and the ceilings of its dynamic thresholds (64-bit)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -61,14 +57,13 @@ def release_free_heap() -> None:
 @contextlib.contextmanager
 def returning_memory() -> Iterator[None]:
     """Inside, every free that reaches an arena's top gives it back to the OS; after, free
-    chunks are trimmed too. Wrap model unloads in it."""
+    chunks are trimmed too. `ModelAdapter.unload` runs in it."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(M_TRIM_THRESHOLD, UNLOAD_TRIM_BYTES)
     try:
         yield
     finally:
-        gc.collect()  # a model's cycles are freed here, under the low threshold
         if libc is not None:
             libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
             libc.malloc_trim(0)

@@ -52,6 +52,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     def unload(self) -> None:
+        """Drop the model and give its memory back to the OS now, not at the next trim (see
+        agent.heap): what the budget frees must be free on the box."""
+        if self.loaded:
+            with returning_memory():
+                self.release()
+                gc.collect()  # the model's cycles, freed under the low trim threshold
+            log.info("model %s unloaded", self.id)
+
+    def release(self) -> None:
+        """Drop every reference to the loaded model (`unload` does the rest)."""
         raise NotImplementedError
 
     def infer(self, example: np.ndarray) -> np.ndarray:
@@ -77,11 +87,8 @@ class TFLiteModel(ModelAdapter):
             log.info("model %s loaded from %s (%s)", self.id, self.config.path,
                      self._runner.runtime)
 
-    def unload(self) -> None:
-        if self._runner is not None:
-            self._runner = None
-            gc.collect()
-            log.info("model %s unloaded", self.id)
+    def release(self) -> None:
+        self._runner = None
 
     def infer(self, example: np.ndarray) -> np.ndarray:
         if self._runner is None:
@@ -116,17 +123,14 @@ class PythonModel(ModelAdapter):
             raise TypeError(f"model {self.id}: {self.config.entry} is not callable")
         log.info("model %s loaded from %s", self.id, self.config.entry)
 
-    def unload(self) -> None:
-        if self._call is not None:
-            close = getattr(self._call, "close", None)
-            self._call = None
-            if callable(close):
-                try:
-                    close()
-                except Exception:
-                    log.exception("model %s: close() failed", self.id)
-            gc.collect()
-            log.info("model %s unloaded", self.id)
+    def release(self) -> None:
+        close = getattr(self._call, "close", None)
+        self._call = None
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                log.exception("model %s: close() failed", self.id)
 
     def infer(self, example: np.ndarray) -> np.ndarray:
         if self._call is None:
@@ -171,11 +175,8 @@ class OnnxModel(ModelAdapter):
         log.info("model %s loaded from %s (onnxruntime %s)", self.id, self.config.path,
                  onnxruntime.__version__)
 
-    def unload(self) -> None:
-        if self._session is not None:
-            self._session = self._input = None
-            gc.collect()
-            log.info("model %s unloaded", self.id)
+    def release(self) -> None:
+        self._session = self._input = None
 
     def infer(self, example: np.ndarray) -> np.ndarray:
         if self._session is None:
@@ -271,14 +272,6 @@ class Worker:
     def stop(self) -> None:
         if not self.hung:
             self._jobs.put(None)
-
-
-def unload(model: ModelAdapter) -> None:
-    """Unload a model and give its memory back to the OS now, not at the next trim (see
-    agent.heap): what the budget frees must be free on the box."""
-    if model.loaded:
-        with returning_memory():
-            model.unload()
 
 
 def make_model(config: ModelConfig) -> ModelAdapter:

@@ -16,7 +16,7 @@ import numpy as np
 from agent.config import AgentConfig, ConfigError
 from agent.costs import median_delay_ms, memory_delta_mb, warm_up_runtime
 from agent.heap import configure_heap
-from agent.models import make_model, unload
+from agent.models import make_model
 from agent.sources import open_source
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec
@@ -53,7 +53,7 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False) -> Recor
         outputs[model_id] = np.stack(
             [model.infer(f.modalities[model.input_modality]) for f in seen]
         ).reshape(len(seen), tasks[model_id].output_width)
-        unload(model)
+        model.unload()
         log.info("recorded %s on %d frames", model_id, len(seen))
     del warmed
     truth_models = [m for m in models if all(m in f.ground_truth for f in seen)]

@@ -43,7 +43,6 @@ from agent.models import (
     Worker,
     check_output,
     make_model,
-    unload,
 )
 from agent.profiling import OnlineAgreement, subsets_to_score
 from agent.publisher import Publisher
@@ -274,7 +273,7 @@ class Agent:
             self.models[model_id] = make_model(self.models[model_id].config)
         else:
             try:
-                unload(self.models[model_id])
+                self.models[model_id].unload()
             except Exception:
                 log.exception("model %s: unload after a failure failed", model_id)
                 self.models[model_id] = make_model(self.models[model_id].config)
@@ -360,7 +359,7 @@ class Agent:
         that fails to load is marked failed and a new selection is asked for."""
         for model_id, model in self.models.items():
             if model_id not in selection.active:
-                unload(model)
+                model.unload()
         for model_id in sorted(selection.active):
             try:
                 self._load(model_id)
@@ -542,14 +541,14 @@ class Agent:
                     continue
                 start = time.perf_counter()
                 try:
-                    prediction = self.ensembles.predict(target, sources)
+                    prediction = self.ensembles.predict(target, sources, self.profile)
                 except LookupError as exc:
                     log.debug("frame %s: %s", frame.frame_id, exc)
                     continue
                 latency = (time.perf_counter() - start) * 1e3
-                est = self.profile.ensemble_agreement(target, frozenset(prediction.present))
                 payloads.append(self._payload(frame, target, prediction.value, "predicted",
-                                              list(prediction.sources), est, latency))
+                                              list(prediction.sources),
+                                              prediction.est_agreement, latency))
         self.counters.executed += sum(p["provenance"] == "executed" for p in payloads)
         self.counters.predicted += sum(p["provenance"] == "predicted" for p in payloads)
 

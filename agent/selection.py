@@ -265,9 +265,7 @@ Reader = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 def _ensemble_reader(problem: Problem, target: str, index: dict[str, int]) -> Reader:
     """For rows of candidate bits, one target's link cost per candidate and whether each
     candidate has a link into it: the cost of the links its ensemble reads from each row's
-    set (as `Problem.ensemble_sources`)."""
-    if target not in problem.ensembles:
-        return lambda bits, cost, linked: bits @ cost
+    set (as `Problem.ensemble_sources`). Only for targets in `Problem.ensembles`."""
     weights, pooling = problem.ensembles[target]
     if pooling == "heaviest_source":  # the linked present source that sorts first
         order = [index[s] for s in sorted(index, key=lambda s: (weights.get(s, 0.0), s),
@@ -328,7 +326,9 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
             linked[index[s], problem.models.index(t)] = 1.0
             for r in RESOURCES:
                 link_cost[r][index[s], problem.models.index(t)] = cost.get(r)
-    readers = [_ensemble_reader(problem, target, index) for target in problem.models]
+    # targets whose ensemble reads only some of A's links; every link into the others
+    readers = {j: _ensemble_reader(problem, target, index)
+               for j, target in enumerate(problem.models) if target in problem.ensembles}
     # per target: the bit of each usable source in the candidate mask, and its table
     targets = []
     for target in problem.models:
@@ -359,8 +359,9 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
         fits = np.ones(len(masks), dtype=bool)
         share = np.zeros(len(masks))
         for r, limit in budget.items():
-            links = np.stack([reader(bits, link_cost[r][:, j], linked[:, j])
-                              for j, reader in enumerate(readers)], axis=1)
+            links = bits @ link_cost[r]
+            for j, reader in readers.items():
+                links[:, j] = reader(bits, link_cost[r][:, j], linked[:, j])
             use = bits @ model_cost[r] + (links * predicted).sum(axis=1)
             fits &= use <= limit + 1e-12
             share += use / limit

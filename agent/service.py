@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control import Control, RequestError, StateStore
-from agent.models import make_model, unload
+from agent.models import make_model
 from agent.outbox import Outbox
 from agent.publisher import Publisher
 from agent.scheduler import Agent, Counters, check_models_in_bundle
@@ -132,7 +132,7 @@ class ServiceAgent(Agent):
         """Measure from scratch on the last frame: unload first, so that loading is measured."""
         assert self.last_frame is not None
         for model in self.models.values():
-            unload(model)
+            model.unload()
         self.model_costs, self.link_costs = {}, {}
         self.measure(self.last_frame)
 
@@ -170,7 +170,7 @@ class ServiceAgent(Agent):
         old_ids = set(self.models)
         models = {i: m for i, m in self.models.items() if i in enabled}
         for model_id in old_ids - set(enabled):
-            unload(self.models[model_id])
+            self.models[model_id].unload()
         added = [i for i in enabled if i not in old_ids]
         for model_id in added:
             model = make_model(enabled[model_id])

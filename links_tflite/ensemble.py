@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from links_tflite.agreement import box_area
-from links_tflite.bundle import Bundle, LinkEntry
+from links_tflite.bundle import Bundle, LinkEntry, Profile
 from links_tflite.decoding import SequenceDecoder
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.tasks import TaskSpec, activate, link_output
@@ -234,8 +234,10 @@ class EnsemblePredictor:
                 frozenset(link.source for link in links), *self.weights(target))
         return self._plans[target]
 
-    def predict(self, target: str, outputs: Mapping[str, np.ndarray]) -> Prediction:
-        """Predict `target` from the outputs of whichever activated sources are present."""
+    def predict(self, target: str, outputs: Mapping[str, np.ndarray],
+                profile: Profile | None = None) -> Prediction:
+        """Predict `target` from the outputs of whichever activated sources are present; its
+        figure from `profile` (the agent's, online where measured), else the bundle's."""
         plan = self._plan(target)
         links = {s: link for s, link in plan.loaded.items() if s in outputs}
         if not links:
@@ -249,6 +251,7 @@ class EnsemblePredictor:
             value=combine_outputs(self.bundle.models[target], plan.weights, link_outputs,
                                   plan.pooling),
             sources=tuple(sorted(link_outputs)),
-            est_agreement=self.bundle.profile.ensemble_agreement(target, frozenset(present)),
+            est_agreement=(profile or self.bundle.profile).ensemble_agreement(
+                target, frozenset(present)),
             present=present,
         )
