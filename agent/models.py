@@ -1,10 +1,8 @@
 """Black-box model adapters: small classes behind one interface, registered by name and
 chosen by a model's `adapter` in the config. The agent only sees inputs and outputs.
 
-`Worker` runs a model's calls in its own daemon thread so that a call that hangs can be
-abandoned after a timeout: a hung native call cannot be killed from Python, so the thread is
-left behind (it exits once the call returns) and the model is marked failed by the caller.
-`check_output` turns a NaN or a wrong-shaped output into a `ModelFailure` too.
+A model call that raises, or outlives its timeout (`agent.runner`), is a `ModelFailure`;
+`check_output` turns a NaN or a wrong-shaped output into one too.
 """
 
 from __future__ import annotations
@@ -12,18 +10,14 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-import queue
-import threading
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from agent.config import ModelConfig
 from agent.heap import returning_memory
 from links_tflite.interpreter import TFLiteRunner
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -214,64 +208,6 @@ def check_output(model_id: str, value: Any, width: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ModelFailure("nan", f"model {model_id}: output holds NaN or infinity")
     return array
-
-
-class Worker:
-    """One daemon thread running one model's calls, each waited for at most `timeout_s`."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # Calls are one at a time and a timed-out worker is never used again, so one event
-        # and one result slot serve every call (no allocation per frame).
-        self._done = threading.Event()
-        self._result: tuple[bool, Any] = (False, None)
-        self._thread = threading.Thread(target=self._loop, name=f"model-{name}", daemon=True)
-        self._thread.start()
-        self.hung = False
-
-    def _loop(self) -> None:
-        while True:
-            call = self._jobs.get()
-            if call is None:
-                return
-            try:
-                self._result = (True, call())
-            except BaseException as exc:  # handed to the caller, whatever it is
-                self._result = (False, exc)
-            self._done.set()
-
-    def call(self, call: Callable[[], T], timeout_s: float) -> T:
-        """`call()` in the worker thread; ModelFailure('timeout') if it takes longer (the
-        worker is then `hung` and must not be used again)."""
-        if self.hung:
-            raise RuntimeError(f"worker {self.name} is hung")
-        self._done.clear()
-        self._jobs.put(call)
-        if not self._done.wait(timeout_s):
-            self.hung = True
-            self._jobs.put(None)  # the thread exits once the hung call returns, if ever
-            raise ModelFailure("timeout", f"model {self.name}: no answer within "
-                                          f"{timeout_s * 1e3:.0f} ms")
-        ok, value = self._result
-        self._result = (False, None)
-        if ok:
-            return value
-        raise value
-
-    @property
-    def busy(self) -> bool:
-        """Still running an abandoned call."""
-        return self.hung and self._thread.is_alive()
-
-    def join(self, timeout_s: float) -> bool:
-        """Wait for an abandoned call to return (tests, shutdown); True if the thread ended."""
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    def stop(self) -> None:
-        if not self.hung:
-            self._jobs.put(None)
 
 
 def make_model(config: ModelConfig) -> ModelAdapter:

@@ -21,7 +21,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,12 +40,12 @@ from agent.heap import configure_heap
 from agent.models import (
     ModelAdapter,
     ModelFailure,
-    Worker,
     check_output,
     make_model,
 )
 from agent.profiling import OnlineAgreement, subsets_to_score
 from agent.publisher import Publisher
+from agent.runner import Runner
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_source
 from links_tflite.bundle import Bundle, LinkEntry, Profile, link_name, load_bundle
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 T = TypeVar("T")
+# a model's run on a frame: ((output, inference ms), elapsed ms with loading), or its failure
+Outcome = tuple[tuple[np.ndarray, float], float] | ModelFailure
 
 
 @dataclass
@@ -152,7 +154,8 @@ class Agent:
             log.info("not glibc: an unloaded model's memory may stay in the process heap")
         self.stats: dict[str, CostStats] = {}  # model id, or link name "src->dst"
         self.health: dict[str, Health] = {m: Health() for m in self.models}
-        self.workers: dict[str, Worker] = {}
+        self.runner: Runner | None = None  # model calls with a timeout run there
+        self.abandoned: dict[str, Runner] = {}  # model id -> the runner left in its hung call
         self.online = OnlineAgreement(prof.agreement_window, prof.min_samples)
         self.profile: Profile = self.bundle.profile  # the bundle's, then online where measured
         self.profiling = ProfilingStats()
@@ -209,20 +212,34 @@ class Agent:
         return self.health.setdefault(model_id, Health())
 
     # -- guarded model calls ---------------------------------------------------------------
+    def _runner(self) -> Runner:
+        """The runner for model calls: a fresh one after the last was abandoned."""
+        if self.runner is None or self.runner.hung:
+            self.runner = Runner(self.config.device_id)
+        return self.runner
+
     def _call(self, model_id: str, call: Callable[[], T], timeout_s: float) -> T:
-        """`call` in the model's worker thread (inline where its timeout is 0); any error
-        becomes a ModelFailure."""
+        """`call` under the model's timeout (inline where it is 0): guarded on the runner's
+        thread inside a batch, else handed to the runner alone. Any error is a ModelFailure."""
         try:
             if timeout_s <= 0:
                 return call()
-            worker = self.workers.get(model_id)
-            if worker is None or worker.hung:
-                worker = self.workers[model_id] = Worker(model_id)
-            return worker.call(call, timeout_s)
-        except ModelFailure:
+            runner = self._runner()
+            if runner.on_thread():
+                return runner.guard(model_id, timeout_s, call)
+            return runner.run(lambda: runner.guard(model_id, timeout_s, call), timeout_s)
+        except ModelFailure as failure:
+            if failure.kind == "timeout":
+                self._abandon(model_id)
             raise
         except Exception as exc:
             raise ModelFailure("error", f"model {model_id}: {type(exc).__name__}: {exc}") from exc
+
+    def _abandon(self, model_id: str) -> None:
+        """Keep the runner left behind in a hung call of `model_id` (see _retry_due)."""
+        assert self.runner is not None and self.runner.hung
+        self.abandoned[model_id] = self.runner
+        self.runner = None
 
     def _load(self, model_id: str) -> None:
         model = self.models[model_id]
@@ -256,6 +273,39 @@ class Agent:
         self._stats(model_id).record_memory(memory)
         return result[0]
 
+    def _run_models(self, frame: Frame, model_ids: list[str]) -> dict[str, Outcome]:
+        """Run the models on the frame in order, one handoff to the runner for all of them
+        where any has a timeout: {model id: ((output, ms), elapsed ms) or ModelFailure}. A
+        model whose call hangs is a timeout failure and the rest run on a fresh runner."""
+        outcomes: dict[str, Outcome] = {}
+        pending = list(model_ids)
+        while pending:
+            timeouts = [self.models[m].config.timeout_ms / 1e3 for m in pending]
+            if max(timeouts) <= 0:
+                self._run_batch(frame, pending, outcomes)
+                break
+            runner = self._runner()
+            try:
+                runner.run(lambda batch=tuple(pending): self._run_batch(frame, batch, outcomes),
+                           min(t for t in timeouts if t > 0))
+            except ModelFailure as failure:  # a timeout: the runner is left in the call
+                assert runner.hung_on is not None
+                outcomes[runner.hung_on] = failure
+                self._abandon(runner.hung_on)
+            pending = [m for m in pending if m not in outcomes]
+        return outcomes
+
+    def _run_batch(self, frame: Frame, model_ids: Iterable[str],
+                   outcomes: dict[str, Outcome]) -> None:
+        for model_id in model_ids:
+            start = time.perf_counter()
+            try:
+                result = self._run(model_id, frame)
+            except ModelFailure as failure:
+                outcomes[model_id] = failure
+                continue
+            outcomes[model_id] = (result, (time.perf_counter() - start) * 1e3)
+
     def _fail(self, model_id: str, failure: ModelFailure) -> None:
         """Exclude a model until its back-off ends; a hung one is replaced by a fresh adapter
         (the abandoned call keeps the old one)."""
@@ -288,8 +338,8 @@ class Agent:
             health = self._health(model_id)
             if health.retry_at is None or now < health.retry_at:
                 continue
-            worker = self.workers.get(model_id)
-            if worker is not None and worker.busy:  # the abandoned call has not returned yet
+            abandoned = self.abandoned.get(model_id)
+            if abandoned is not None and abandoned.busy:  # the hung call has not returned yet
                 health.retry_at = now + self.config.selection.retry_after_s
                 continue
             try:
@@ -511,16 +561,15 @@ class Agent:
             if not to_run:
                 break
             active_failed = False
-            for model_id in to_run:
-                ran.add(model_id)
-                start = time.perf_counter()
-                try:
-                    outputs[model_id], latencies[model_id] = self._run(model_id, frame)
-                except ModelFailure as failure:
-                    self._fail(model_id, failure)
+            ran.update(to_run)
+            for model_id, outcome in self._run_models(frame, to_run).items():
+                if isinstance(outcome, ModelFailure):
+                    self._fail(model_id, outcome)
                     active_failed |= model_id in active
+                    continue
+                (outputs[model_id], latencies[model_id]), elapsed_ms = outcome
                 if model_id not in active:
-                    extra_ms += (time.perf_counter() - start) * 1e3
+                    extra_ms += elapsed_ms
             if not active_failed:
                 break
             self._reselect_now()  # the failed model is predicted; newly activated ones run now

@@ -11,7 +11,8 @@ import pytest
 
 import tests.python_models as pm
 from agent.config import load_config
-from agent.models import ModelFailure, Worker, check_output
+from agent.models import ModelFailure, check_output
+from agent.runner import Runner
 from agent.scheduler import Agent
 
 MODELS = ("digit", "parity", "inkbox")
@@ -81,7 +82,7 @@ def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path
     if mode == "hang":
         assert status["counters"]["timeouts"] == 1
         pm.RELEASE.set()
-        assert agent.workers["parity"].join(10.0)  # the abandoned call returns, its thread ends
+        assert agent.abandoned["parity"].join(10.0)  # the hung call returns, its thread ends
 
     # its back-off ends: it is measured again and, healthy, activated again
     pm.MODE["parity"] = "ok"
@@ -123,18 +124,33 @@ def test_failure_during_measuring_excludes_the_model(digits_build, models,
     assert outputs["digit"]["provenance"] == "predicted"
 
 
-def test_worker_times_out_and_check_output() -> None:
+def test_runner_abandons_a_batch_at_the_hung_call() -> None:
     import threading
 
     release = threading.Event()
-    worker = Worker("slow")
-    assert worker.call(lambda: 41 + 1, 5.0) == 42
+    done: list[str] = []
+    runner = Runner("test")
+    assert runner.run(lambda: runner.guard("a", 5.0, lambda: 41 + 1), 5.0) == 42
     with pytest.raises(ValueError, match="bad"):
-        worker.call(lambda: (_ for _ in ()).throw(ValueError("bad")), 5.0)
-    with pytest.raises(ModelFailure) as caught:
-        worker.call(release.wait, 0.05)
-    assert caught.value.kind == "timeout" and worker.hung and worker.busy
-    release.set()
+        runner.run(lambda: runner.guard("a", 5.0, lambda: (_ for _ in ()).throw(
+            ValueError("bad"))), 5.0)
+
+    def batch() -> None:
+        for name, call in (("a", lambda: None), ("b", release.wait), ("c", lambda: None)):
+            runner.guard(name, 0.05, call)
+            done.append(name)
+
+    with pytest.raises(ModelFailure, match="model b: no answer within 50 ms") as caught:
+        runner.run(batch, 0.05)
+    assert caught.value.kind == "timeout" and runner.hung_on == "b" and runner.busy
+    assert done == ["a"]
+    with pytest.raises(RuntimeError, match="hung"):
+        runner.run(lambda: None, 1.0)
+    release.set()  # the hung call returns: the rest of the batch does not run there
+    assert runner.join(5.0) and done == ["a"]
+
+
+def test_check_output() -> None:
     with pytest.raises(ModelFailure, match="NaN"):
         check_output("m", [0.5, float("nan")], 2)
     with pytest.raises(ModelFailure, match="3 numbers"):
