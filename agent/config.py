@@ -246,7 +246,7 @@ class ModelConfig(Strict):
     where the extra `onnx` is installed); `adapter = "python"` needs `entry` =
     `module:callable` (a function taking one input example and returning the output, or a
     class whose instances do; an instance is made on load and dropped on unload). Each
-    inference runs in the model's worker thread and is abandoned after `timeout_ms` (0: run
+    inference runs on the agent's runner thread and is abandoned after `timeout_ms` (0: run
     inline, no watchdog)."""
 
     id: Identifier

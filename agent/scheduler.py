@@ -4,7 +4,9 @@ predict the others through the link ensembles, publishing every model's output.
 Failures: a model that raises, outlives its `timeout_ms`, or returns NaN or the wrong shape is
 marked failed, excluded from selection (`Problem.unavailable`), predicted from the others
 from the same frame on, and measured again after a back-off (`[selection] retry_after_s`,
-doubling up to `retry_max_s`). Nothing a model does stops the loop.
+doubling up to `retry_max_s`). Nothing a model does stops the loop. Models with a timeout
+run on a `Runner` thread, a frame's calls in one handoff (`_run_models`), and where they all
+succeed the frame's payloads are made there too (`agent.runner` says why).
 
 Re-profiling: every `[profiling] period_frames` frames or `period_s` seconds, or on
 `reprofile()`, the next `sample_frames` frames run every available model (the non-activated
@@ -23,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -248,7 +251,7 @@ class Agent:
             self._call(model_id, model.load, model.config.load_timeout_s)
 
     def _infer(self, model_id: str, example: np.ndarray) -> tuple[np.ndarray, float]:
-        """The checked output and the inference time in ms (timed in the worker)."""
+        """The checked output and the inference time in ms (timed where the model runs)."""
         model = self.models[model_id]
 
         def timed() -> tuple[Any, float]:
@@ -273,27 +276,37 @@ class Agent:
         self._stats(model_id).record_memory(memory)
         return result[0]
 
-    def _run_models(self, frame: Frame, model_ids: list[str]) -> dict[str, Outcome]:
+    def _run_models(self, frame: Frame, model_ids: list[str],
+                    then: Callable[[dict[str, np.ndarray], dict[str, float]], T] | None = None,
+                    ) -> tuple[dict[str, Outcome], T | None]:
         """Run the models on the frame in order, one handoff to the runner for all of them
         where any has a timeout: {model id: ((output, ms), elapsed ms) or ModelFailure}. A
-        model whose call hangs is a timeout failure and the rest run on a fresh runner."""
+        model whose call hangs is a timeout failure and the rest run on a fresh runner.
+        Where every model succeeds, `then(outputs, latencies)` runs in the same handoff."""
         outcomes: dict[str, Outcome] = {}
+        result: T | None = None
         pending = list(model_ids)
         while pending:
             timeouts = [self.models[m].config.timeout_ms / 1e3 for m in pending]
+
+            def job(batch: tuple[str, ...] = tuple(pending)) -> T | None:
+                self._run_batch(frame, batch, outcomes)
+                if any(isinstance(o, ModelFailure) for o in outcomes.values()):
+                    return None
+                return None if then is None else then({m: o[0][0] for m, o in outcomes.items()},  # type: ignore[index]
+                            {m: o[0][1] for m, o in outcomes.items()})  # type: ignore[index]
+
             if max(timeouts) <= 0:
-                self._run_batch(frame, pending, outcomes)
-                break
+                return outcomes, job()
             runner = self._runner()
             try:
-                runner.run(lambda batch=tuple(pending): self._run_batch(frame, batch, outcomes),
-                           min(t for t in timeouts if t > 0))
+                result = runner.run(job, min(t for t in timeouts if t > 0))
             except ModelFailure as failure:  # a timeout: the runner is left in the call
                 assert runner.hung_on is not None
                 outcomes[runner.hung_on] = failure
                 self._abandon(runner.hung_on)
             pending = [m for m in pending if m not in outcomes]
-        return outcomes
+        return outcomes, result
 
     def _run_batch(self, frame: Frame, model_ids: Iterable[str],
                    outcomes: dict[str, Outcome]) -> None:
@@ -514,18 +527,45 @@ class Agent:
     # -- per frame -------------------------------------------------------------------------
     def _payload(self, frame: Frame, model_id: str, value: np.ndarray, provenance: str,
                  sources: list[str], est_agreement: float, latency_ms: float) -> dict[str, object]:
+        numbers = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
         return {
             "frame_id": frame.frame_id,
             "ts": frame.ts,
             "model": model_id,
-            "value": np.asarray(value, dtype=np.float64).reshape(-1).tolist(),
-            "decoded": decode(self.bundle.models[model_id], value),
+            "value": numbers,
+            "decoded": decode(self.bundle.models[model_id], numbers),
             "provenance": provenance,
             "sources": sources,
             "est_agreement": est_agreement,
             "latency_ms": latency_ms,
             "seq": next(self._seq),
         }
+
+    def _payloads(self, frame: Frame, outputs: dict[str, np.ndarray],
+                  latencies: dict[str, float]) -> list[dict[str, object]]:
+        """Every model's output on the frame: the executed ones, then the predicted."""
+        assert self.selection is not None
+        payloads = [
+            self._payload(frame, m, value, "executed", [m], 1.0, latencies[m])
+            for m, value in sorted(outputs.items())
+        ]
+        if not self.selection.uses_links:
+            return payloads
+        sources = {m: outputs[m] for m in self.selection.active if m in outputs}
+        for target in self.selection.predicted:
+            if target in outputs or not sources:
+                continue
+            start = time.perf_counter()
+            try:
+                prediction = self.ensembles.predict(target, sources, self.profile)
+            except LookupError as exc:
+                log.debug("frame %s: %s", frame.frame_id, exc)
+                continue
+            latency = (time.perf_counter() - start) * 1e3
+            payloads.append(self._payload(frame, target, prediction.value, "predicted",
+                                          list(prediction.sources), prediction.est_agreement,
+                                          latency))
+        return payloads
 
     def process(self, frame: Frame) -> list[dict[str, object]]:
         """One frame: every model's output, executed or predicted."""
@@ -552,6 +592,10 @@ class Agent:
         latencies: dict[str, float] = {}
         ran: set[str] = set()
         extra_ms = 0.0
+        # Outside a window the payloads are made where the models ran, in the same handoff
+        # (the caches the models left are the ones the rest reads), unless one fails.
+        then = None if profiling else partial(self._payloads, frame)
+        payloads: list[dict[str, object]] | None = None
         while True:
             active = self.selection.active
             to_run = [m for m in sorted(active) if m not in ran]
@@ -562,7 +606,9 @@ class Agent:
                 break
             active_failed = False
             ran.update(to_run)
-            for model_id, outcome in self._run_models(frame, to_run).items():
+            outcomes, payloads = self._run_models(frame, to_run, then)
+            then = None
+            for model_id, outcome in outcomes.items():
                 if isinstance(outcome, ModelFailure):
                     self._fail(model_id, outcome)
                     active_failed |= model_id in active
@@ -574,30 +620,12 @@ class Agent:
                 break
             self._reselect_now()  # the failed model is predicted; newly activated ones run now
 
-        if profiling:
-            start = time.perf_counter()
-            self._score_links(outputs)
-            extra_ms += (time.perf_counter() - start) * 1e3
-
-        payloads = [
-            self._payload(frame, m, value, "executed", [m], 1.0, latencies[m])
-            for m, value in sorted(outputs.items())
-        ]
-        if self.selection.uses_links:
-            sources = {m: outputs[m] for m in self.selection.active if m in outputs}
-            for target in self.selection.predicted:
-                if target in outputs or not sources:
-                    continue
+        if payloads is None:
+            if profiling:
                 start = time.perf_counter()
-                try:
-                    prediction = self.ensembles.predict(target, sources, self.profile)
-                except LookupError as exc:
-                    log.debug("frame %s: %s", frame.frame_id, exc)
-                    continue
-                latency = (time.perf_counter() - start) * 1e3
-                payloads.append(self._payload(frame, target, prediction.value, "predicted",
-                                              list(prediction.sources),
-                                              prediction.est_agreement, latency))
+                self._score_links(outputs)
+                extra_ms += (time.perf_counter() - start) * 1e3
+            payloads = self._payloads(frame, outputs, latencies)
         self.counters.executed += sum(p["provenance"] == "executed" for p in payloads)
         self.counters.predicted += sum(p["provenance"] == "predicted" for p in payloads)
 

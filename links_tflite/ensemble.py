@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -106,12 +106,13 @@ def normalised(weights: list[float]) -> np.ndarray:
     return np.full_like(w, 1.0 / len(w)) if w.sum() <= 0 else w / w.sum()
 
 
-def combine(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Weighted mean of link outputs; equal weights where every weight is zero."""
+def combine(outputs: list[np.ndarray] | np.ndarray, weights: list[float]) -> np.ndarray:
+    """Weighted mean of link outputs (a list, or an array with sources first); equal weights
+    where every weight is zero."""
     if len(outputs) == 1:  # the mean of one output, without the stacking
         return np.asarray(outputs[0], dtype=np.float32)
     w = normalised(weights)
-    stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
+    stacked = np.asarray(outputs, dtype=np.float64)
     # what np.tensordot(w, stacked, axes=1) computes, without its per-call shape handling
     mixed = np.dot(w, stacked.reshape(len(w), -1)).reshape(stacked.shape[1:])
     return mixed.astype(np.float32)
@@ -130,17 +131,19 @@ def box_vote(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 
 def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Combine activated link outputs with weights renormalised over them (see POOLING)."""
+    """Combine activated link outputs with weights renormalised over them (see POOLING).
+    The outputs are stacked once (sources first), so a frame costs a few array operations
+    whatever the number of sources: this runs per frame on the box."""
     if pooling == "mean":
         return combine(outputs, weights)
-    if pooling == "log_linear":
-        logs = [np.log(np.clip(np.asarray(o, np.float64), EPS, None)) for o in outputs]
-        return activate("softmax", combine(logs, weights))
     if pooling == "box_vote":
         return box_vote(outputs, weights)
+    stacked = np.asarray(outputs, dtype=np.float64)
+    if pooling == "log_linear":
+        return activate("softmax", combine(np.log(np.clip(stacked, EPS, None)), weights))
     if pooling == "logit_mean":
-        clipped = [np.clip(np.asarray(o, np.float64), EPS, 1 - EPS) for o in outputs]
-        return activate("sigmoid", combine([np.log(p / (1 - p)) for p in clipped], weights))
+        clipped = np.clip(stacked, EPS, 1 - EPS)
+        return activate("sigmoid", combine(np.log(clipped / (1 - clipped)), weights))
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
@@ -168,6 +171,15 @@ def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
 
 
 @dataclass(frozen=True)
+class Reading:
+    """What a target's ensemble reads for one set of present sources."""
+
+    links: tuple[tuple[str, LinkRunner], ...]  # (source, its loaded link), contributing only
+    present: tuple[str, ...]  # every present source with a link into the target
+    weights: list[float]  # the contributing sources' weights, in `links` order
+
+
+@dataclass(frozen=True)
 class Plan:
     """One target's ensemble for the current activated set."""
 
@@ -175,6 +187,7 @@ class Plan:
     sources: frozenset[str]  # every source with a link into the target
     weights: dict[str, float]
     pooling: str
+    readings: dict[frozenset[str], Reading] = field(default_factory=dict)  # by present set
 
 
 class EnsemblePredictor:
@@ -234,24 +247,38 @@ class EnsemblePredictor:
                 frozenset(link.source for link in links), *self.weights(target))
         return self._plans[target]
 
+    def _reading(self, plan: Plan, present: frozenset[str]) -> Reading:
+        """The links to run for these present sources: worked out once per set, since the
+        same sources are present frame after frame."""
+        if present not in plan.readings:
+            loaded = {s: link for s, link in plan.loaded.items() if s in present}
+            if not loaded:
+                raise LookupError(f"no loaded link predicts from {sorted(present)}")
+            reads = contributing_sources(plan.pooling, plan.weights, loaded)
+            plan.readings[present] = Reading(
+                tuple((s, self._runners[loaded[s].name]) for s in reads),
+                tuple(sorted(plan.sources.intersection(present))),
+                [plan.weights.get(s, 0.0) for s in reads])
+        return plan.readings[present]
+
     def predict(self, target: str, outputs: Mapping[str, np.ndarray],
                 profile: Profile | None = None) -> Prediction:
         """Predict `target` from the outputs of whichever activated sources are present; its
         figure from `profile` (the agent's, online where measured), else the bundle's."""
         plan = self._plan(target)
-        links = {s: link for s, link in plan.loaded.items() if s in outputs}
-        if not links:
-            raise LookupError(f"no loaded link predicts {target!r} from {sorted(outputs)}")
-        link_outputs = {
-            s: self._runners[links[s].name].run_one(outputs[s])
-            for s in contributing_sources(plan.pooling, plan.weights, links)
-        }
-        present = tuple(sorted(plan.sources.intersection(outputs)))
+        try:
+            reading = self._reading(plan, frozenset(outputs))
+        except LookupError as exc:
+            raise LookupError(f"{target!r}: {exc}") from None
+        link_outputs = [runner.run_one(outputs[s]) for s, runner in reading.links]
+        if plan.pooling == "heaviest_source":
+            value = np.asarray(link_outputs[0], dtype=np.float32)
+        else:
+            value = pool(plan.pooling, link_outputs, reading.weights)
         return Prediction(
-            value=combine_outputs(self.bundle.models[target], plan.weights, link_outputs,
-                                  plan.pooling),
-            sources=tuple(sorted(link_outputs)),
+            value=value,
+            sources=tuple(s for s, _ in reading.links),
             est_agreement=(profile or self.bundle.profile).ensemble_agreement(
-                target, frozenset(present)),
-            present=present,
+                target, frozenset(reading.present)),
+            present=reading.present,
         )

@@ -158,9 +158,11 @@ def link_output(spec: TaskSpec, logits: np.ndarray) -> np.ndarray:
     return values
 
 
-def decode(spec: TaskSpec, output: np.ndarray) -> dict[str, Any]:
-    """A subscriber-friendly reading of one output: the label, labels, box or numbers."""
-    values = np.asarray(output, dtype=np.float64).reshape(-1).tolist()
+def decode(spec: TaskSpec, output: np.ndarray | list[float]) -> dict[str, Any]:
+    """A subscriber-friendly reading of one output (an array, or its numbers as a flat
+    list): the label, labels, box or numbers."""
+    values = output if isinstance(output, list) else (
+        np.asarray(output, dtype=np.float64).reshape(-1).tolist())
     if spec.kind == "single_label":
         index = max(range(len(values)), key=values.__getitem__)
         decoded: dict[str, Any] = {"label": index}

@@ -14,6 +14,7 @@ from agent.config import load_config
 from agent.models import ModelFailure, check_output
 from agent.runner import Runner
 from agent.scheduler import Agent
+from agent.selection import Selection
 
 MODELS = ("digit", "parity", "inkbox")
 
@@ -200,3 +201,24 @@ def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
     agent.models["inkbox"] = inkbox
     agent.reselect()
     assert set(by_model(agent.process(next(frames)))) == set(MODELS)
+
+
+def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_path: Path) -> None:
+    """A frame's models run in one batch on the runner thread, and its predictions and
+    payloads are made there: what comes out is what the same agent computes inline."""
+    runs = {}
+    for timeout_ms in (5000.0, 0.0):
+        root = tmp_path / f"t{timeout_ms:.0f}"
+        root.mkdir()
+        agent = Agent(load_config(python_config(root, digits_build.root,
+                                                timeout_ms=timeout_ms)))
+        frames = agent.start()
+        # parity predicted from the other two
+        agent.apply(Selection("test", frozenset({"digit", "inkbox"}), ("parity",), {}, 0.0,
+                              True))
+        runs[timeout_ms] = [
+            {m: (p["provenance"], p["value"], p["sources"]) for m, p in by_model(
+                agent.process(next(frames))).items()}
+            for _ in range(5)]
+    assert runs[5000.0] == runs[0.0]
+    assert all(frame["parity"][0] == "predicted" for frame in runs[0.0])
