@@ -59,8 +59,6 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 T = TypeVar("T")
-# a model's run on a frame: ((output, inference ms), elapsed ms with loading), or its failure
-Outcome = tuple[tuple[np.ndarray, float], float] | ModelFailure
 
 
 @dataclass
@@ -77,6 +75,18 @@ class Counters:
     def fps(self) -> float:
         elapsed = time.monotonic() - self.started
         return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A model's run on a frame."""
+
+    output: np.ndarray
+    latency_ms: float  # the inference alone
+    elapsed_ms: float  # with loading, where it was loaded for the frame
+
+
+Outcome = Ran | ModelFailure
 
 
 @dataclass
@@ -230,19 +240,22 @@ class Agent:
             runner = self._runner()
             if runner.on_thread():
                 return runner.guard(model_id, timeout_s, call)
-            return runner.run(lambda: runner.guard(model_id, timeout_s, call), timeout_s)
-        except ModelFailure as failure:
-            if failure.kind == "timeout":
-                self._abandon(model_id)
+            try:
+                return runner.run(lambda: runner.guard(model_id, timeout_s, call), timeout_s)
+            finally:
+                if runner.hung:
+                    self._abandon(runner)
+        except ModelFailure:
             raise
         except Exception as exc:
             raise ModelFailure("error", f"model {model_id}: {type(exc).__name__}: {exc}") from exc
 
-    def _abandon(self, model_id: str) -> None:
-        """Keep the runner left behind in a hung call of `model_id` (see _retry_due)."""
-        assert self.runner is not None and self.runner.hung
-        self.abandoned[model_id] = self.runner
-        self.runner = None
+    def _abandon(self, runner: Runner) -> None:
+        """Keep the runner left in a hung call, by the model's id (see _retry_due)."""
+        assert runner.hung_on is not None
+        self.abandoned[runner.hung_on] = runner
+        if self.runner is runner:
+            self.runner = None
 
     def _load(self, model_id: str) -> None:
         model = self.models[model_id]
@@ -277,25 +290,21 @@ class Agent:
         return result[0]
 
     def _run_models(self, frame: Frame, model_ids: list[str],
-                    then: Callable[[dict[str, np.ndarray], dict[str, float]], T] | None = None,
+                    then: Callable[[dict[str, Ran]], T] | None = None,
                     ) -> tuple[dict[str, Outcome], T | None]:
-        """Run the models on the frame in order, one handoff to the runner for all of them
-        where any has a timeout: {model id: ((output, ms), elapsed ms) or ModelFailure}. A
-        model whose call hangs is a timeout failure and the rest run on a fresh runner.
-        Where every model succeeds, `then(outputs, latencies)` runs in the same handoff."""
+        """Run the models on the frame in order, in one handoff to the runner where any has
+        a timeout. A model whose call hangs is a timeout failure, and the rest run on a fresh
+        runner. Where every model succeeds, `then(outcomes)` runs in the same handoff."""
         outcomes: dict[str, Outcome] = {}
         result: T | None = None
         pending = list(model_ids)
         while pending:
-            timeouts = [self.models[m].config.timeout_ms / 1e3 for m in pending]
-
             def job(batch: tuple[str, ...] = tuple(pending)) -> T | None:
                 self._run_batch(frame, batch, outcomes)
-                if any(isinstance(o, ModelFailure) for o in outcomes.values()):
-                    return None
-                return None if then is None else then({m: o[0][0] for m, o in outcomes.items()},  # type: ignore[index]
-                            {m: o[0][1] for m, o in outcomes.items()})  # type: ignore[index]
+                ran = {m: o for m, o in outcomes.items() if isinstance(o, Ran)}
+                return None if then is None or len(ran) < len(outcomes) else then(ran)
 
+            timeouts = [self.models[m].config.timeout_ms / 1e3 for m in pending]
             if max(timeouts) <= 0:
                 return outcomes, job()
             runner = self._runner()
@@ -304,7 +313,7 @@ class Agent:
             except ModelFailure as failure:  # a timeout: the runner is left in the call
                 assert runner.hung_on is not None
                 outcomes[runner.hung_on] = failure
-                self._abandon(runner.hung_on)
+                self._abandon(runner)
             pending = [m for m in pending if m not in outcomes]
         return outcomes, result
 
@@ -313,11 +322,11 @@ class Agent:
         for model_id in model_ids:
             start = time.perf_counter()
             try:
-                result = self._run(model_id, frame)
+                output, latency_ms = self._run(model_id, frame)
             except ModelFailure as failure:
                 outcomes[model_id] = failure
                 continue
-            outcomes[model_id] = (result, (time.perf_counter() - start) * 1e3)
+            outcomes[model_id] = Ran(output, latency_ms, (time.perf_counter() - start) * 1e3)
 
     def _fail(self, model_id: str, failure: ModelFailure) -> None:
         """Exclude a model until its back-off ends; a hung one is replaced by a fresh adapter
@@ -541,6 +550,10 @@ class Agent:
             "seq": next(self._seq),
         }
 
+    def _payloads_of_ran(self, frame: Frame, ran: dict[str, Ran]) -> list[dict[str, object]]:
+        return self._payloads(frame, {m: r.output for m, r in ran.items()},
+                              {m: r.latency_ms for m, r in ran.items()})
+
     def _payloads(self, frame: Frame, outputs: dict[str, np.ndarray],
                   latencies: dict[str, float]) -> list[dict[str, object]]:
         """Every model's output on the frame: the executed ones, then the predicted."""
@@ -594,7 +607,7 @@ class Agent:
         extra_ms = 0.0
         # Outside a window the payloads are made where the models ran, in the same handoff
         # (the caches the models left are the ones the rest reads), unless one fails.
-        then = None if profiling else partial(self._payloads, frame)
+        then = None if profiling else partial(self._payloads_of_ran, frame)
         payloads: list[dict[str, object]] | None = None
         while True:
             active = self.selection.active
@@ -613,9 +626,9 @@ class Agent:
                     self._fail(model_id, outcome)
                     active_failed |= model_id in active
                     continue
-                (outputs[model_id], latencies[model_id]), elapsed_ms = outcome
+                outputs[model_id], latencies[model_id] = outcome.output, outcome.latency_ms
                 if model_id not in active:
-                    extra_ms += elapsed_ms
+                    extra_ms += outcome.elapsed_ms
             if not active_failed:
                 break
             self._reselect_now()  # the failed model is predicted; newly activated ones run now
