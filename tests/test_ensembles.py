@@ -72,6 +72,20 @@ def test_only_the_links_an_ensemble_reads_are_loaded_and_run(tmp_path) -> None:
     assert prediction.est_agreement == bundle.profile.ensemble_agreement(
         "spelled", frozenset(outputs))
 
+    # a source output that repeats is not run through its link again; a new one is
+    link = predictor._runners[f"{heaviest}->spelled"]
+    again = predictor.predict("spelled", {s: v.copy() for s, v in outputs.items()})
+    np.testing.assert_array_equal(again.value, prediction.value)
+    assert link.reused == 1
+    changed = {s: recording.outputs[s][8] for s in outputs}
+    assert not np.array_equal(changed[heaviest], outputs[heaviest])
+    fresh = predictor.predict("spelled", changed)
+    assert link.reused == 1
+    np.testing.assert_array_equal(fresh.value, open_link(
+        bundle, bundle.link(heaviest, "spelled")).run_one(changed[heaviest]))
+    with pytest.raises(ValueError, match="read-only"):
+        link.run_one(changed[heaviest])[0] = 1.0
+
 
 def test_boxes_are_pooled_by_a_presence_vote_then_averaged() -> None:
     spec = TaskSpec("localization", 4)
