@@ -84,20 +84,22 @@ OVERHEAD_NOTE = (
     "models' size. With the test-size zoos (models of 0.005-0.15 ms) it is many times the "
     "models' time; with the city zoo at edge size (`--model-size edge`, every model a 5.7 "
     "M-parameter CNN of about 4 ms on one core, three executed and two predicted per frame) "
-    "it is 0.7-0.9 ms inline and 1.1-1.3 ms with the watchdog thread (three runs): 6-8% and "
-    "9-10% of the models' 12 ms, above the 5% target. The target holds from about 18 ms "
-    "(inline) and 26 ms (watchdog) of executed models per frame. Where the edge frame's own "
-    "0.7 ms goes (timed per stage, inline): the two predicted targets' six link calls and "
-    "pooling 0.34 ms, the code around each model call (output check, delay statistics) 0.18 "
-    "ms, JSON 0.065 ms, payloads 0.05 ms, the rest of the loop 0.07 ms; the same work takes a"
-    " fifth of that between small models: after a 22 MB model has streamed through the "
-    "caches, everything the agent touches is cold. The watchdog's handoff to the model's "
-    "thread costs 15-20 us hot, but about 0.13 ms of CPU per call here (wake-ups across cores"
-    " on this 2-core VM count as system time). What would meet it: one handoff per frame "
-    "instead of per model (a runner thread for the frame's calls, replaced when one hangs), "
-    "and the links into a target fused into one call. CPU time is the process's, all threads;"
-    " the models' own is their thread's CPU time inside `infer`, so neither column counts "
-    "waiting.")
+    "it was 0.54-0.56 ms inline and 0.73-0.77 ms with the watchdog (three runs of this "
+    "script): 4.6-4.8% and 6.1-6.5% of the models' 12 ms; the watchdog's figure meets 5% from"
+    " about 15 ms of executed models per frame. Most of it is cache misses, not instructions:"
+    " the same work costs a fifth as much between the test-size models, because each edge "
+    "model streams 22 MB of weights through the caches. So a frame's model calls run back to"
+    " back and the agent's work follows the last (checking three outputs went from 0.12 to "
+    "0.06 ms), a link whose source output repeats from the frame before is not run again (a "
+    "caption's tokens repeat on 299 frames in 300 here), and with the watchdog the whole "
+    "frame is one handoff to the runner thread (the predictions and payloads are made there "
+    "too): a handoff costs about 0.1 ms of CPU on this 2-core VM (an idle core's wake-up), "
+    "once per frame instead of once per model. Where the inline 0.55 ms goes: the two "
+    "predicted targets 0.23 ms (four link calls 0.1, pooling and lookups 0.13), output checks"
+    " and delay statistics 0.06-0.1, JSON 0.07, payloads 0.04, the loop the rest. Before "
+    "these changes: 0.7-0.9 ms inline, 1.1-1.3 ms with the watchdog. CPU time is the "
+    "process's, all threads; the models' own is their thread's CPU time inside `infer`, so "
+    "neither column counts waiting.")
 
 
 def benchmark_config(build: Path, timeout_ms: float) -> AgentConfig:
@@ -293,9 +295,9 @@ def overhead_pass(agent: Agent, frames: list, model_cpu: list[float]) -> PassTim
 def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
                   passes: int = 3) -> list[str]:
     """Agent time beside the executed models' time at a memory budget of 2/3, with the
-    per-model watchdog thread and inline; the median of `passes` passes (the box is shared)."""
+    watchdog (the runner thread) and inline; the median of `passes` passes (the box is shared)."""
     rows = []
-    for label, timeout_ms in (("worker thread, timeout 5 s", 5000.0), ("inline (timeout 0)", 0.0)):
+    for label, timeout_ms in (("runner thread, timeout 5 s", 5000.0), ("inline (timeout 0)", 0.0)):
         agent = Agent(benchmark_config(build, timeout_ms))
         frames = list(itertools.islice(agent.source.frames(), frames_n))
         agent.measure(frames[0])
@@ -320,7 +322,7 @@ def overhead_section(builds: dict[str, Path], frames_n: int, findings: Findings)
     lines = ["## Agent overhead per frame (memory budget 2/3, `exact`)", "",
              "Agent time = time in `Agent.process` (models, links, ensembles, payloads) plus "
              "JSON-encoding every payload, minus the executed models' own inference time "
-             "(timed inside the model's worker). The target is under 5% of the executed "
+             "(timed where the model runs). The target is under 5% of the executed "
              "models' time.", "", OVERHEAD_NOTE, "",
              "| workload | watchdog | active | models CPU ms/frame | agent CPU ms/frame | "
              "CPU: agent / models | models wall ms/frame | agent wall ms/frame | "
