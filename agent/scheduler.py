@@ -257,6 +257,12 @@ class Agent:
         if self.runner is runner:
             self.runner = None
 
+    def close(self) -> None:
+        """End the runner's thread (an abandoned one ends when its hung call returns)."""
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+
     def _load(self, model_id: str) -> None:
         model = self.models[model_id]
         if not model.loaded:

@@ -243,6 +243,7 @@ def run(config_path: str | Path, frames: int | None = None,
         notifier.stopping()
         notifier.status("stopping: draining the outbox")
         control.stop()
+        agent.close()
         drained = publisher.drain()
         if counters is not None and drained:
             agent.publish_status("stopped")  # again: the retained one shows the drained outbox

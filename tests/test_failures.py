@@ -149,6 +149,10 @@ def test_runner_abandons_a_batch_at_the_hung_call() -> None:
         runner.run(lambda: None, 1.0)
     release.set()  # the hung call returns: the rest of the batch does not run there
     assert runner.join(5.0) and done == ["a"]
+    idle = Runner("idle")
+    assert idle.run(lambda: 1, 1.0) == 1
+    idle.stop()
+    assert idle.join(5.0)
 
 
 def test_check_output() -> None:
