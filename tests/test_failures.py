@@ -226,3 +226,21 @@ def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_pat
             for _ in range(5)]
     assert runs[5000.0] == runs[0.0]
     assert all(frame["parity"][0] == "predicted" for frame in runs[0.0])
+
+
+def test_status_reports_the_agents_own_time_per_frame(digits_build, models,
+                                                      tmp_path: Path) -> None:
+    from tests.contract import validate
+
+    agent = Agent(load_config(python_config(tmp_path, digits_build.root)))
+    frames = agent.start()
+    payloads = [agent.process(next(frames)) for _ in range(4)]
+    overhead = agent.status("running")["overhead"]
+    validate("status", agent.status("running"))
+    executed_ms = sum(p["latency_ms"] for frame in payloads for p in frame
+                      if p["provenance"] == "executed")
+    assert overhead["frames"] == 4
+    assert overhead["models_ms_per_frame"] == pytest.approx(executed_ms / 4, abs=1e-3)
+    assert overhead["agent_ms_per_frame"] > 0
+    assert overhead["share_of_models"] == pytest.approx(
+        overhead["agent_ms_per_frame"] / overhead["models_ms_per_frame"], rel=1e-2)
