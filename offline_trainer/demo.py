@@ -112,4 +112,9 @@ def run_demo(out: Path, seed: int = 0) -> list[dict[str, Any]]:
     print(format_table(table, status.get("fps"), budget))
     if status.get("selection"):
         print(f"selection: {json.dumps(status['selection'])}")
+    overhead = status.get("overhead")
+    if overhead:
+        print(f"per frame: executed models {overhead['models_ms_per_frame']:.3f} ms, the "
+              f"agent's own work {overhead['agent_ms_per_frame']:.3f} ms (these digit models "
+              "take microseconds; benchmarks/results/selection.md has edge-size figures)")
     return table
