@@ -74,10 +74,11 @@ class Runner:
 
     def guard(self, model_id: str, timeout_s: float, call: Callable[[], T]) -> T:
         """`call()` on the runner's thread under a deadline the waiting caller checks."""
-        with self._lock:
-            if self.hung:
-                raise Abandoned
-            self._watch = (model_id, time.monotonic() + timeout_s, timeout_s)
+        if self.hung:
+            raise Abandoned
+        # No lock here: the caller only abandons a runner whose watch is set and past its
+        # deadline, and between two calls there is none.
+        self._watch = (model_id, time.monotonic() + timeout_s, timeout_s)
         try:
             return call()
         finally:
