@@ -59,6 +59,8 @@ class Outbox:
         self._db.executescript(SCHEMA)
         self._migrate()
         self._depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self.last_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox")
+                           .fetchone()[0])  # the newest row's id
         self.dropped = self._counter("dropped")
         self.acked = 0
         self.recovered = self._depth  # left by an earlier process: replayed after connecting
@@ -88,17 +90,27 @@ class Outbox:
 
     def put_many(self, messages: list[tuple[str, bytes, int]]) -> list[int]:
         """Store messages in one transaction, then drop the oldest beyond the bound."""
-        if not messages:
+        return self.store(messages)
+
+    def store(self, messages: list[tuple[str, bytes, int]], sent: bool = False,
+              acked: list[int] | None = None) -> list[int]:
+        """Delete acknowledged rows and store new messages in one transaction (the sender's
+        one write per wake-up; `sent`: they are handed to MQTT right after the commit), then
+        drop the oldest beyond the bound. Returns the new rows' ids."""
+        if not messages and not acked:
             return []
         now = time.time()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                removed = self._db.executemany(
+                    "DELETE FROM outbox WHERE id = ?", [(i,) for i in acked]
+                ).rowcount if acked else 0
                 ids = [int(self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                    (topic, payload, qos, now)).lastrowid or 0)
+                    "INSERT INTO outbox (topic, payload, qos, created, sent) "
+                    "VALUES (?, ?, ?, ?, ?)", (topic, payload, qos, now, int(sent))).lastrowid or 0)
                     for topic, payload, qos in messages]
-                excess = self._depth + len(messages) - self.max_messages
+                excess = self._depth - removed + len(messages) - self.max_messages
                 deleted = 0
                 if excess > 0:
                     deleted = self._db.execute(
@@ -114,7 +126,9 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._depth += len(messages) - deleted
+            self._depth += len(messages) - deleted - removed
+            self.acked += removed
+            self.last_id = max([self.last_id, *ids])
             if deleted:
                 if self.dropped == 0:
                     log.warning("outbox full (%d messages): dropping the oldest", self.max_messages)
@@ -142,16 +156,9 @@ class Outbox:
 
     def ack(self, ids: list[int]) -> int:
         """Delete acknowledged messages; ids already dropped are ignored."""
-        if not ids:
-            return 0
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            deleted = self._db.executemany("DELETE FROM outbox WHERE id = ?",
-                                           [(i,) for i in ids]).rowcount
-            self._db.execute("COMMIT")
-            self._depth -= deleted
-            self.acked += deleted
-        return deleted
+        acked = self.acked
+        self.store([], acked=ids)
+        return self.acked - acked
 
     def stats(self) -> dict[str, int]:
         return {"depth": self._depth, "max_messages": self.max_messages,

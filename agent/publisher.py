@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.config import MqttConfig
-from agent.outbox import Outbox
+from agent.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,8 @@ class Publisher:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
         self._acked_mids.append(mid)
-        self._wake.set()
+        if len(self._inflight) >= WINDOW:  # else applied at the next wake-up, with the outputs
+            self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         for topic_filter, handler in self._handlers.items():
@@ -311,7 +312,6 @@ class Publisher:
             self._wake.clear()
             try:
                 self._store_staged()
-                self._apply_acks()
                 if not self.connected:
                     continue
                 self._after_reconnect()
@@ -326,27 +326,41 @@ class Publisher:
                 log.exception("outbox sender: retrying")
                 time.sleep(0.5)
         self._store_staged()
-        self._apply_acks()
 
     def _store_staged(self) -> None:
+        """One transaction per wake-up: what is staged is stored and what was acknowledged is
+        deleted. Where nothing older waits to be sent and the window has room, the new rows
+        are stored as sent and handed to MQTT from memory (a frame's outputs cost one write,
+        not an insert, a read, a mark and a delete)."""
         assert self.outbox is not None
         batch = []
         while self._staged:
             batch.append(self._staged.popleft())
+        acked = self._take_acked()
+        direct = (bool(batch) and self.connected and not self._taken_back
+                  and self._cursor >= self.outbox.last_id
+                  and len(self._inflight) + len(batch) <= WINDOW)
         try:
-            self.outbox.put_many(batch)
+            ids = self.outbox.store(batch, sent=direct, acked=acked)
         except BaseException:
             self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
             raise
+        if direct:
+            self._hand_over([Message(i, topic, data, qos, False)
+                             for i, (topic, data, qos) in zip(ids, batch, strict=True)])
 
-    def _apply_acks(self) -> None:
-        assert self.outbox is not None
+    def _take_acked(self) -> list[int]:
+        """The outbox rows of the PUBACKs received since the last wake-up."""
         rows = []
         while self._acked_mids:
             row = self._inflight.pop(self._acked_mids.popleft(), None)
             if row is not None:
                 rows.append(row)
-        self.outbox.ack(rows)
+        return rows
+
+    def _apply_acks(self) -> None:
+        assert self.outbox is not None
+        self.outbox.ack(self._take_acked())
 
     def _after_reconnect(self) -> None:
         """Forget what was in flight before the reconnect (paho no longer holds it): the rows
@@ -371,11 +385,16 @@ class Publisher:
         process before a reconnect, or by an earlier one) go out marked."""
         assert self.outbox is not None
         room = WINDOW - len(self._inflight)
-        if room <= 0:
+        if room <= 0 or self._cursor >= self.outbox.last_id:
             return
         busy = set(self._inflight.values())
         batch = [m for m in self.outbox.after(self._cursor, room) if m.id not in busy]
         self.outbox.mark_sent([m.id for m in batch if not m.sent])
+        self._hand_over(batch)
+        if self._acked_mids and len(self._inflight) >= WINDOW:
+            self._wake.set()
+
+    def _hand_over(self, batch: list[Message]) -> None:
         for message in batch:
             payload = mark_possible_duplicate(message.payload) if message.sent \
                 else message.payload
@@ -388,8 +407,6 @@ class Publisher:
                 return
             self._inflight[info.mid] = message.id
             self._cursor = max(self._cursor, message.id)
-        if self._acked_mids:
-            self._wake.set()
 
     # -- state and shutdown --------------------------------------------------------------------
     @property

@@ -23,7 +23,8 @@ Writes benchmarks/results/selection.md. Everything is measured on this machine:
 2. synthetic profiles (random pairwise and per-subset figures, random costs): mean expected
    agreement per policy, and selection time for k = 8, 16, 32;
 3. the agent's own time per frame (links, ensembles, payloads, JSON) against the executed
-   models' inference time, on both workloads, with the per-model watchdog thread and without.
+   models' inference time, on both workloads, with the watchdog's runner thread and without,
+   and with every output published as the service does (durable outbox, a local Mosquitto).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +46,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.broker import BrokerUnavailable, LocalBroker  # noqa: E402
 from agent.config import AgentConfig, load_config  # noqa: E402
 from agent.costs import Cost  # noqa: E402
-from agent.publisher import dumps  # noqa: E402
+from agent.outbox import Outbox  # noqa: E402
+from agent.publisher import Publisher, dumps  # noqa: E402
 from agent.scheduler import Agent  # noqa: E402
 from agent.selection import POLICIES, Problem, SelectionError, get_policy  # noqa: E402
 from links_tflite.agreement import mean_agreement  # noqa: E402
@@ -273,32 +277,61 @@ def count_model_cpu(agent: Agent) -> list[float]:
     return box
 
 
-def overhead_pass(agent: Agent, frames: list, model_cpu: list[float]) -> PassTimes:
-    """One pass of the frames: the executed models' time and the agent's own, per frame."""
+def overhead_pass(agent: Agent, frames: list, model_cpu: list[float],
+                  publisher: Publisher | None = None) -> PassTimes:
+    """One pass of the frames: the executed models' time and the agent's own, per frame. With
+    a publisher every output goes through it (outbox, MQTT) and the pass ends when the broker
+    has acknowledged them all, so the sender's and paho's threads are counted."""
     model_ms = agent_ms = 0.0
     model_cpu[0] = 0.0
-    cpu_start = time.process_time()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     for frame in frames:
         start = time.perf_counter()
         payloads = agent.process(frame)
         for payload in payloads:
-            dumps(payload)
+            if publisher is None:
+                dumps(payload)
+            else:
+                publisher.publish(publisher.topics.output(str(payload["model"])), payload)
         agent_ms += (time.perf_counter() - start) * 1e3
         model_ms += sum(float(p["latency_ms"]) for p in payloads
                         if p["provenance"] == "executed")
+    if publisher is not None:
+        if not publisher.drain(60.0):
+            raise RuntimeError("the broker did not acknowledge every output within 60 s")
+        agent_ms = (time.perf_counter() - wall_start) * 1e3
     cpu_ms, models_cpu_ms = (time.process_time() - cpu_start) * 1e3, model_cpu[0] * 1e3
     n = len(frames)
     return PassTimes(model_ms / n, (agent_ms - model_ms) / n, models_cpu_ms / n,
                      (cpu_ms - models_cpu_ms) / n)
 
 
+OVERHEAD_MODES = (  # label, timeout_ms, publishing
+    ("runner thread, timeout 5 s", 5000.0, False),
+    ("inline (timeout 0)", 0.0, False),
+    ("runner thread, publishing (outbox, Mosquitto)", 5000.0, True),
+)
+
+
+def open_publisher(config: AgentConfig, broker: LocalBroker, work: Path) -> Publisher:
+    mqtt = config.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker.port})
+    publisher = Publisher(mqtt, config.device_id, Outbox(work / "outbox.sqlite"))
+    publisher.connect(10.0)
+    return publisher
+
+
 def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
-                  passes: int = 3) -> list[str]:
+                  broker: LocalBroker | None, passes: int = 3) -> list[str]:
     """Agent time beside the executed models' time at a memory budget of 2/3, with the
-    watchdog (the runner thread) and inline; the median of `passes` passes (the box is shared)."""
+    watchdog (the runner thread), inline, and with the watchdog publishing every output as
+    the service does; the median of `passes` passes (the box is shared)."""
     rows = []
-    for label, timeout_ms in (("runner thread, timeout 5 s", 5000.0), ("inline (timeout 0)", 0.0)):
-        agent = Agent(benchmark_config(build, timeout_ms))
+    for label, timeout_ms, publishing in OVERHEAD_MODES:
+        if publishing and broker is None:
+            rows.append(f"| {label} | not measured: no Mosquitto here |" + " |" * 6)
+            continue
+        config = benchmark_config(build, timeout_ms)
+        agent = Agent(config)
         frames = list(itertools.islice(agent.source.frames(), frames_n))
         agent.measure(frames[0])
         total = sum(c.get("memory_mb") for c in agent.model_costs.values())
@@ -306,8 +339,17 @@ def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
         model_cpu = count_model_cpu(agent)
         for frame in frames[:20]:  # warm-up
             agent.process(frame)
-        results = sorted((overhead_pass(agent, frames, model_cpu) for _ in range(passes)),
-                         key=lambda r: r.agent_cpu / r.models_cpu)
+        with tempfile.TemporaryDirectory() as work:
+            publisher = open_publisher(config, broker, Path(work)) if publishing and broker \
+                else None
+            try:
+                results = sorted((overhead_pass(agent, frames, model_cpu, publisher)
+                                  for _ in range(passes)),
+                                 key=lambda r: r.agent_cpu / r.models_cpu)
+            finally:
+                if publisher is not None:
+                    publisher.close(10.0)
+        agent.close()
         t = results[len(results) // 2]
         active = ", ".join(sorted(agent.selection.active)) if agent.selection else ""
         rows.append(f"| {label} | {active} | {t.models_cpu:.4f} | {t.agent_cpu:.4f} | "
@@ -328,11 +370,20 @@ def overhead_section(builds: dict[str, Path], frames_n: int, findings: Findings)
              "CPU: agent / models | models wall ms/frame | agent wall ms/frame | "
              "wall: agent / models |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, build in builds.items():
-        if not (build / "bundle" / "manifest.json").is_file():
-            lines.append(f"| {name} | not built: see this script's docstring |" + " |" * 7)
-            continue
-        lines += [f"| {name} " + row for row in overhead_rows(build, frames_n, findings, name)]
+    try:
+        broker: LocalBroker | None = LocalBroker().start()
+    except BrokerUnavailable:
+        broker = None
+    try:
+        for name, build in builds.items():
+            if not (build / "bundle" / "manifest.json").is_file():
+                lines.append(f"| {name} | not built: see this script's docstring |" + " |" * 7)
+                continue
+            lines += [f"| {name} " + row
+                      for row in overhead_rows(build, frames_n, findings, name, broker)]
+    finally:
+        if broker is not None:
+            broker.stop()
     return lines
 
 
