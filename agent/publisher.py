@@ -337,7 +337,7 @@ class Publisher:
         while self._staged:
             batch.append(self._staged.popleft())
         acked = self._take_acked()
-        direct = (bool(batch) and self.connected and not self._taken_back
+        direct = (bool(batch) and self.connected and not self._closing and not self._taken_back
                   and self._cursor >= self.outbox.last_id
                   and len(self._inflight) + len(batch) <= WINDOW)
         try:
