@@ -40,6 +40,34 @@ def _publisher(port: int, outbox_path: Path) -> Publisher:
     return publisher
 
 
+def test_steady_outputs_cost_one_transaction_per_wake_up(persistent_broker,
+                                                          tmp_path: Path) -> None:
+    """While the broker keeps up, each batch is stored as sent and published from memory,
+    and acknowledged rows go in the next batch's transaction: the outbox is never read back
+    or marked row by row, every output arrives once, unmarked, and none is left on disk."""
+    topic = "mlink/box/models/steady/output"
+    subscriber = Subscriber(persistent_broker.port, topic, client_id="steady-sub")
+    publisher = _publisher(persistent_broker.port, tmp_path / "outbox.sqlite")
+    assert publisher.outbox is not None
+    calls: list[str] = []
+    for name in ("after", "mark_sent"):
+        method = getattr(publisher.outbox, name)
+        setattr(publisher.outbox, name,
+                lambda *a, _m=method, _n=name: (calls.append(_n), _m(*a))[1])
+    publisher.connect()
+    for frame in range(20):
+        for i in range(5):
+            publisher.publish(topic, {"i": frame * 5 + i})
+        time.sleep(0.01)
+    assert subscriber.wait_for(100) == set(range(100))
+    assert publisher.drain(10) and publisher.pending == 0
+    assert calls == []
+    assert len(subscriber.settled()) == 100 and len(subscriber.payloads) == 100
+    assert not any(POSSIBLE_DUPLICATE in p for p in subscriber.payloads)
+    assert publisher.close(5)
+    subscriber.stop()
+
+
 def test_outputs_published_during_an_outage_arrive_after_reconnect(persistent_broker,
                                                                     tmp_path: Path) -> None:
     topic = "mlink/box/models/m/output"
