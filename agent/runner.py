@@ -26,11 +26,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# How long a caller waits before looking again when no call has announced a deadline yet
-# (the batch's bookkeeping between model calls): a bound, not a per-frame wake-up.
-IDLE_WAIT_S = 1.0
-
-
 class Abandoned(BaseException):
     """Raised in an abandoned runner's thread once its hung call returns (BaseException, so
     that the agent's `except Exception` around model calls lets it through)."""
@@ -90,7 +85,9 @@ class Runner:
     def run(self, job: Callable[[], T], wait_s: float) -> T:
         """`job()` on the runner's thread. Raises ModelFailure('timeout') naming the model
         (`hung_on`) whose guarded call outlived its deadline; the runner is then hung.
-        `wait_s`: how long to wait before looking again while no call is guarded."""
+        `wait_s`: how long to wait before looking again while no call is guarded (the
+        batch's own work between calls): the shortest timeout in the batch, so a hang is seen
+        within twice its timeout, and a frame that goes well wakes the caller once."""
         if self.hung:
             raise RuntimeError(f"runner {self.name} is hung")
         self._done.clear()

@@ -80,8 +80,8 @@ class Counters:
 @dataclass
 class Overhead:
     """The agent's own time, measured on the box: the loop's wall time (processing frames and
-    publishing their outputs) less the executed models' inference. The design's target is a
-    few percent of the models' time; this is how a box shows whether it holds there."""
+    publishing their outputs) less the executed models' inference. The target is under 5%
+    of the models' time; this is how a box shows whether it holds there."""
 
     frames: int = 0
     loop_ms: float = 0.0  # in `process`
