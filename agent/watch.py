@@ -103,12 +103,14 @@ class Watch:
         selection = status.get("selection") or {}
         outbox = status.get("outbox") or {}
         rss = status.get("rss_mb")
+        own = (status.get("overhead") or {}).get("agent_ms_per_frame")
         return (f"{device}  [{entry.get('availability')}] {status.get('state', '?')}  "
                 f"{status.get('fps', 0.0):.1f} fps  frames {status.get('frames', 0)}  "
                 f"policy {selection.get('policy', '?')}  "
                 f"active {','.join(selection.get('active', [])) or '-'}  "
                 f"expected agreement {selection.get('expected_agreement', 0.0):.3f}  "
                 f"rss {'?' if rss is None else f'{rss:.1f} MB'}  "
+                f"agent {'?' if own is None else f'{own:.2f} ms'}/frame  "
                 f"outbox {status.get('outbox_depth', 0)} (dropped {outbox.get('dropped', 0)})  "
                 f"config v{status.get('config_version', 0)}")
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -271,6 +272,7 @@ def test_bundle_push_swaps_atomically_and_refuses_a_corrupted_one(digits_build, 
              DEVICE, "--duration", "2"], capture_output=True, text=True, timeout=60, check=True)
         lines = view.stdout.splitlines()
         assert lines[0].startswith(f"{DEVICE}  [online] running") and "fps" in lines[0]
+        assert re.search(r" agent \d+\.\d\d ms/frame ", lines[0]), lines[0]
         rows = {line.split()[0]: line.split() for line in lines[2:] if line.strip()}
         assert set(rows) == {"digit", "parity", "inkbox"}, view.stdout
         assert {row[1] for row in rows.values()} <= {"executed", "predicted"}
