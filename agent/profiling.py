@@ -56,13 +56,14 @@ class OnlineAgreement:
 
     def score_frame(self, spec: TaskSpec, target: str, exact: np.ndarray,
                     link_outputs: Mapping[str, np.ndarray], weights: Mapping[str, float],
-                    subsets: Iterable[frozenset[str]], pooling: str = "") -> None:
+                    subsets: Iterable[frozenset[str]], pooling: str = "",
+                    min_share: float = 0.0) -> None:
         """One profiling frame: the ensemble of each subset against the exact output, the
-        ensemble combining the links' (activated) outputs with the weights and pooling the
-        agent predicts with (`EnsemblePredictor.weights`)."""
+        ensemble combining the links' (activated) outputs with the weights, pooling and
+        `min_share` the agent predicts with (`EnsemblePredictor.weights`, `.min_share`)."""
         for subset in subsets:
             prediction = combine_outputs(spec, weights, {s: link_outputs[s] for s in subset},
-                                         pooling)
+                                         pooling, min_share)
             self.add(target, subset, mean_agreement(spec, prediction, exact))
 
     def profile(self, base: Profile) -> Profile:

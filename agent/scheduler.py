@@ -467,6 +467,7 @@ class Agent:
             budget=budget,
             unavailable=frozenset(m for m in self.models if self._health(m).failed),
             ensembles={t: self.ensembles.weights(t) for t in self.models},
+            min_shares={t: self.ensembles.min_share(t) for t in self.models},
         )
 
     def select(self, policy: str | None = None) -> Selection:
@@ -581,7 +582,7 @@ class Agent:
             subsets = subsets_to_score(sorted(link_outputs), self.selection.active,
                                        prof.online_subsets_max_sources)
             self.online.score_frame(spec, target, exact, link_outputs, weights, subsets,
-                                    pooling)
+                                    pooling, self.ensembles.min_share(target))
 
     # -- per frame -------------------------------------------------------------------------
     def _payload(self, frame: Frame, model_id: str, value: np.ndarray, provenance: str,

@@ -4,7 +4,8 @@ Objective (DESIGN): maximise (1/k)(|A| + sum_{j not in A} p_j(h_{A,j})) subject 
 budgeted resource, sum_{i in A} c(f_i) + sum_{j not in A} c(h_{A,j}) <= B. The cost of an
 ensemble h_{A,j} is the sum of the costs of the links it reads from the activated sources
 (`links_tflite.ensemble.contributing_sources`: the heaviest alone for a sequence target,
-those with a positive weight otherwise), given by `Problem.ensembles`; without it, all.
+those with a positive weight otherwise, less those under the ensemble's `min_share` of the
+present weight), given by `Problem.ensembles` and `min_shares`; without it, all.
 
 Policies are small classes behind one interface, registered by name:
 - `activation`: the paper's rule. P_i = (1 + P1_i - P2_i) / (w c_i), w = 2 / min c, where P1_i
@@ -68,6 +69,8 @@ class Problem:
     unavailable: frozenset[str] = frozenset()  # failed models: never activated, still predicted
     # target -> (per-source weights, pooling): which links its ensemble reads
     ensembles: dict[str, tuple[dict[str, float], str]] = field(default_factory=dict)
+    # target -> the share of the present weight under which a source is not read (0: none)
+    min_shares: dict[str, float] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -84,7 +87,7 @@ class Problem:
         if target not in self.ensembles:
             return linked
         weights, pooling = self.ensembles[target]
-        return contributing_sources(pooling, weights, linked)
+        return contributing_sources(pooling, weights, linked, self.min_shares.get(target, 0.0))
 
     def use(self, active: frozenset[str], with_links: bool = True) -> dict[str, float]:
         """What the activated set costs in each resource, links for the others included."""
@@ -267,6 +270,7 @@ def _ensemble_reader(problem: Problem, target: str, index: dict[str, int]) -> Re
     candidate has a link into it: the cost of the links its ensemble reads from each row's
     set (as `Problem.ensemble_sources`). Only for targets in `Problem.ensembles`."""
     weights, pooling = problem.ensembles[target]
+    min_share = problem.min_shares.get(target, 0.0)
     if pooling == "heaviest_source":  # the linked present source that sorts first
         order = [index[s] for s in sorted(index, key=lambda s: (weights.get(s, 0.0), s),
                                           reverse=True)]
@@ -279,11 +283,17 @@ def _ensemble_reader(problem: Problem, target: str, index: dict[str, int]) -> Re
                 taken |= here
             return use
         return heaviest
-    positive = np.array([weights.get(s, 0.0) > 0 for s in index], dtype=np.float64)
+    weight = np.array([max(weights.get(s, 0.0), 0.0) for s in index])
 
     def weighted(bits: np.ndarray, cost: np.ndarray, linked: np.ndarray) -> np.ndarray:
-        any_positive = bits @ (linked * positive) > 0
-        return np.where(any_positive, bits @ (cost * positive), bits @ cost)
+        present = bits * (linked * weight)  # rows: each linked source's weight, 0 if absent
+        total = present.sum(axis=1, keepdims=True)
+        reads = (present > 0) & (present >= min_share * total)
+        if min_share > 0:  # where the floor leaves none, the heaviest (contributing_sources)
+            heaviest = present.argmax(axis=1)
+            none = ~reads.any(axis=1) & (total[:, 0] > 0)
+            reads[none, heaviest[none]] = True
+        return np.where(total[:, 0] > 0, reads @ cost, bits @ cost)
     return weighted
 
 

@@ -85,6 +85,7 @@ class EnsembleEntry:
     sources: tuple[str, ...]
     weights: dict[str, float] = field(default_factory=dict)
     pooling: str = "mean"
+    min_share: float = 0.0  # a present source under this share of the weight is not read
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,7 @@ def _parse_ensembles(manifest: dict[str, Any],
                 sources=tuple(str(s) for s in raw.get("sources", ())),
                 weights={str(k): float(v) for k, v in raw.get("weights", {}).items()},
                 pooling=str(raw.get("pooling", "mean")),
+                min_share=float(raw.get("min_share", 0.0)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"{where}: missing or malformed field {exc}") from None
@@ -273,6 +275,8 @@ def _parse_ensembles(manifest: dict[str, Any],
         if entry.pooling not in POOLINGS:
             raise BundleError(f"{where}.pooling: {entry.pooling!r} is not one of "
                               f"{sorted(POOLINGS)}")
+        if not 0.0 <= entry.min_share <= 0.05:  # a negligible share: one source always reads
+            raise BundleError(f"{where}.min_share: must be in [0, 0.05], got {entry.min_share}")
         bad = [w for w in entry.weights.values() if not (w >= 0.0 and w < float("inf"))]
         if bad:
             raise BundleError(f"{where}.weights: weights must be finite and >= 0, got {bad}")

@@ -20,8 +20,11 @@ pairwise agreements as the weights and the plain weighted mean.
 `combine_outputs` is the one implementation: the trainer's profile measures the ensemble
 through it, so the per-subset table describes exactly what ships. `contributing_sources`
 says which present sources it reads (the heaviest alone for `heaviest_source`; those with a
-positive weight otherwise, all of them where none has one): only their links are loaded, run
-and charged to the budget, which changes no prediction.
+positive weight otherwise, all of them where none has one, less those under the ensemble's
+`min_share` of the present weight): only their links are loaded, run and charged to the
+budget. A zero weight adds nothing, so that changes no prediction; `min_share` (1% from the
+trainer, 0 for older bundles) changes it by less than that share, and the profile is measured
+with it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ POOLING = {
     "sequence": "heaviest_source",
 }
 EPS = 1e-6
+# What the trainer writes as an ensemble's `min_share`: a present source with less than 1% of
+# the present sources' weight is not read (its link is neither loaded nor run nor charged).
+MIN_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -173,27 +179,35 @@ def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.nd
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
-def contributing_sources(pooling: str, weights: Mapping[str, float],
-                         present: Iterable[str]) -> list[str]:
-    """The present sources whose outputs the pooling reads (see `combine_outputs`), sorted."""
+def contributing_sources(pooling: str, weights: Mapping[str, float], present: Iterable[str],
+                         min_share: float = 0.0) -> list[str]:
+    """The present sources whose outputs the pooling reads (see `combine_outputs`), sorted:
+    the heaviest for `heaviest_source`; else those with a positive weight (all of them where
+    none has one), less those under `min_share` of the present sources' total weight."""
     sources = sorted(present)
     if pooling == "heaviest_source":
         return [max(sources, key=lambda s: (weights.get(s, 0.0), s))] if sources else []
     weighted = [s for s in sources if weights.get(s, 0.0) > 0]
-    return weighted or sources  # where no weight is positive, `normalised` weighs all equally
+    if not weighted:
+        return sources  # where no weight is positive, `normalised` weighs all equally
+    floor = min_share * sum(weights[s] for s in weighted)
+    return [s for s in weighted if weights[s] >= floor] or [
+        max(weighted, key=lambda s: (weights[s], s))]
 
 
 def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
-                    outputs: Mapping[str, np.ndarray], pooling: str = "") -> np.ndarray:
-    """The ensemble over the sources present in `outputs` (batch or single frame)."""
-    sources = sorted(outputs)
-    if not sources:
+                    outputs: Mapping[str, np.ndarray], pooling: str = "",
+                    min_share: float = 0.0) -> np.ndarray:
+    """The ensemble over the sources present in `outputs` (batch or single frame), reading
+    those `contributing_sources` names: with `min_share` 0 the same as pooling them all, since
+    a zero weight adds nothing."""
+    if not outputs:
         raise ValueError("an ensemble needs at least one source output")
     pooling = pooling or POOLING[spec.kind]
+    reads = contributing_sources(pooling, weights, outputs, min_share)
     if pooling == "heaviest_source":
-        best = max(sources, key=lambda s: (weights.get(s, 0.0), s))
-        return np.asarray(outputs[best], dtype=np.float32)
-    return pool(pooling, [outputs[s] for s in sources], [weights.get(s, 0.0) for s in sources])
+        return np.asarray(outputs[reads[0]], dtype=np.float32)
+    return pool(pooling, [outputs[s] for s in reads], [weights.get(s, 0.0) for s in reads])
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,7 @@ class Plan:
     sources: frozenset[str]  # every source with a link into the target
     weights: dict[str, float]
     pooling: str
+    min_share: float = 0.0
     readings: dict[frozenset[str], Reading] = field(default_factory=dict)  # by present set
 
 
@@ -236,6 +251,11 @@ class EnsemblePredictor:
         return {link.source: profile.link_agreement(link.source, target)
                 for link in self.bundle.links_into(target)}, pooling
 
+    def min_share(self, target: str) -> float:
+        """Under this share of the present sources' weight a source is not read (0: all)."""
+        entry = self.bundle.ensembles.get(target)
+        return entry.min_share if entry is not None and entry.method == LEARNED else 0.0
+
     def needed_links(self, active: Iterable[str], targets: Iterable[str]) -> list[LinkEntry]:
         """The links from the activated sources that each target's ensemble reads."""
         active_set = set(active)
@@ -244,7 +264,8 @@ class EnsemblePredictor:
             links = {link.source: link for link in self.bundle.links_into(target)
                      if link.source in active_set}
             weights, pooling = self.weights(target)
-            needed += [links[s] for s in contributing_sources(pooling, weights, links)]
+            needed += [links[s] for s in contributing_sources(pooling, weights, links,
+                                                              self.min_share(target))]
         return needed
 
     def prepare(self, active: Iterable[str], targets: Iterable[str]) -> None:
@@ -271,7 +292,8 @@ class EnsemblePredictor:
             links = self.bundle.links_into(target)
             self._plans[target] = Plan(
                 {link.source: link for link in links if link.name in self._runners},
-                frozenset(link.source for link in links), *self.weights(target))
+                frozenset(link.source for link in links), *self.weights(target),
+                self.min_share(target))
         return self._plans[target]
 
     def _reading(self, plan: Plan, present: frozenset[str]) -> Reading:
@@ -281,7 +303,7 @@ class EnsemblePredictor:
             loaded = {s: link for s, link in plan.loaded.items() if s in present}
             if not loaded:
                 raise LookupError(f"no loaded link predicts from {sorted(present)}")
-            reads = contributing_sources(plan.pooling, plan.weights, loaded)
+            reads = contributing_sources(plan.pooling, plan.weights, loaded, plan.min_share)
             plan.readings[present] = Reading(
                 tuple((s, self._runners[loaded[s].name]) for s in reads),
                 tuple(sorted(plan.sources.intersection(present))),

@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import PROFILE, Profile, link_name, write_manifest
-from links_tflite.ensemble import LEARNED, POOLING, combine_outputs, open_link_files
+from links_tflite.ensemble import (
+    LEARNED,
+    MIN_SHARE,
+    POOLING,
+    combine_outputs,
+    open_link_files,
+)
 from links_tflite.recording import Recording, RecordingError
 from offline_trainer.ensembles import fit_source_weights, profiled_subsets, subset_case
 from offline_trainer.export import export_link
@@ -136,7 +142,8 @@ def profile_ensembles(recording: Recording, results: list[LinkResult], held_out:
         table[target], details[target] = {}, {}
         for subset in subsets:
             predicted = combine_outputs(recording.tasks[target], weights[target],
-                                        {s: into[s].held_out_outputs for s in subset})
+                                        {s: into[s].held_out_outputs for s in subset},
+                                        min_share=MIN_SHARE)
             value = mean_agreement(recording.tasks[target], predicted,
                                    recording.outputs[target][held_out])
             best = max(pairwise[target][s] for s in subset)
@@ -179,7 +186,8 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
             ],
             "ensembles": [
                 {"target": m, "method": LEARNED, "pooling": POOLING[recording.tasks[m].kind],
-                 "sources": sorted(report.weights[m]), "weights": report.weights[m]}
+                 "sources": sorted(report.weights[m]), "weights": report.weights[m],
+                 "min_share": MIN_SHARE}
                 for m in recording.models
             ],
             "profile": PROFILE,

@@ -23,6 +23,18 @@ def rewrite(root: Path, change: dict) -> Path:
     return root
 
 
+def test_min_share_loads_and_is_checked(tmp_path: Path) -> None:
+    entry = {"target": "b", "method": LEARNED, "pooling": "mean", "sources": ["a"],
+             "weights": {"a": 1.0}}
+    old = load_bundle(rewrite(make_bundle(tmp_path / "old"), {"ensembles": [entry]}))
+    assert EnsemblePredictor(old).min_share("b") == 0.0  # bundles from before it read all
+    root = rewrite(make_bundle(tmp_path / "b"), {"ensembles": [{**entry, "min_share": 0.01}]})
+    assert EnsemblePredictor(load_bundle(root)).min_share("b") == 0.01
+    rewrite(root, {"ensembles": [{**entry, "min_share": 0.5}]})
+    with pytest.raises(BundleError, match=r"ensembles\[0\]\.min_share: must be in \[0, 0.05\]"):
+        load_bundle(root)
+
+
 def test_skeleton_bundle_uses_agreement_weights(tmp_path: Path) -> None:
     bundle = load_bundle(make_bundle(tmp_path / "b"))
     assert bundle.ensembles == {}

@@ -8,7 +8,14 @@ import pytest
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import load_bundle
-from links_tflite.ensemble import LEARNED, EnsemblePredictor, combine_outputs, open_link
+from links_tflite.ensemble import (
+    LEARNED,
+    MIN_SHARE,
+    EnsemblePredictor,
+    combine_outputs,
+    contributing_sources,
+    open_link,
+)
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec, link_output
 from offline_trainer.ensembles import fit_source_weights, profiled_subsets, random_masks
@@ -33,6 +40,24 @@ def test_learned_weights_favour_the_better_source() -> None:
     np.testing.assert_allclose(only_noise, noise, rtol=1e-5)
     both = combine_outputs(spec, weights, {"good": good, "noise": noise})
     assert mean_agreement(spec, both, exact) >= mean_agreement(spec, good, exact) - TOLERANCE
+
+
+def test_a_negligible_share_of_the_present_weight_is_not_read() -> None:
+    """The weights persons' ensemble learned in a city bundle: vehicle_box's share beside
+    caption is 0.03%, not read; beside vehicles alone it is 0.8%, still not; alone, read."""
+    weights = {"caption": 0.958, "vehicle_box": 0.0003, "vehicles": 0.039}
+    assert contributing_sources("mean", weights, weights, MIN_SHARE) == ["caption", "vehicles"]
+    assert contributing_sources("mean", weights, ["vehicle_box", "vehicles"], MIN_SHARE) \
+        == ["vehicles"]
+    assert contributing_sources("mean", weights, ["vehicle_box"], MIN_SHARE) == ["vehicle_box"]
+    assert contributing_sources("mean", weights, weights) == sorted(weights)
+    rng = np.random.default_rng(0)
+    outputs = {s: rng.random((6, 3)) for s in weights}
+    spec = TaskSpec("regression", 3)
+    read = combine_outputs(spec, weights, {s: outputs[s] for s in ("caption", "vehicles")})
+    np.testing.assert_array_equal(combine_outputs(spec, weights, outputs, "mean", MIN_SHARE),
+                                  read)
+    assert not np.array_equal(combine_outputs(spec, weights, outputs), read)
 
 
 def test_sequence_targets_take_the_heaviest_present_source() -> None:
@@ -157,6 +182,7 @@ def test_profile_is_measured_with_the_shipped_ensemble(digits_build) -> None:
     _, held_out = split_rows(len(recording), bundle.manifest["train_fraction"],
                              bundle.manifest["seed"])
     assert {e.method for e in bundle.ensembles.values()} == {LEARNED}
+    assert {e.min_share for e in bundle.ensembles.values()} == {MIN_SHARE}
     predictor = EnsemblePredictor(bundle)
     for target in bundle.models:
         sources = tuple(bundle.ensembles[target].sources)

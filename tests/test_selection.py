@@ -89,23 +89,28 @@ def test_standalone_and_all() -> None:
 
 
 def random_ensembles(rng: np.random.Generator, models: tuple[str, ...]
-                     ) -> dict[str, tuple[dict[str, float], str]]:
+                     ) -> tuple[dict[str, tuple[dict[str, float], str]], dict[str, float]]:
     """Per target, at random: a sequence ensemble (reads the heaviest source), a weighted one
-    with some zero weights (reads the others), or none given (reads every source)."""
-    ensembles = {}
+    with some zero weights (reads the others) and perhaps a `min_share` (skips the sources
+    with less of the present weight; weights cubed, so that some are that small), or none
+    given (reads every source)."""
+    ensembles, min_shares = {}, {}
     for target in models:
         kind = rng.integers(3)
         if kind == 2:
             continue
-        weights = {s: float(rng.random()) * (kind == 0 or rng.random() < 0.6)
+        weights = {s: float(rng.random()) ** 3 * (kind == 0 or rng.random() < 0.6)
                    for s in models if s != target}
         ensembles[target] = (weights, "heaviest_source" if kind == 0 else "mean")
-    return ensembles
+        if rng.random() < 0.5:
+            min_shares[target] = 0.05
+    return ensembles, min_shares
 
 
 def random_problem(rng: np.random.Generator, k: int) -> Problem:
     models = tuple(f"m{i}" for i in range(k))
     pairwise = {t: {s: float(rng.random()) for s in models if s != t} for t in models}
+    ensembles, min_shares = random_ensembles(rng, models)
     return Problem(
         models=models,
         model_costs={m: Cost(float(rng.uniform(0.5, 10)), float(rng.uniform(0.1, 5)))
@@ -114,7 +119,8 @@ def random_problem(rng: np.random.Generator, k: int) -> Problem:
                     for s, t in itertools.permutations(models, 2)},
         profile=Profile(pairwise=pairwise, ensembles={}),
         budget={"memory_mb": float(rng.uniform(3, 30)), "delay_ms": float(rng.uniform(2, 12))},
-        ensembles=random_ensembles(rng, models),
+        ensembles=ensembles,
+        min_shares=min_shares,
     )
 
 
@@ -138,6 +144,16 @@ def test_an_ensemble_is_charged_for_the_links_it_reads() -> None:
     assert problem.ensemble_sources(frozenset("ab"), "d") == ["b"]
     # {a, b}: d reads b (0.2), c reads b (0.2); no ensemble given for nothing else predicted
     assert problem.use(frozenset("ab"))["memory_mb"] == pytest.approx(2.0 + 0.2 + 0.2)
+
+    # with a min_share of 5%, relative to the sources present: d is not read beside b (0.008
+    # of 1.108), but is beside a alone (0.008 of 0.108)
+    shares = Problem(**{**problem.__dict__, "ensembles": {
+        "c": ({"a": 0.1, "b": 1.0, "d": 0.008}, "mean")}, "min_shares": {"c": 0.05}})
+    assert shares.ensemble_sources(frozenset("abd"), "c") == ["a", "b"]
+    assert shares.ensemble_sources(frozenset("bd"), "c") == ["b"]
+    assert shares.ensemble_sources(frozenset("ad"), "c") == ["a", "d"]
+    assert shares.ensemble_sources(frozenset("d"), "c") == ["d"]
+    assert shares.use(frozenset("abd"))["memory_mb"] == pytest.approx(3.0 + 0.1 + 0.2)
 
 
 @pytest.mark.parametrize("policy", sorted(set(POLICIES) - {"all"}))
@@ -250,7 +266,7 @@ def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.Mo
         links = {(s, t): c for (s, t), c in base.link_costs.items() if s in profile.pairwise[t]}
         budget = base.budget if trial % 3 else {"memory_mb": base.budget["memory_mb"]}
         problem = Problem(base.models, base.model_costs, links, profile, budget, unavailable,
-                          base.ensembles)
+                          base.ensembles, base.min_shares)
         optimum = brute_force(problem)
         if optimum < 0:
             with pytest.raises(SelectionError):
@@ -286,3 +302,28 @@ def test_exact_refuses_too_many_models_clearly() -> None:
     with pytest.raises(SelectionError, match="limited to k <="):
         get_policy("exact").select(big)
     assert get_policy("activation").select(big).active  # the paper's rule still answers
+
+
+def test_exacts_link_cost_term_reads_what_the_ensembles_read() -> None:
+    """The vectorised cost of each target's ensemble, for every subset at once, is the cost
+    of the links `Problem.ensemble_sources` names (heaviest, positive weights, min_share)."""
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(60):
+        problem = random_problem(rng, int(rng.integers(3, 7)))
+        index = {m: i for i, m in enumerate(problem.models)}
+        masks = np.arange(1, 1 << len(index))
+        bits = ((masks[:, None] >> np.arange(len(index))) & 1).astype(np.float64)
+        for target in problem.ensembles:
+            cost = np.array([problem.link_costs[(s, target)].memory_mb if s != target else 0.0
+                             for s in index])
+            linked = np.array([float(s != target) for s in index])
+            vectorised = selection_module._ensemble_reader(problem, target, index)(
+                bits, cost, linked)
+            for row, mask in enumerate(masks):
+                active = frozenset(m for m, i in index.items() if mask >> i & 1) - {target}
+                expected = sum(problem.link_costs[(s, target)].memory_mb
+                               for s in problem.ensemble_sources(active, target))
+                assert vectorised[row] == pytest.approx(expected), (target, sorted(active))
+                checked += 1
+    assert checked > 1000
