@@ -165,7 +165,10 @@ def box_vote(outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
 def pool(pooling: str, outputs: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Combine activated link outputs with weights renormalised over them (see POOLING).
     The outputs are stacked once (sources first), so a frame costs a few array operations
-    whatever the number of sources: this runs per frame on the box."""
+    whatever the number of sources: this runs per frame on the box. `heaviest_source` is
+    given the one output it reads (`contributing_sources`)."""
+    if pooling == "heaviest_source":
+        return np.asarray(outputs[0], dtype=np.float32)
     if pooling == "mean":
         return combine(outputs, weights)
     if pooling == "box_vote":
@@ -205,8 +208,6 @@ def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
         raise ValueError("an ensemble needs at least one source output")
     pooling = pooling or POOLING[spec.kind]
     reads = contributing_sources(pooling, weights, outputs, min_share)
-    if pooling == "heaviest_source":
-        return np.asarray(outputs[reads[0]], dtype=np.float32)
     return pool(pooling, [outputs[s] for s in reads], [weights.get(s, 0.0) for s in reads])
 
 
@@ -296,13 +297,13 @@ class EnsemblePredictor:
                 self.min_share(target))
         return self._plans[target]
 
-    def _reading(self, plan: Plan, present: frozenset[str]) -> Reading:
+    def _reading(self, target: str, plan: Plan, present: frozenset[str]) -> Reading:
         """The links to run for these present sources: worked out once per set, since the
         same sources are present frame after frame."""
         if present not in plan.readings:
             loaded = {s: link for s, link in plan.loaded.items() if s in present}
             if not loaded:
-                raise LookupError(f"no loaded link predicts from {sorted(present)}")
+                raise LookupError(f"no loaded link predicts {target!r} from {sorted(present)}")
             reads = contributing_sources(plan.pooling, plan.weights, loaded, plan.min_share)
             plan.readings[present] = Reading(
                 tuple((s, self._runners[loaded[s].name]) for s in reads),
@@ -315,17 +316,10 @@ class EnsemblePredictor:
         """Predict `target` from the outputs of whichever activated sources are present; its
         figure from `profile` (the agent's, online where measured), else the bundle's."""
         plan = self._plan(target)
-        try:
-            reading = self._reading(plan, frozenset(outputs))
-        except LookupError as exc:
-            raise LookupError(f"{target!r}: {exc}") from None
+        reading = self._reading(target, plan, frozenset(outputs))
         link_outputs = [runner.run_one(outputs[s]) for s, runner in reading.links]
-        if plan.pooling == "heaviest_source":
-            value = np.asarray(link_outputs[0], dtype=np.float32)
-        else:
-            value = pool(plan.pooling, link_outputs, reading.weights)
         return Prediction(
-            value=value,
+            value=pool(plan.pooling, link_outputs, reading.weights),
             sources=tuple(s for s, _ in reading.links),
             est_agreement=(profile or self.bundle.profile).ensemble_agreement(
                 target, frozenset(reading.present)),
