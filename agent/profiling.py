@@ -18,7 +18,7 @@ import numpy as np
 
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Profile
-from links_tflite.ensemble import combine_outputs
+from links_tflite.ensemble import EnsembleRule, combine_outputs
 from links_tflite.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,14 @@ class OnlineAgreement:
         return float(np.mean(samples))
 
     def score_frame(self, spec: TaskSpec, target: str, exact: np.ndarray,
-                    link_outputs: Mapping[str, np.ndarray], weights: Mapping[str, float],
-                    subsets: Iterable[frozenset[str]], pooling: str = "",
-                    min_share: float = 0.0) -> None:
+                    link_outputs: Mapping[str, np.ndarray], rule: EnsembleRule,
+                    subsets: Iterable[frozenset[str]]) -> None:
         """One profiling frame: the ensemble of each subset against the exact output, the
-        ensemble combining the links' (activated) outputs with the weights, pooling and
-        `min_share` the agent predicts with (`EnsemblePredictor.weights`, `.min_share`)."""
+        ensemble combining the links' (activated) outputs by the rule the agent predicts
+        with (`EnsemblePredictor.rule`)."""
         for subset in subsets:
-            prediction = combine_outputs(spec, weights, {s: link_outputs[s] for s in subset},
-                                         pooling, min_share)
+            prediction = combine_outputs(spec, rule.weights, {s: link_outputs[s] for s in subset},
+                                         rule.pooling, rule.min_share)
             self.add(target, subset, mean_agreement(spec, prediction, exact))
 
     def profile(self, base: Profile) -> Profile:

@@ -466,8 +466,7 @@ class Agent:
             profile=self.profile,
             budget=budget,
             unavailable=frozenset(m for m in self.models if self._health(m).failed),
-            ensembles={t: self.ensembles.weights(t) for t in self.models},
-            min_shares={t: self.ensembles.min_share(t) for t in self.models},
+            ensembles={t: self.ensembles.rule(t) for t in self.models},
         )
 
     def select(self, policy: str | None = None) -> Selection:
@@ -578,11 +577,10 @@ class Agent:
                 self._stats(link.name).add_delay((time.perf_counter() - start) * 1e3)
             if not link_outputs:
                 continue
-            weights, pooling = self.ensembles.weights(target)
             subsets = subsets_to_score(sorted(link_outputs), self.selection.active,
                                        prof.online_subsets_max_sources)
-            self.online.score_frame(spec, target, exact, link_outputs, weights, subsets,
-                                    pooling, self.ensembles.min_share(target))
+            self.online.score_frame(spec, target, exact, link_outputs,
+                                    self.ensembles.rule(target), subsets)
 
     # -- per frame -------------------------------------------------------------------------
     def _payload(self, frame: Frame, model_id: str, value: np.ndarray, provenance: str,

@@ -5,7 +5,7 @@ budgeted resource, sum_{i in A} c(f_i) + sum_{j not in A} c(h_{A,j}) <= B. The c
 ensemble h_{A,j} is the sum of the costs of the links it reads from the activated sources
 (`links_tflite.ensemble.contributing_sources`: the heaviest alone for a sequence target,
 those with a positive weight otherwise, less those under the ensemble's `min_share` of the
-present weight), given by `Problem.ensembles` and `min_shares`; without it, all.
+present weight), given by `Problem.ensembles`; without it, all.
 
 Policies are small classes behind one interface, registered by name:
 - `activation`: the paper's rule. P_i = (1 + P1_i - P2_i) / (w c_i), w = 2 / min c, where P1_i
@@ -46,7 +46,7 @@ import numpy as np
 
 from agent.costs import Cost
 from links_tflite.bundle import Profile
-from links_tflite.ensemble import contributing_sources
+from links_tflite.ensemble import EnsembleRule
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ class Problem:
     profile: Profile
     budget: dict[str, float] = field(default_factory=dict)  # resource -> limit
     unavailable: frozenset[str] = frozenset()  # failed models: never activated, still predicted
-    # target -> (per-source weights, pooling): which links its ensemble reads
-    ensembles: dict[str, tuple[dict[str, float], str]] = field(default_factory=dict)
-    # target -> the share of the present weight under which a source is not read (0: none)
-    min_shares: dict[str, float] = field(default_factory=dict)
+    # target -> its ensemble: which links it reads (every linked source where none given)
+    ensembles: dict[str, EnsembleRule] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -86,8 +84,7 @@ class Problem:
         linked = [s for s in sorted(active) if (s, target) in self.link_costs]
         if target not in self.ensembles:
             return linked
-        weights, pooling = self.ensembles[target]
-        return contributing_sources(pooling, weights, linked, self.min_shares.get(target, 0.0))
+        return self.ensembles[target].reads(linked)
 
     def use(self, active: frozenset[str], with_links: bool = True) -> dict[str, float]:
         """What the activated set costs in each resource, links for the others included."""
@@ -269,8 +266,8 @@ def _ensemble_reader(problem: Problem, target: str, index: dict[str, int]) -> Re
     """For rows of candidate bits, one target's link cost per candidate and whether each
     candidate has a link into it: the cost of the links its ensemble reads from each row's
     set (as `Problem.ensemble_sources`). Only for targets in `Problem.ensembles`."""
-    weights, pooling = problem.ensembles[target]
-    min_share = problem.min_shares.get(target, 0.0)
+    rule = problem.ensembles[target]
+    weights, pooling, min_share = rule.weights, rule.pooling, rule.min_share
     if pooling == "heaviest_source":  # the linked present source that sorts first
         order = [index[s] for s in sorted(index, key=lambda s: (weights.get(s, 0.0), s),
                                           reverse=True)]

@@ -212,6 +212,20 @@ def combine_outputs(spec: TaskSpec, weights: Mapping[str, float],
 
 
 @dataclass(frozen=True)
+class EnsembleRule:
+    """A target's ensemble as the selection and the box see it: per-source weights, the
+    pooling, and the share of the present weight under which a source is not read."""
+
+    weights: Mapping[str, float]
+    pooling: str
+    min_share: float = 0.0
+
+    def reads(self, present: Iterable[str]) -> list[str]:
+        """The present sources whose links it reads (`contributing_sources`)."""
+        return contributing_sources(self.pooling, self.weights, present, self.min_share)
+
+
+@dataclass(frozen=True)
 class Reading:
     """What a target's ensemble reads for one set of present sources."""
 
@@ -226,9 +240,7 @@ class Plan:
 
     loaded: dict[str, LinkEntry]  # source -> its loaded link
     sources: frozenset[str]  # every source with a link into the target
-    weights: dict[str, float]
-    pooling: str
-    min_share: float = 0.0
+    rule: EnsembleRule
     readings: dict[frozenset[str], Reading] = field(default_factory=dict)  # by present set
 
 
@@ -257,6 +269,9 @@ class EnsemblePredictor:
         entry = self.bundle.ensembles.get(target)
         return entry.min_share if entry is not None and entry.method == LEARNED else 0.0
 
+    def rule(self, target: str) -> EnsembleRule:
+        return EnsembleRule(*self.weights(target), self.min_share(target))
+
     def needed_links(self, active: Iterable[str], targets: Iterable[str]) -> list[LinkEntry]:
         """The links from the activated sources that each target's ensemble reads."""
         active_set = set(active)
@@ -264,9 +279,7 @@ class EnsemblePredictor:
         for target in targets:
             links = {link.source: link for link in self.bundle.links_into(target)
                      if link.source in active_set}
-            weights, pooling = self.weights(target)
-            needed += [links[s] for s in contributing_sources(pooling, weights, links,
-                                                              self.min_share(target))]
+            needed += [links[s] for s in self.rule(target).reads(links)]
         return needed
 
     def prepare(self, active: Iterable[str], targets: Iterable[str]) -> None:
@@ -293,8 +306,7 @@ class EnsemblePredictor:
             links = self.bundle.links_into(target)
             self._plans[target] = Plan(
                 {link.source: link for link in links if link.name in self._runners},
-                frozenset(link.source for link in links), *self.weights(target),
-                self.min_share(target))
+                frozenset(link.source for link in links), self.rule(target))
         return self._plans[target]
 
     def _reading(self, target: str, plan: Plan, present: frozenset[str]) -> Reading:
@@ -304,11 +316,11 @@ class EnsemblePredictor:
             loaded = {s: link for s, link in plan.loaded.items() if s in present}
             if not loaded:
                 raise LookupError(f"no loaded link predicts {target!r} from {sorted(present)}")
-            reads = contributing_sources(plan.pooling, plan.weights, loaded, plan.min_share)
+            reads = plan.rule.reads(loaded)
             plan.readings[present] = Reading(
                 tuple((s, self._runners[loaded[s].name]) for s in reads),
                 tuple(sorted(plan.sources.intersection(present))),
-                [plan.weights.get(s, 0.0) for s in reads])
+                [plan.rule.weights.get(s, 0.0) for s in reads])
         return plan.readings[present]
 
     def predict(self, target: str, outputs: Mapping[str, np.ndarray],
@@ -319,7 +331,7 @@ class EnsemblePredictor:
         reading = self._reading(target, plan, frozenset(outputs))
         link_outputs = [runner.run_one(outputs[s]) for s, runner in reading.links]
         return Prediction(
-            value=pool(plan.pooling, link_outputs, reading.weights),
+            value=pool(plan.rule.pooling, link_outputs, reading.weights),
             sources=tuple(s for s, _ in reading.links),
             est_agreement=(profile or self.bundle.profile).ensemble_agreement(
                 target, frozenset(reading.present)),

@@ -17,6 +17,7 @@ from agent.selection import (
     get_policy,
 )
 from links_tflite.bundle import Profile
+from links_tflite.ensemble import EnsembleRule
 
 PAIRWISE = {  # target -> source -> p_target(g_source,target)
     "a": {"b": 0.5, "c": 0.6},
@@ -89,28 +90,26 @@ def test_standalone_and_all() -> None:
 
 
 def random_ensembles(rng: np.random.Generator, models: tuple[str, ...]
-                     ) -> tuple[dict[str, tuple[dict[str, float], str]], dict[str, float]]:
+                     ) -> dict[str, EnsembleRule]:
     """Per target, at random: a sequence ensemble (reads the heaviest source), a weighted one
     with some zero weights (reads the others) and perhaps a `min_share` (skips the sources
     with less of the present weight; weights cubed, so that some are that small), or none
     given (reads every source)."""
-    ensembles, min_shares = {}, {}
+    ensembles = {}
     for target in models:
         kind = rng.integers(3)
         if kind == 2:
             continue
         weights = {s: float(rng.random()) ** 3 * (kind == 0 or rng.random() < 0.6)
                    for s in models if s != target}
-        ensembles[target] = (weights, "heaviest_source" if kind == 0 else "mean")
-        if rng.random() < 0.5:
-            min_shares[target] = 0.05
-    return ensembles, min_shares
+        ensembles[target] = EnsembleRule(weights, "heaviest_source" if kind == 0 else "mean",
+                                         0.05 if rng.random() < 0.5 else 0.0)
+    return ensembles
 
 
 def random_problem(rng: np.random.Generator, k: int) -> Problem:
     models = tuple(f"m{i}" for i in range(k))
     pairwise = {t: {s: float(rng.random()) for s in models if s != t} for t in models}
-    ensembles, min_shares = random_ensembles(rng, models)
     return Problem(
         models=models,
         model_costs={m: Cost(float(rng.uniform(0.5, 10)), float(rng.uniform(0.1, 5)))
@@ -119,8 +118,7 @@ def random_problem(rng: np.random.Generator, k: int) -> Problem:
                     for s, t in itertools.permutations(models, 2)},
         profile=Profile(pairwise=pairwise, ensembles={}),
         budget={"memory_mb": float(rng.uniform(3, 30)), "delay_ms": float(rng.uniform(2, 12))},
-        ensembles=ensembles,
-        min_shares=min_shares,
+        ensembles=random_ensembles(rng, models),
     )
 
 
@@ -134,8 +132,8 @@ def test_an_ensemble_is_charged_for_the_links_it_reads() -> None:
                     for s, t in itertools.permutations("abcd", 2)},
         profile=Profile(pairwise={t: {s: 0.5 for s in "abcd" if s != t} for t in "abcd"},
                         ensembles={}),
-        ensembles={"d": ({"a": 0.2, "b": 0.7, "c": 0.1}, "heaviest_source"),
-                   "c": ({"a": 0.0, "b": 0.6, "d": 0.4}, "mean")},
+        ensembles={"d": EnsembleRule({"a": 0.2, "b": 0.7, "c": 0.1}, "heaviest_source"),
+                   "c": EnsembleRule({"a": 0.0, "b": 0.6, "d": 0.4}, "mean")},
     )
     assert problem.ensemble_sources(frozenset("abc"), "d") == ["b"]
     assert problem.ensemble_sources(frozenset("ac"), "d") == ["a"]
@@ -148,7 +146,7 @@ def test_an_ensemble_is_charged_for_the_links_it_reads() -> None:
     # with a min_share of 5%, relative to the sources present: d is not read beside b (0.008
     # of 1.108), but is beside a alone (0.008 of 0.108)
     shares = Problem(**{**problem.__dict__, "ensembles": {
-        "c": ({"a": 0.1, "b": 1.0, "d": 0.008}, "mean")}, "min_shares": {"c": 0.05}})
+        "c": EnsembleRule({"a": 0.1, "b": 1.0, "d": 0.008}, "mean", 0.05)}})
     assert shares.ensemble_sources(frozenset("abd"), "c") == ["a", "b"]
     assert shares.ensemble_sources(frozenset("bd"), "c") == ["b"]
     assert shares.ensemble_sources(frozenset("ad"), "c") == ["a", "d"]
@@ -266,7 +264,7 @@ def test_exact_is_optimal_on_random_instances(chunk: int, monkeypatch: pytest.Mo
         links = {(s, t): c for (s, t), c in base.link_costs.items() if s in profile.pairwise[t]}
         budget = base.budget if trial % 3 else {"memory_mb": base.budget["memory_mb"]}
         problem = Problem(base.models, base.model_costs, links, profile, budget, unavailable,
-                          base.ensembles, base.min_shares)
+                          base.ensembles)
         optimum = brute_force(problem)
         if optimum < 0:
             with pytest.raises(SelectionError):
