@@ -599,23 +599,18 @@ class Agent:
             "seq": next(self._seq),
         }
 
-    def _payloads_of_ran(self, frame: Frame, ran: dict[str, Ran]) -> list[dict[str, object]]:
-        return self._payloads(frame, {m: r.output for m, r in ran.items()},
-                              {m: r.latency_ms for m, r in ran.items()})
-
-    def _payloads(self, frame: Frame, outputs: dict[str, np.ndarray],
-                  latencies: dict[str, float]) -> list[dict[str, object]]:
+    def _payloads(self, frame: Frame, executed: dict[str, Ran]) -> list[dict[str, object]]:
         """Every model's output on the frame: the executed ones, then the predicted."""
         assert self.selection is not None
         payloads = [
-            self._payload(frame, m, value, "executed", [m], 1.0, latencies[m])
-            for m, value in sorted(outputs.items())
+            self._payload(frame, m, r.output, "executed", [m], 1.0, r.latency_ms)
+            for m, r in sorted(executed.items())
         ]
         if not self.selection.uses_links:
             return payloads
-        sources = {m: outputs[m] for m in self.selection.active if m in outputs}
+        sources = {m: executed[m].output for m in self.selection.active if m in executed}
         for target in self.selection.predicted:
-            if target in outputs or not sources:
+            if target in executed or not sources:
                 continue
             start = time.perf_counter()
             try:
@@ -654,24 +649,23 @@ class Agent:
         profiling = self._window_left > 0
         assert self.selection is not None
 
-        outputs: dict[str, np.ndarray] = {}
-        latencies: dict[str, float] = {}
-        ran: set[str] = set()
+        executed: dict[str, Ran] = {}
+        tried: set[str] = set()
         extra_ms = 0.0
         # Outside a window the payloads are made where the models ran, in the same handoff
         # (the caches the models left are the ones the rest reads), unless one fails.
-        then = None if profiling else partial(self._payloads_of_ran, frame)
+        then = None if profiling else partial(self._payloads, frame)
         payloads: list[dict[str, object]] | None = None
         while True:
             active = self.selection.active
-            to_run = [m for m in sorted(active) if m not in ran]
+            to_run = [m for m in sorted(active) if m not in tried]
             if profiling:
-                to_run += [m for m in self.models if m not in ran and m not in active
+                to_run += [m for m in self.models if m not in tried and m not in active
                            and not self._health(m).failed]
             if not to_run:
                 break
             active_failed = False
-            ran.update(to_run)
+            tried.update(to_run)
             outcomes, payloads = self._run_models(frame, to_run, then)
             then = None
             for model_id, outcome in outcomes.items():
@@ -679,7 +673,7 @@ class Agent:
                     self._fail(model_id, outcome)
                     active_failed |= model_id in active
                     continue
-                outputs[model_id], latencies[model_id] = outcome.output, outcome.latency_ms
+                executed[model_id] = outcome
                 if model_id not in active:
                     extra_ms += outcome.elapsed_ms
             if not active_failed:
@@ -689,9 +683,9 @@ class Agent:
         if payloads is None:
             if profiling:
                 start = time.perf_counter()
-                self._score_links(outputs)
+                self._score_links({m: r.output for m, r in executed.items()})
                 extra_ms += (time.perf_counter() - start) * 1e3
-            payloads = self._payloads(frame, outputs, latencies)
+            payloads = self._payloads(frame, executed)
         self.counters.executed += sum(p["provenance"] == "executed" for p in payloads)
         self.counters.predicted += sum(p["provenance"] == "predicted" for p in payloads)
 
