@@ -16,6 +16,7 @@ from agent.publisher import PublishError
 from agent.recorder import record_to_file
 from agent.scheduler import Agent
 from agent.selection import POLICIES, SelectionError, get_policy
+from links_tflite import package_version
 from links_tflite.bundle import BundleError
 from links_tflite.interpreter import InterpreterUnavailable
 from links_tflite.recording import RecordingError
@@ -29,11 +30,14 @@ EXPECTED_ERRORS = (ConfigError, BundleError, RecordingError, SelectionError, Pub
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlink-agent", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the agent against the configured broker")
     run.add_argument("--config", required=True, help="agent config (TOML)")
     run.add_argument("--frames", type=int, default=None, help="stop after N frames")
-    check = sub.add_parser("validate-config", help="exit 0 if the config is valid, 1 if not")
+    check = sub.add_parser("validate-config", help="exit 0 if the config is valid and what it "
+                                                   "names can be used (files, bundle, source, "
+                                                   "state dir), 1 if not")
     check.add_argument("config")
     select = sub.add_parser("select", help="measure costs on this box and print, for every "
                                           "policy, the chosen set, its expected agreement and "
@@ -102,9 +106,11 @@ def cmd_select(args: argparse.Namespace) -> int:
             policies[name] = {"policy": name, "error": str(exc)}
     report["policies"] = policies
     report["costs"] = agent.status("select")["costs"]
+    # The configured policy finding nothing that fits is a failure a script must see.
+    code = 1 if "error" in dict(policies[config.selection.policy]) else 0  # type: ignore[arg-type]
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
+        return code
     print(f"budget: {problem.budget or 'none'} (probe: {agent.probe.name})")
     for model_id, cost in agent.model_costs.items():
         print(f"  model {model_id:<16} memory {cost.get('memory_mb'):9.3f} MB  "
@@ -120,7 +126,10 @@ def cmd_select(args: argparse.Namespace) -> int:
         use = ", ".join(f"{r} {v:.4f}" for r, v in dict(result["use"]).items())
         print(f"{name:<11} active {result['active']} predicted {result['predicted']} "
               f"expected agreement {result['expected_agreement']:.4f} use {use}")
-    return 0
+    if code:
+        print(f"mlink-agent: the configured policy {config.selection.policy!r} finds nothing "
+              f"that fits the budget", file=sys.stderr)
+    return code
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -145,8 +154,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.preflight import preflight
+
     try:
-        load_config(args.config)
+        config = load_config(args.config)
+        problems = preflight(config)
+        if problems:
+            raise ConfigError(problems, args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
+from agent.publisher import PublishError
+
 log = logging.getLogger(__name__)
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -69,7 +71,11 @@ class Watch:
             log.debug("unreadable message on %s", message.topic)
 
     def start(self) -> Watch:
-        self._client.connect(self._host, self._port)
+        try:
+            self._client.connect(self._host, self._port)
+        except OSError as exc:
+            raise PublishError(f"cannot connect to the MQTT broker at {self._host}:"
+                               f"{self._port}: {exc.strerror or exc}") from None
         self._client.loop_start()
         return self
 

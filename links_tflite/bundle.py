@@ -324,4 +324,15 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     }
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": files}
     (root / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n", "utf-8")
+    make_readable(root)
     return full
+
+
+def make_readable(root: Path) -> None:
+    """Folders 0755, files 0644: a bundle is data that a service user other than its writer
+    (systemd's DynamicUser=) must read after a plain `cp -r`; staging folders made by
+    mkdtemp are 0700."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)

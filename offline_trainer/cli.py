@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from links_tflite import package_version
 from links_tflite.recording import RecordingError
 from offline_trainer.links import LinkTraining
 
@@ -18,6 +19,7 @@ log = logging.getLogger("offline_trainer")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlink-train", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     zoo = sub.add_parser("zoo", help="train and export a workload's black-box models")
     zoo.add_argument("--workload", default="digits")

@@ -96,3 +96,15 @@ def test_real_bundle_verifies(digits_build, tmp_path: Path) -> None:
     target.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="sha256 mismatch"):
         load_bundle(copy)
+
+
+def test_a_written_bundle_is_readable_by_other_users(tmp_path: Path) -> None:
+    """A service user other than the bundle's writer (DynamicUser=) reads it after `cp -r`,
+    even when it was staged in a 0700 mkdtemp folder."""
+    root = tmp_path / "staged"
+    root.mkdir(mode=0o700)
+    make_bundle(root)
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert (root / "links").stat().st_mode & 0o777 == 0o755
+    for path in [root / "manifest.json", root / "profile.json", root / "links" / "a__b.tflite"]:
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -25,9 +25,9 @@ def config(digits_build) -> Path:
 
 
 def test_select_prints_every_policy(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert agent_main(["select", "--config", str(config), "--budget", "memory_mb=1.0",
-                       "--json"]) == 0
+    code = agent_main(["select", "--config", str(config), "--budget", "memory_mb=1.0", "--json"])
     report = json.loads(capsys.readouterr().out)
+    assert code == (1 if "error" in report["policies"]["activation"] else 0)  # the config's
     assert report["budget"] == {"memory_mb": 1.0}
     policies = report["policies"]
     assert set(policies) == set(POLICIES)
@@ -60,3 +60,10 @@ def test_select_rejects_a_bad_budget(config: Path, capsys: pytest.CaptureFixture
     assert "budget.memry_mb" in capsys.readouterr().err
     assert agent_main(["select", "--config", str(config), "--budget", "delay_ms=-1"]) == 2
     assert "budget.delay_ms" in capsys.readouterr().err
+
+
+def test_select_fails_when_nothing_fits(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert agent_main(["select", "--config", str(config), "--budget", "memory_mb=0.0001"]) == 1
+    captured = capsys.readouterr()
+    assert "activation" in captured.err and "nothing" in captured.err
+    assert "no model fits the budget" in captured.out
