@@ -4,6 +4,7 @@ names), the agent's READY/WATCHDOG/STOPPING life cycle, and `systemd-analyze ver
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -103,3 +104,19 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
                   if "mlink-agent.service" in line]
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+
+
+def test_unit_sandboxing_exposure_is_ok(tmp_path: Path) -> None:
+    """`systemd-analyze security --offline=true`: the README states the score; it stays at
+    systemd's "OK" level or better (<= 2.0 here, on a 0-10 scale)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package `systemd`)")
+    unit = tmp_path / "mlink-agent.service"
+    unit.write_text(UNIT.read_text())
+    result = subprocess.run([analyze, "security", "--offline=true", str(unit)],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for mlink-agent.service: ([0-9.]+)",
+                      result.stdout + result.stderr)
+    assert match, result.stdout[-2000:] + result.stderr[-2000:]
+    assert float(match.group(1)) <= 2.0, result.stdout
