@@ -69,6 +69,13 @@ class Problem:
     unavailable: frozenset[str] = frozenset()  # failed models: never activated, still predicted
     # target -> its ensemble: which links it reads (every linked source where none given)
     ensembles: dict[str, EnsembleRule] = field(default_factory=dict)
+    # model -> the held-out agreement of its prior (the bundle's constant predictor), served
+    # at no cost; a model without one gets no output when it is neither run nor predicted
+    priors: dict[str, float] = field(default_factory=dict)
+    # model -> agreement of its own last exact output at age 1, 2, ... frames of its camera;
+    # what `run/p` serves between its runs (agent/planning.py)
+    reuse: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    periods: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16)  # the p of `run/p` a plan may use
 
     @property
     def k(self) -> int:
@@ -182,16 +189,22 @@ def scalar_costs(problem: Problem) -> dict[str, float]:
 
 
 def activation_scores(problem: Problem) -> dict[str, float]:
-    """The paper's activation probability P_i for every model."""
+    """The paper's activation probability P_i for every model (vectorised: k = 64 in well
+    under a millisecond)."""
     costs = scalar_costs(problem)
     w = 2.0 / min(costs.values())
-    scores = {}
-    for i in problem.models:
-        others = [j for j in problem.models if j != i]
-        p1 = sum(problem.profile.link_agreement(i, j) for j in others) / max(len(others), 1)
-        p2 = sum(problem.profile.link_agreement(j, i) for j in others) / max(len(others), 1)
-        scores[i] = (1.0 + p1 - p2) / (w * costs[i])
-    return scores
+    models = problem.models
+    position = {m: i for i, m in enumerate(models)}
+    agreement = np.zeros((len(models), len(models)))  # [source, target]; 0 without a link
+    for target, sources in problem.profile.pairwise.items():
+        if target in position:
+            for source, value in sources.items():
+                if source in position and source != target:
+                    agreement[position[source], position[target]] = value
+    others = max(len(models) - 1, 1)
+    p1 = agreement.sum(axis=1) / others  # how well i predicts the others
+    p2 = agreement.sum(axis=0) / others  # how well the others predict i
+    return {m: float((1.0 + p1[i] - p2[i]) / (w * costs[m])) for i, m in enumerate(models)}
 
 
 def greedy(problem: Problem, order: Iterable[str], with_links: bool) -> frozenset[str]:
