@@ -48,7 +48,7 @@ def persistent_broker(tmp_path: Path):
     """A Mosquitto that keeps persistent sessions and their queues across its own restarts,
     without a cap on queued messages (Mosquitto's default silently drops beyond 1000), so a
     subscriber with a persistent session counts everything a publisher delivered."""
-    from agent.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     store = tmp_path / "mosquitto-db"
     store.mkdir()
