@@ -87,7 +87,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.budget is not None:
         config = config.model_copy(update={"budget": parse_budget(args.budget)})
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     first = next(agent.source.frames(), None)
     if first is None:
         raise RecordingError(f"source {config.source.type!r} yielded no frame")

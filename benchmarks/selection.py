@@ -148,7 +148,7 @@ def workload_section(title: str, build: Path, frames_n: int, note: str,
                      findings: Findings) -> list[str]:
     """Each policy's choice at budgets of 1/3 and 2/3 of the models' total measured cost,
     and the agreement it really achieves on the workload's stream."""
-    agent = Agent(benchmark_config(build, 5000.0))
+    agent = Agent.from_config(benchmark_config(build, 5000.0))
     stream = agent.source.frames()
     frames = list(itertools.islice(stream, frames_n))
     agent.measure(frames[0])
@@ -338,7 +338,7 @@ def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
             rows.append(f"| {label} | not measured: no Mosquitto here |" + " |" * 6)
             continue
         config = benchmark_config(build, timeout_ms)
-        agent = Agent(config)
+        agent = Agent.from_config(config)
         frames = list(itertools.islice(agent.source.frames(), frames_n))
         agent.measure(frames[0])
         total = sum(c.get("memory_mb") for c in agent.model_costs.values())

@@ -13,7 +13,6 @@ import io
 import json
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +55,21 @@ class FakePublisher:
 
 
 class FakeAgent:
-    """The part of ServiceAgent that Control drives; accepts what Control hands it."""
-
-    class _Bundle:
-        def __init__(self, root: Path) -> None:
-            self.root = root
+    """What Control drives (agent.controlled.Controlled); accepts what Control hands it."""
 
     def __init__(self, config: Any, bundle_root: Path) -> None:
         self.config = config
-        self.bundle = self._Bundle(bundle_root)
-        self.ready = threading.Event()
-        self.ready.set()
+        self.bundle_root = bundle_root
+        self.config_version = 0
         self.swapped: list[Path] = []
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return True
 
     def reconfigure(self, new: Any) -> None:
         self.config = new
 
-    def reprofile(self) -> dict[str, Any]:
+    def remeasure(self) -> dict[str, Any]:
         return {"selection": {}, "costs": {}}
 
     def reselect(self) -> dict[str, Any]:
@@ -80,7 +77,7 @@ class FakeAgent:
 
     def swap_bundle(self, bundle: Any) -> dict[str, Any]:
         self.swapped.append(bundle.root)
-        self.bundle = self._Bundle(bundle.root)
+        self.bundle_root = bundle.root
         return {}
 
     def publish_status(self, state: str) -> None:

@@ -50,7 +50,7 @@ def test_onnx_model_runs_in_the_agent(digits_build, tmp_path: Path) -> None:
         f'[[models]]\nid = "digit"\npath = "{root / "models/digit.tflite"}"\ninput = "image"\n'
         f'[[models]]\nid = "parity"\nadapter = "onnx"\npath = "parity.onnx"\ninput = "image"\n'
         f"threads = 1\n")
-    agent = Agent(load_config(config))
+    agent = Agent.from_config(load_config(config))
     frames = agent.start()
     assert agent.selection is not None and agent.selection.active == {"digit", "parity"}
     assert agent.models["parity"].loaded

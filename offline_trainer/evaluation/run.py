@@ -125,7 +125,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
                                LinkTraining(epochs=settings.epochs, seed=settings.seed),
                                settings.out / "fractions.json", stamp, largest)
 
-    agent = Agent(evaluation_config(zoo, bundle, models))
+    agent = Agent.from_config(evaluation_config(zoo, bundle, models))
     stream = load_stream(agent.config, models, settings.frames, settings.calibration_share)
     agent.measure(stream.calibration[0])
     evaluator = Evaluator(agent, stream)
