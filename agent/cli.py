@@ -105,7 +105,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"budget: {problem.budget or 'none'} (probe: {agent.probe.name})")
+    print(f"budget: {problem.budget or 'none'} (probe: {agent.executor.probe.name})")
     for model_id, cost in agent.model_costs.items():
         print(f"  model {model_id:<16} memory {cost.get('memory_mb'):9.3f} MB  "
               f"delay {cost.get('delay_ms'):9.4f} ms")

@@ -279,7 +279,7 @@ class ModelExecutor:
         """Each model's state for the status: failed, active or predicted."""
         now = time.monotonic()
         activated = set(active)
-        report = {}
+        report: dict[str, dict[str, object]] = {}
         for model_id in self.models:
             health = self.health_of(model_id)
             report[model_id] = {

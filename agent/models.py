@@ -77,6 +77,7 @@ class TFLiteModel(ModelAdapter):
 
     def load(self) -> None:
         if self._runner is None:
+            assert self.config.path is not None  # the config's validator requires it
             self._runner = TFLiteRunner(self.config.path, num_threads=self.config.threads)
             log.info("model %s loaded from %s (%s)", self.id, self.config.path,
                      self._runner.runtime)

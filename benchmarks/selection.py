@@ -156,7 +156,7 @@ def workload_section(title: str, build: Path, frames_n: int, note: str,
     costs = agent.model_costs
     lines = [f"## {title}: agreement per policy under budgets", "",
              f"{len(frames)} stream frames; costs measured here by the agent "
-             f"(memory probe `{agent.probe.name}`):", "",
+             f"(memory probe `{agent.executor.probe.name}`):", "",
              "| model or link | memory MB | delay ms |", "| --- | ---: | ---: |"]
     for m, c in costs.items():
         lines.append(f"| {m} | {c.get('memory_mb'):.3f} | {c.get('delay_ms'):.4f} |")

@@ -217,11 +217,11 @@ class CityGenerator:
         noise = _rng(self.seed, camera, KIND_NOISE, second)
         if weather == 1:
             cols = noise.integers(0, SIZE, 14)
-            rows = noise.integers(0, SIZE - 3, 14)
-            for r, c in zip(rows, cols, strict=True):
+            drops = noise.integers(0, SIZE - 3, 14)
+            for r, c in zip(drops, cols, strict=True):
                 image[r:r + 3, c] += 0.25
         elif weather == 2:
-            image = 0.45 * image + 0.55 * 0.7
+            image = (0.45 * image + 0.55 * 0.7).astype(np.float32, copy=False)
         image += noise.normal(0.0, 0.02, image.shape).astype(np.float32)
         np.clip(image, 0.0, 1.0, out=image)
         return image, self._truth(camera, second, hour, weather, len(people), boxes), \
@@ -229,7 +229,7 @@ class CityGenerator:
 
     def _truth(self, camera: int, second: int, hour: float, weather: int, persons: int,
                boxes: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
-        box = np.zeros(4, dtype=np.float32)
+        box: np.ndarray = np.zeros(4, dtype=np.float32)
         if boxes:
             biggest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
             box = np.asarray(biggest, dtype=np.float32) / SIZE

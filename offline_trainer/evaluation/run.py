@@ -137,7 +137,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
     return Evaluation(
         settings=settings, models=models, recording_frames=len(recording),
         fractions=fractions, profile=profile, model_costs=evaluator.costs,
-        link_costs=evaluator.problem({}).link_costs, probe=agent.probe.name,
+        link_costs=evaluator.problem({}).link_costs, probe=agent.executor.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
         reuse_agreement=reuse_agreement(stream, agent.bundle.models),
         table=table, curve=curve, rss=rss,
