@@ -27,11 +27,13 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from agent.sources.base import Frame, Source, paced
+from agent.configbase import Paced
+from agent.sources.base import SOURCES, Frame, Source, paced
 
 SIZE = 32
 DAY_S = 86_400
@@ -263,10 +265,22 @@ def start_index(day: int, hour: float, cameras: int) -> int:
     return int(day * DAY_S + hour * 3600) * cameras
 
 
+class CitySourceConfig(Paced):
+    """The procedural city stream (agent.sources.city)."""
+
+    type: Literal["city"]
+    seed: int = Field(0, ge=0, le=2**31)
+    cameras: int = Field(4, ge=1, le=4)
+    start_day: int = Field(0, ge=0, le=1, description="0 weekday, 1 weekend")
+    start_hour: float = Field(0.0, ge=0.0, lt=24.0)
+
+
+@SOURCES.register
 class CitySource(Source):
     """The city stream from `start_day`/`start_hour`, every camera, one frame per second each."""
 
     type: ClassVar[str] = "city"
+    config_class = CitySourceConfig
     modalities = ("image",)
 
     def __init__(self, config) -> None:
