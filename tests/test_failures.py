@@ -1,5 +1,6 @@
 """A model that raises, hangs, returns NaN or the wrong shape is excluded and predicted from
-the others; the loop goes on, and the model comes back after its back-off."""
+the others; the loop goes on, and the model comes back after its back-off. On the committed
+fixture (tests/data/digits3): no TensorFlow, nothing trained."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def python_config(root: Path, build_root: Path, policy: str = "all", budget: str
 
 
 @pytest.fixture()
-def models(digits_build) -> Iterator[None]:
+def models(digits_fixture) -> Iterator[None]:
     pm.reset()
-    pm.MODEL_DIR = digits_build.root / "models"
+    pm.MODEL_DIR = digits_fixture.root / "models"
     yield
     pm.RELEASE.set()  # let any hung call return
     pm.reset()
@@ -56,9 +57,9 @@ def by_model(payloads: list[dict]) -> dict[str, dict]:
 
 @pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("nan", "nan"),
                                             ("shape", "shape"), ("hang", "timeout")])
-def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path: Path,
+def test_failed_model_is_predicted_and_comes_back(digits_fixture, models, tmp_path: Path,
                                                   mode: str, kind: str) -> None:
-    config = load_config(python_config(tmp_path, digits_build.root, timeout_ms=300,
+    config = load_config(python_config(tmp_path, digits_fixture.root, timeout_ms=300,
                                        retry_after_s=3600.0))
     agent = Agent.from_config(config)
     frames = agent.start()
@@ -94,9 +95,9 @@ def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path
     assert agent.status("running")["models"]["parity"]["state"] == "active"
 
 
-def test_a_model_failing_on_every_retry_backs_off_longer(digits_build, models,
+def test_a_model_failing_on_every_retry_backs_off_longer(digits_fixture, models,
                                                          tmp_path: Path) -> None:
-    config = load_config(python_config(tmp_path, digits_build.root, retry_after_s=2.0))
+    config = load_config(python_config(tmp_path, digits_fixture.root, retry_after_s=2.0))
     agent = Agent.from_config(config)
     frames = agent.start()
     pm.MODE["inkbox"] = "raise"
@@ -115,10 +116,10 @@ def test_a_model_failing_on_every_retry_backs_off_longer(digits_build, models,
     assert pm.CALLS["inkbox"] == calls_before  # not called while excluded
 
 
-def test_failure_during_measuring_excludes_the_model(digits_build, models,
+def test_failure_during_measuring_excludes_the_model(digits_fixture, models,
                                                      tmp_path: Path) -> None:
     pm.MODE["digit"] = "raise"
-    agent = Agent.from_config(load_config(python_config(tmp_path, digits_build.root,
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root,
                                                         policy="exact", retry_after_s=3600.0)))
     frames = agent.start()
     assert agent.selection is not None and "digit" not in agent.selection.active
@@ -164,9 +165,9 @@ def test_check_output() -> None:
     assert check_output("m", [[0.5], [0.5]], 2).shape == (2,)
 
 
-def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
+def test_entry_point_that_cannot_load_is_a_failed_model(digits_fixture, models,
                                                         tmp_path: Path) -> None:
-    path = python_config(tmp_path, digits_build.root, retry_after_s=3600.0)
+    path = python_config(tmp_path, digits_fixture.root, retry_after_s=3600.0)
     path.write_text(path.read_text().replace("tests.python_models:Inkbox",
                                              "tests.python_models:Missing"))
     agent = Agent.from_config(load_config(path))
@@ -178,11 +179,11 @@ def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
     assert agent.status("running")["models"]["inkbox"]["state"] == "failed"
 
 
-def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Path) -> None:
+def test_costs_can_be_forgotten_and_restored(digits_fixture, models, tmp_path: Path) -> None:
     """What a caller that re-measures from scratch, or rolls back, relies on."""
     from agent.costs import Cost
 
-    agent = Agent.from_config(load_config(python_config(tmp_path, digits_build.root)))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)))
     agent.start()
     models_before, links_before = agent.model_costs, agent.link_costs
     assert all(c.delay_ms is not None for c in models_before.values()) and len(links_before) == 6
@@ -195,11 +196,11 @@ def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Pat
     assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None
 
 
-def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
+def test_models_can_be_disabled_and_enabled_at_run_time(digits_fixture, models,
                                                         tmp_path: Path) -> None:
     """What a remote `enabled = false` does to the running agent: the model leaves
     `agent.models`; selection, the loop and the status carry on without it."""
-    agent = Agent.from_config(load_config(python_config(tmp_path, digits_build.root,
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root,
                                                         policy="exact")))
     frames = agent.start()
     inkbox = agent.models.pop("inkbox")
@@ -212,14 +213,14 @@ def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
     assert set(by_model(agent.process(next(frames)))) == set(MODELS)
 
 
-def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_path: Path) -> None:
+def test_watchdog_and_inline_give_the_same_outputs(digits_fixture, models, tmp_path: Path) -> None:
     """A frame's models run in one batch on the runner thread, and its predictions and
     payloads are made there: what comes out is what the same agent computes inline."""
     runs = {}
     for timeout_ms in (5000.0, 0.0):
         root = tmp_path / f"t{timeout_ms:.0f}"
         root.mkdir()
-        agent = Agent.from_config(load_config(python_config(root, digits_build.root,
+        agent = Agent.from_config(load_config(python_config(root, digits_fixture.root,
                                                             timeout_ms=timeout_ms)))
         frames = agent.start()
         # parity predicted from the other two
@@ -233,11 +234,11 @@ def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_pat
     assert all(frame["parity"][0] == "predicted" for frame in runs[0.0])
 
 
-def test_status_reports_the_agents_own_time_per_frame(digits_build, models,
+def test_status_reports_the_agents_own_time_per_frame(digits_fixture, models,
                                                       tmp_path: Path) -> None:
     from tests.contract import validate
 
-    agent = Agent.from_config(load_config(python_config(tmp_path, digits_build.root)))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)))
     frames = agent.start()
     payloads = [agent.process(next(frames)) for _ in range(4)]
     overhead = agent.status("running")["overhead"]
