@@ -22,9 +22,9 @@ BALLAST_MB = 16.0  # each model holds this much, so two models fit 40 MB and thr
 
 
 @pytest.fixture()
-def heavy_models(digits_build) -> Iterator[None]:
+def heavy_models(digits_fixture) -> Iterator[None]:
     pm.reset()
-    pm.MODEL_DIR = digits_build.root / "models"
+    pm.MODEL_DIR = digits_fixture.root / "models"
     pm.BALLAST_MB = BALLAST_MB
     yield
     pm.BALLAST_MB = 0.0
@@ -39,10 +39,10 @@ def run_window(agent: Agent, frames: Iterator, n: int) -> None:
     assert agent.window.stats.windows == windows + 1
 
 
-def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
+def test_drift_changes_agreement_and_selection(digits_fixture, heavy_models,
                                                tmp_path: Path) -> None:
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 0\nsample_frames = 12\nmin_samples = 8\nagreement_window = 12"))
     agent = Agent.from_config(config)
     frames = agent.start()
@@ -79,13 +79,13 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     assert status["costs"]["models"]["parity"]["runs"] > 0
 
 
-def test_unloading_gives_memory_back(digits_build, heavy_models, tmp_path: Path) -> None:
+def test_unloading_gives_memory_back(digits_fixture, heavy_models, tmp_path: Path) -> None:
     """Each window reloads the model left out and unloads it again: the box gets its memory
     back every time, and every reload is charged in full. (Before agent.heap, the reload came
     from a thread arena's top chunk, which was never released: the process kept 16 MB more
     after the second window, and reloads read 0.07 MB.)"""
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 0\nsample_frames = 2\nmin_samples = 1"))
     agent = Agent.from_config(config)
     frames = agent.start()
@@ -99,9 +99,9 @@ def test_unloading_gives_memory_back(digits_build, heavy_models, tmp_path: Path)
             agent.model_costs
 
 
-def test_period_in_frames_starts_windows(digits_build, heavy_models, tmp_path: Path) -> None:
+def test_period_in_frames_starts_windows(digits_fixture, heavy_models, tmp_path: Path) -> None:
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 5\nsample_frames = 2\nmin_samples = 1"))
     agent = Agent.from_config(config)
     frames = agent.start()
