@@ -358,16 +358,21 @@ class Agent:
             started = time.perf_counter()
             outputs: list[Output] = []
             try:
-                outputs = self._process(frame)
-                payloads = self.payloads.make(frame, outputs, self.config.publish,
-                                              self.bundle.models)
+                outputs, payloads = self._process(frame)
             finally:
                 self.overhead.loop_ms += (time.perf_counter() - started) * 1e3
                 self.overhead.frames += 1
             self.overhead.models_ms += sum(o.latency_ms for o in outputs if o.executed)
             return payloads
 
-    def _process(self, frame: Frame) -> list[Output]:
+    def _messages(self, frame: Frame, executed: dict[str, Ran]
+                  ) -> tuple[list[Output], list[dict[str, object]]]:
+        """The frame's outputs, and the messages of those published."""
+        outputs = self._frame_outputs(frame, executed)
+        return outputs, self.payloads.make(frame, outputs, self.config.publish,
+                                           self.bundle.models)
+
+    def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
             self._count_failure(failure)
@@ -387,10 +392,11 @@ class Agent:
         executed: dict[str, Ran] = {}
         tried: set[str] = set()
         extra_ms = 0.0
-        # Outside a window the predictions are made where the models ran, in the same handoff
-        # (the caches the models left are the ones the links read), unless one fails.
-        then = None if profiling else partial(self._frame_outputs, frame)
-        outputs: list[Output] | None = None
+        # Outside a window the predictions and messages are made where the models ran, in the
+        # same handoff (the caches the models left are the ones the links read), unless one
+        # fails.
+        then = None if profiling else partial(self._messages, frame)
+        made: tuple[list[Output], list[dict[str, object]]] | None = None
         while True:
             active = self.selection.active
             to_run = [m for m in sorted(active) if m not in tried]
@@ -401,7 +407,7 @@ class Agent:
                 break
             active_failed = False
             tried.update(to_run)
-            outcomes, outputs = self.executor.run_models(frame, to_run, then)
+            outcomes, made = self.executor.run_models(frame, to_run, then)
             then = None
             for model_id, outcome in outcomes.items():
                 if isinstance(outcome, ModelFailure):
@@ -415,20 +421,21 @@ class Agent:
                 break
             self.reselect()  # the failed model is predicted; newly activated ones run now
 
-        if outputs is None:
+        if made is None:
             if profiling:
                 start = time.perf_counter()
                 self.window.score({m: r.output for m, r in executed.items()},
                                   self.selection.active, self.bundle, self.ensembles,
                                   self.costs)
                 extra_ms += (time.perf_counter() - start) * 1e3
-            outputs = self._frame_outputs(frame, executed)
+            made = self._messages(frame, executed)
+        outputs, payloads = made
         self.counters.executed += sum(o.executed for o in outputs)
         self.counters.predicted += sum(not o.executed for o in outputs)
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()
-        return outputs
+        return outputs, payloads
 
     def _end_window(self) -> None:
         assert self.selection is not None
