@@ -91,7 +91,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.budget is not None:
         config = config.model_copy(update={"budget": parse_budget(args.budget)})
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     first = next(agent.source.frames(), None)
     if first is None:
         raise RecordingError(f"source {config.source.type!r} yielded no frame")
@@ -107,11 +107,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     report["policies"] = policies
     report["costs"] = agent.status("select")["costs"]
     # The configured policy finding nothing that fits is a failure a script must see.
-    code = 1 if "error" in dict(policies[config.selection.policy]) else 0  # type: ignore[arg-type]
+    chosen = policies[config.selection.policy]
+    code = 1 if isinstance(chosen, dict) and "error" in chosen else 0
     if args.json:
         print(json.dumps(report, indent=2))
         return code
-    print(f"budget: {problem.budget or 'none'} (probe: {agent.probe.name})")
+    print(f"budget: {problem.budget or 'none'} (probe: {agent.executor.probe.name})")
     for model_id, cost in agent.model_costs.items():
         print(f"  model {model_id:<16} memory {cost.get('memory_mb'):9.3f} MB  "
               f"delay {cost.get('delay_ms'):9.4f} ms")

@@ -6,14 +6,21 @@ Frigate and zigbee2mqtt do it. Relative paths are resolved against the config fi
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from agent.configbase import ID_PATTERN, ConfigError, Identifier, Paced, Strict
+from agent.costs import PROBES
+from agent.models import ADAPTERS
+from agent.selection import POLICIES
+from agent.sources import SOURCES
 from links_tflite.tasks import TaskSpec, TaskSpecError
 
 if sys.version_info >= (3, 11):
@@ -21,21 +28,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+__all__ = ["ID_PATTERN", "AgentConfig", "ConfigError", "Identifier", "Strict", "load_config"]
 
-
-class ConfigError(ValueError):
-    """A config that cannot be used; `errors` holds (path, message) pairs."""
-
-    def __init__(self, errors: list[tuple[str, str]], source: str = "config") -> None:
-        self.errors = errors
-        lines = "\n".join(f"  {path or '<root>'}: {message}" for path, message in errors)
-        super().__init__(f"{source}: invalid configuration\n{lines}")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# The plugins' names: each seam's choices, derived from its registry (agent.registry).
+if TYPE_CHECKING:
+    AdapterName = str
+    PolicyName = str
+    ProbeName = str
+else:
+    AdapterName = Literal[ADAPTERS.names()]
+    PolicyName = Literal[POLICIES.names()]
+    PROBE_CHOICES = ("auto", *PROBES.names())
+    ProbeName = Literal[PROBE_CHOICES]
 
 
 def read_secret(path: Path | None, credential: str | None, where: str, what: str
@@ -160,52 +164,12 @@ class BundleConfig(Strict):
     path: Path
 
 
-class _Paced(Strict):
-    fps: float = Field(0.0, ge=0.0, le=10_000.0, description="0 = as fast as possible")
-    loop: bool = False
-
-
-class ReplaySourceConfig(_Paced):
-    """Replays the frames stored in a recording (`inputs/*` arrays)."""
-
-    type: Literal["replay"]
-    path: Path
-
-
-class CitySourceConfig(_Paced):
-    """The procedural city stream (agent.sources.city)."""
-
-    type: Literal["city"]
-    seed: int = Field(0, ge=0, le=2**31)
-    cameras: int = Field(4, ge=1, le=4)
-    start_day: int = Field(0, ge=0, le=1, description="0 weekday, 1 weekend")
-    start_hour: float = Field(0.0, ge=0.0, lt=24.0)
-
-
-class DigitsSourceConfig(_Paced):
-    """scikit-learn's handwritten digits in a seeded order (needs scikit-learn)."""
-
-    type: Literal["digits"]
-    seed: int = Field(0, ge=0, le=2**31)
-    start: int = Field(0, ge=0, le=1796)
-
-
-class ImagesSourceConfig(_Paced):
-    """A directory of image files (`.npy`, or PNG/JPEG/... with Pillow), in name order."""
-
-    type: Literal["images"]
-    path: Path
-    pattern: str = "*"
-    modality: Identifier = "image"
-    size: tuple[int, int] | None = None
-    grayscale: bool = False
-    scale: float = Field(1.0 / 255.0, gt=0.0)
-
-
-SourceConfig = Annotated[
-    ReplaySourceConfig | CitySourceConfig | DigitsSourceConfig | ImagesSourceConfig,
-    Field(discriminator="type"),
-]
+if TYPE_CHECKING:
+    class SourceConfig(Paced):
+        type: str
+else:  # the source plugins' config classes, told apart by `type` (agent.sources)
+    SourceConfig = Annotated[functools.reduce(operator.or_, SOURCES.config_classes()),
+                             Field(discriminator="type")]
 
 
 class TaskConfig(Strict):
@@ -250,7 +214,7 @@ class ModelConfig(Strict):
     inline, no watchdog)."""
 
     id: Identifier
-    adapter: Literal["tflite", "python", "onnx"] = "tflite"
+    adapter: AdapterName = "tflite"
     path: Path | None = None
     entry: Annotated[str, Field(pattern=ENTRY_PATTERN)] | None = None
     input: Identifier
@@ -262,10 +226,12 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelConfig:
-        if self.adapter in ("tflite", "onnx") and (self.path is None or self.entry is not None):
+        needs = ADAPTERS[self.adapter].needs
+        if needs == "path" and (self.path is None or self.entry is not None):
             raise ValueError(f"adapter {self.adapter!r} needs `path` (and no `entry`)")
-        if self.adapter == "python" and (self.entry is None or self.path is not None):
-            raise ValueError("adapter 'python' needs `entry` = 'module:callable' (and no `path`)")
+        if needs == "entry" and (self.entry is None or self.path is not None):
+            raise ValueError(f"adapter {self.adapter!r} needs `entry` = 'module:callable' "
+                             "(and no `path`)")
         return self
 
 
@@ -278,7 +244,7 @@ class SelectionConfig(Strict):
     """`policy`: see agent/selection.py. A failed model is excluded for `retry_after_s`,
     doubling after each further failure up to `retry_max_s`, then measured again."""
 
-    policy: Literal["activation", "exact", "standalone", "all"] = "activation"
+    policy: PolicyName = "activation"
     retry_after_s: float = Field(5.0, ge=0.0, le=86_400.0)
     retry_max_s: float = Field(300.0, ge=0.0, le=86_400.0)
 
@@ -300,7 +266,7 @@ class ProfilingConfig(Strict):
     online_subsets_max_sources: int = Field(8, ge=1, le=16)
     ema_alpha: float = Field(0.2, gt=0.0, le=1.0)
     delay_window: int = Field(200, ge=1, le=100_000)
-    memory_probe: Literal["auto", "rss", "pss", "nvml", "jetson"] = "auto"
+    memory_probe: ProbeName = "auto"
 
 
 class AgentConfig(Strict):

@@ -32,20 +32,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.controlled import Controlled
 from agent.files import write_atomically
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.publisher import Publisher
 from agent.security import SignatureError, Verifier
 from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
-
-if TYPE_CHECKING:
-    from agent.service import ServiceAgent
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +268,9 @@ def unpack_bundle(archive: bytes, staging: Path, max_bytes: int) -> Path:
 
 
 class Control:
-    """Answers `config/set` and `cmd/<name>` for one ServiceAgent."""
+    """Answers `config/set` and `cmd/<name>` for one agent service (agent.controlled)."""
 
-    def __init__(self, agent: ServiceAgent, publisher: Publisher, store: StateStore,
+    def __init__(self, agent: Controlled, publisher: Publisher, store: StateStore,
                  config_path: Path | None = None) -> None:
         self.agent = agent
         self.publisher = publisher
@@ -289,6 +287,15 @@ class Control:
         self._discovery_topic: str | None = None
         self._thread = threading.Thread(target=self._work, name="mlink-control", daemon=True)
         self.handled = 0
+
+    @property
+    def version(self) -> int:
+        """The version of the config in force: the agent's, which its status reports."""
+        return self.agent.config_version
+
+    @version.setter
+    def version(self, version: int) -> None:
+        self.agent.config_version = version
 
     # -- wiring ------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -323,7 +330,7 @@ class Control:
                     self._reload_requested = False
                     self._reload()
                 continue
-            while not self.agent.ready.wait(0.2):
+            while not self.agent.wait_ready(0.2):
                 if self._stop.is_set():
                     return
             try:
@@ -470,6 +477,7 @@ class Control:
                 self.agent.reconfigure(new)
                 self.version = max(self.version, self.store.version) + 1
                 self.store.save(self.version, None, self.store.overrides)
+                self.agent.publish_status("running")
             self.publish_state()
             log.info("reloaded %s (version %d)", self.config_path, self.version)
         except (ConfigError, RequestError, OSError) as exc:
@@ -488,7 +496,7 @@ class Control:
         if request is not None:
             try:
                 if name == "reprofile":
-                    result = self.agent.reprofile()
+                    result = self.agent.remeasure()
                 elif name == "reselect":
                     result = self.agent.reselect()
                 elif name == "bundle":
@@ -562,7 +570,7 @@ class Control:
             root = unpack_bundle(archive, staging, 4 * max_bytes)
             bundle = load_bundle(root)  # every file present, listed and matching its sha256
             os.replace(root, final)
-            previous = self.agent.bundle.root
+            previous = self.agent.bundle_root
             try:
                 selection = self.agent.swap_bundle(load_bundle(final))
             except Exception:

@@ -32,6 +32,7 @@ import numpy as np
 import psutil
 
 from agent.heap import release_free_heap
+from agent.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class MemoryProbe:
     def details(self) -> dict[str, float | None]:
         """Extra figures for the status (e.g. GPU load)."""
         return {}
+
+
+# Built-in probes register here; plugins are files in agent/probes/.
+PROBES: Registry[type[MemoryProbe]] = Registry("memory probe", key="name",
+                                               package="agent.probes")
 
 
 class RssProbe(MemoryProbe):
@@ -232,9 +238,9 @@ class NvmlProbe(MemoryProbe):
         return {"gpu_mb": self.gpu_mb()}
 
 
-PROBES: dict[str, type[MemoryProbe]] = {
-    p.name: p for p in (RssProbe, PssProbe, NvmlProbe, JetsonProbe)
-}
+for _builtin in (RssProbe, PssProbe, NvmlProbe, JetsonProbe):
+    PROBES.register(_builtin)
+
 AUTO_ORDER = ("jetson", "nvml", "pss", "rss")
 
 

@@ -1,5 +1,7 @@
-"""Black-box model adapters: small classes behind one interface, registered by name and
-chosen by a model's `adapter` in the config. The agent only sees inputs and outputs.
+"""Black-box model adapters: small classes behind one interface, one file each in
+agent/adapters/, registered by name (ADAPTERS, agent.registry) and chosen by a model's
+`adapter` in the config, whose choices are derived from the registry. The agent only sees
+inputs and outputs.
 
 A model call that raises, or outlives its timeout (`agent.runner`), is a `ModelFailure`;
 `check_output` turns a NaN or a wrong-shaped output into one too.
@@ -8,16 +10,16 @@ A model call that raises, or outlives its timeout (`agent.runner`), is a `ModelF
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from agent.config import ModelConfig
 from agent.heap import returning_memory
-from links_tflite.interpreter import TFLiteRunner
+from agent.registry import Registry
+
+if TYPE_CHECKING:
+    from agent.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class ModelAdapter:
     """One black-box model: load, infer on one frame's input, unload (freeing its memory)."""
 
     adapter: ClassVar[str]
+    needs: ClassVar[Literal["path", "entry"]]  # what names the model in its config
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
@@ -62,132 +65,6 @@ class ModelAdapter:
         raise NotImplementedError
 
 
-class TFLiteModel(ModelAdapter):
-    """A .tflite file run by LiteRT with an explicit thread count."""
-
-    adapter: ClassVar[str] = "tflite"
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self._runner: TFLiteRunner | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._runner is not None
-
-    def load(self) -> None:
-        if self._runner is None:
-            self._runner = TFLiteRunner(self.config.path, num_threads=self.config.threads)
-            log.info("model %s loaded from %s (%s)", self.id, self.config.path,
-                     self._runner.runtime)
-
-    def release(self) -> None:
-        self._runner = None
-
-    def infer(self, example: np.ndarray) -> np.ndarray:
-        if self._runner is None:
-            raise RuntimeError(f"model {self.id} is not loaded")
-        return self._runner.run_one(example)
-
-
-class PythonModel(ModelAdapter):
-    """A Python entry point `module:callable`, named in the local TOML only. A class is
-    instantiated on load (and its `close()` called on unload, where it has one); a function
-    is called as it is."""
-
-    adapter: ClassVar[str] = "python"
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self._call: Callable[[np.ndarray], Any] | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._call is not None
-
-    def load(self) -> None:
-        if self._call is not None:
-            return
-        assert self.config.entry is not None
-        module_name, _, attribute = self.config.entry.partition(":")
-        target = getattr(importlib.import_module(module_name), attribute)
-        self._call = target() if isinstance(target, type) else target
-        if not callable(self._call):
-            self._call = None
-            raise TypeError(f"model {self.id}: {self.config.entry} is not callable")
-        log.info("model %s loaded from %s", self.id, self.config.entry)
-
-    def release(self) -> None:
-        close = getattr(self._call, "close", None)
-        self._call = None
-        if callable(close):
-            try:
-                close()
-            except Exception:
-                log.exception("model %s: close() failed", self.id)
-
-    def infer(self, example: np.ndarray) -> np.ndarray:
-        if self._call is None:
-            raise RuntimeError(f"model {self.id} is not loaded")
-        return np.asarray(self._call(example), dtype=np.float32)
-
-
-class OnnxModel(ModelAdapter):
-    """An .onnx file (one input, one output) run by ONNX Runtime on the CPU with `threads`
-    intra-op threads. onnxruntime is the optional extra `onnx`; without it, loading fails
-    with an error saying so, and the model is marked failed like any other."""
-
-    adapter: ClassVar[str] = "onnx"
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__(config)
-        self._session: Any = None
-        self._input: Any = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._session is not None
-
-    def load(self) -> None:
-        if self._session is not None:
-            return
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise RuntimeError("adapter 'onnx' needs onnxruntime: "
-                               "pip install 'mlink-edge[onnx]'") from exc
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.config.threads
-        options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(self.config.path), sess_options=options,
-                                               providers=["CPUExecutionProvider"])
-        inputs, outputs = session.get_inputs(), session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{self.config.path}: expected 1 input and 1 output, "
-                             f"found {len(inputs)} and {len(outputs)}")
-        self._session, self._input = session, inputs[0]
-        log.info("model %s loaded from %s (onnxruntime %s)", self.id, self.config.path,
-                 onnxruntime.__version__)
-
-    def release(self) -> None:
-        self._session = self._input = None
-
-    def infer(self, example: np.ndarray) -> np.ndarray:
-        if self._session is None:
-            raise RuntimeError(f"model {self.id} is not loaded")
-        dims = self._input.shape[1:]
-        values = np.asarray(example, dtype=np.float32)
-        if all(isinstance(d, int) for d in dims):
-            values = values.reshape(dims)
-        return np.asarray(self._session.run(None, {self._input.name: values[None, ...]})[0][0])
-
-
-ADAPTERS: dict[str, type[ModelAdapter]] = {
-    TFLiteModel.adapter: TFLiteModel, PythonModel.adapter: PythonModel,
-    OnnxModel.adapter: OnnxModel,
-}
-
-
 class ModelFailure(RuntimeError):
     """A model call that raised, timed out, or returned an unusable output."""
 
@@ -208,6 +85,10 @@ def check_output(model_id: str, value: Any, width: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ModelFailure("nan", f"model {model_id}: output holds NaN or infinity")
     return array
+
+
+ADAPTERS: Registry[type[ModelAdapter]] = Registry("adapter", key="adapter",
+                                                  package="agent.adapters")
 
 
 def make_model(config: ModelConfig) -> ModelAdapter:

@@ -150,6 +150,12 @@ def _complete(items: list[list[_Option]], room: dict[int, float], budget: _Budge
     return value, sum(cost[i] / budget.limit[d] for i, d in enumerate(dims)), picks
 
 
+def _best_unbounded(options: list[_Option], budget: _Budget) -> int:
+    """The best option where nothing is budgeted; the cheaper on a tie."""
+    return max(range(len(options)),
+               key=lambda i: (options[i].value, -budget.share(options[i].cost)))
+
+
 def _plan(problem: Problem, active: frozenset[str], choices: dict[str, _Option]) -> Plan:
     actions = {m: Action(RUN) if m in active else choices[m].action for m in problem.models}
     use = {r: sum(problem.model_costs[m].get(r) for m in active)
@@ -172,8 +178,7 @@ def _solve(problem: Problem, budget: _Budget, active: frozenset[str],
     room = {d: budget.limit[d] - sum(problem.model_costs[m].get(RESOURCES[d]) for m in active)
             for d in budget.dims}
     if not budget.dims:  # nothing budgeted: each model its best option, the cheaper on a tie
-        picks = tuple(max(range(len(o)), key=lambda i, o=o: (o[i].value, -budget.share(o[i].cost)))
-                      for o in items)
+        picks = tuple(_best_unbounded(options, budget) for options in items)
         value = sum(o[i].value for o, i in zip(items, picks, strict=True))
         share = 0.0
     else:
@@ -249,9 +254,9 @@ def plan_greedy(problem: Problem) -> Plan:
     order = sorted(problem.candidates, key=lambda m: (-scores[m], m))
     model_cost = np.array([[problem.model_costs[m].get(r) for r in RESOURCES] for m in models])
     link_cost = np.zeros((len(RESOURCES), k, k))  # [resource, source, target]
-    for (s, t), cost in problem.link_costs.items():
+    for (s, t), link in problem.link_costs.items():
         if s in position and t in position:
-            link_cost[:, position[s], position[t]] = [cost.get(r) for r in RESOURCES]
+            link_cost[:, position[s], position[t]] = [link.get(r) for r in RESOURCES]
     limit = np.array([problem.budget.get(r, np.inf) for r in RESOURCES])
     inside = np.zeros(k, dtype=bool)
     spent = np.zeros(len(RESOURCES))
@@ -298,7 +303,7 @@ def plan_greedy(problem: Problem) -> Plan:
             break
         ratio = np.where(ok, np.where(share > 0, gain / np.maximum(share, 1e-300), np.inf),
                          -np.inf)
-        j, o = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+        j, o = (int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
         room = room - extra[j, o]
         picks[j] = o
     chosen = {m: items[j][int(picks[j])] for j, m in enumerate(others)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from agent.config import AgentConfig, ConfigError
 from agent.costs import median_delay_ms, memory_delta_mb, warm_up_runtime
 from agent.heap import configure_heap
-from agent.models import make_model
+from agent.models import ModelAdapter, make_model
 from agent.sources import open_source
 from links_tflite.recording import Recording
 from links_tflite.tasks import TaskSpec
@@ -47,8 +48,8 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False) -> Recor
     costs: dict[str, dict[str, float | None]] = {}
     for model_id, model in models.items():
         first = seen[0].modalities[model.input_modality]
-        memory = memory_delta_mb(lambda m=model, x=first: (m.load(), m.infer(x)))
-        delay = median_delay_ms(lambda m=model, x=first: m.infer(x), warmup, runs)
+        memory = memory_delta_mb(partial(_load_and_infer, model, first))
+        delay = median_delay_ms(partial(model.infer, first), warmup, runs)
         costs[model_id] = {"memory_mb": memory, "delay_ms": delay}
         outputs[model_id] = np.stack(
             [model.infer(f.modalities[model.input_modality]) for f in seen]
@@ -77,3 +78,8 @@ def record_to_file(config: AgentConfig, frames: int, out: Path, with_frames: boo
     recording = record(config, frames, with_frames)
     recording.save(out)
     return recording
+
+
+def _load_and_infer(model: ModelAdapter, example: np.ndarray) -> np.ndarray:
+    model.load()
+    return model.infer(example)

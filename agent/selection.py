@@ -45,6 +45,7 @@ from typing import ClassVar
 import numpy as np
 
 from agent.costs import Cost
+from agent.registry import Registry
 from links_tflite.bundle import Profile
 from links_tflite.ensemble import EnsembleRule
 
@@ -175,6 +176,10 @@ class Policy:
             expected_agreement=problem.expected_agreement(active, uses_links),
             uses_links=uses_links,
         )
+
+
+# Built-in policies register here, in this order; plugins are files in agent/policies/.
+POLICIES: Registry[type[Policy]] = Registry("policy", key="name", package="agent.policies")
 
 
 def scalar_costs(problem: Problem) -> dict[str, float]:
@@ -409,9 +414,8 @@ class ExactPolicy(Policy):
         return exact_best(problem)
 
 
-POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (ActivationPolicy, ExactPolicy, StandalonePolicy, AllPolicy)
-}
+for _builtin in (ActivationPolicy, ExactPolicy, StandalonePolicy, AllPolicy):
+    POLICIES.register(_builtin)
 
 
 def get_policy(name: str) -> Policy:

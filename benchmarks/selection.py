@@ -46,13 +46,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.broker import BrokerUnavailable, LocalBroker  # noqa: E402
 from agent.config import AgentConfig, load_config  # noqa: E402
 from agent.costs import Cost  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from agent.publisher import Publisher, dumps  # noqa: E402
 from agent.scheduler import Agent  # noqa: E402
 from agent.selection import POLICIES, Problem, SelectionError, get_policy  # noqa: E402
+from devtools.broker import BrokerUnavailable, LocalBroker  # noqa: E402
 from links_tflite.agreement import mean_agreement  # noqa: E402
 from links_tflite.bundle import Profile, load_bundle  # noqa: E402
 from links_tflite.interpreter import TFLiteRunner  # noqa: E402
@@ -148,7 +148,7 @@ def workload_section(title: str, build: Path, frames_n: int, note: str,
                      findings: Findings) -> list[str]:
     """Each policy's choice at budgets of 1/3 and 2/3 of the models' total measured cost,
     and the agreement it really achieves on the workload's stream."""
-    agent = Agent(benchmark_config(build, 5000.0))
+    agent = Agent.from_config(benchmark_config(build, 5000.0))
     stream = agent.source.frames()
     frames = list(itertools.islice(stream, frames_n))
     agent.measure(frames[0])
@@ -156,7 +156,7 @@ def workload_section(title: str, build: Path, frames_n: int, note: str,
     costs = agent.model_costs
     lines = [f"## {title}: agreement per policy under budgets", "",
              f"{len(frames)} stream frames; costs measured here by the agent "
-             f"(memory probe `{agent.probe.name}`):", "",
+             f"(memory probe `{agent.executor.probe.name}`):", "",
              "| model or link | memory MB | delay ms |", "| --- | ---: | ---: |"]
     for m, c in costs.items():
         lines.append(f"| {m} | {c.get('memory_mb'):.3f} | {c.get('delay_ms'):.4f} |")
@@ -338,7 +338,7 @@ def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
             rows.append(f"| {label} | not measured: no Mosquitto here |" + " |" * 6)
             continue
         config = benchmark_config(build, timeout_ms)
-        agent = Agent(config)
+        agent = Agent.from_config(config)
         frames = list(itertools.islice(agent.source.frames(), frames_n))
         agent.measure(frames[0])
         total = sum(c.get("memory_mb") for c in agent.model_costs.values())

@@ -29,10 +29,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 
-from agent.broker import LocalBroker
 from agent.config import load_config
 from agent.outbox import Outbox
 from agent.sources.city import start_index
+from devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak.md"

@@ -207,7 +207,7 @@ def _read_json(path: Path, where: str) -> dict[str, Any]:
     return data
 
 
-def verify_files(root: Path, files: dict[str, str]) -> None:
+def verify_files(root: Path, files: Any) -> None:
     """Every listed file present with its sha256, and no file that is not listed."""
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{MANIFEST}: 'files' must map each bundle file to its sha256")

@@ -78,6 +78,16 @@ def open_interpreter(path: Path, num_threads: int) -> tuple[str, Any]:
     return runtime, cls(model_path=str(path), num_threads=num_threads)
 
 
+def interpreter_ops(interpreter: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """An interpreter's (op name, operand dtypes) in execution order, delegate placeholders
+    left out."""
+    return [
+        (d["op_name"], tuple(np.dtype(t).name for t in d.get("operand_types", ())))
+        for d in interpreter._get_ops_details()
+        if d["op_name"] != "DELEGATE"
+    ]
+
+
 class TFLiteRunner:
     """A loaded .tflite file with one input and one output, run on batches.
 
@@ -143,11 +153,7 @@ class TFLiteRunner:
 
     def ops(self) -> list[tuple[str, tuple[str, ...]]]:
         """(op name, operand dtypes) in execution order, delegate placeholders left out."""
-        return [
-            (d["op_name"], tuple(np.dtype(t).name for t in d.get("operand_types", ())))
-            for d in self._interpreter._get_ops_details()
-            if d["op_name"] != "DELEGATE"
-        ]
+        return interpreter_ops(self._interpreter)
 
     def op_types(self) -> list[str]:
         return [name for name, _ in self.ops()]
@@ -253,7 +259,7 @@ class MultiTensorRunner:
         }
 
     def ops(self) -> list[tuple[str, tuple[str, ...]]]:
-        return TFLiteRunner.ops(self)  # type: ignore[arg-type]
+        return interpreter_ops(self._interpreter)
 
     def op_types(self) -> list[str]:
         return [name for name, _ in self.ops()]

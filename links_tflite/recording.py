@@ -23,7 +23,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -140,7 +140,7 @@ class Recording:
             {f"ground_truth/{k}": v.astype(np.float32) for k, v in self.ground_truth.items()}
         )
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **cast(dict[str, Any], arrays))  # arrays by name
         tmp.replace(path)
         return path
 

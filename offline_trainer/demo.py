@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.broker import LocalBroker
-from agent.subscriber import Collector
+from devtools.broker import LocalBroker
+from devtools.subscriber import Collector
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import MANIFEST
 from links_tflite.recording import Recording

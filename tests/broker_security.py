@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.broker import LocalBroker, free_port
+from devtools.broker import LocalBroker, free_port
 
 
 @dataclass(frozen=True)

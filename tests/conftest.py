@@ -43,12 +43,23 @@ class DigitsBuild:
         return self.root / "models" / f"{model_id}.tflite"
 
 
+FIXTURE = Path(__file__).resolve().parent / "data" / "digits3"
+
+
+@pytest.fixture(scope="session")
+def digits_fixture() -> DigitsBuild:
+    """The committed three-model digits build (`LINKED_MODELS`: their .tflite files, the
+    bundle of their six links, 60 stream frames; made by devtools/fixture_bundle.py): what the
+    scheduler's tests run on without TensorFlow. Read-only: write configs under tmp_path."""
+    return DigitsBuild(root=FIXTURE, links=[])
+
+
 @pytest.fixture()
 def persistent_broker(tmp_path: Path):
     """A Mosquitto that keeps persistent sessions and their queues across its own restarts,
     without a cap on queued messages (Mosquitto's default silently drops beyond 1000), so a
     subscriber with a persistent session counts everything a publisher delivered."""
-    from agent.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     store = tmp_path / "mosquitto-db"
     store.mkdir()

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 
-from agent.broker import free_port
+from devtools.broker import free_port
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """A model that raises, hangs, returns NaN or the wrong shape is excluded and predicted from
-the others; the loop goes on, and the model comes back after its back-off."""
+the others; the loop goes on, and the model comes back after its back-off. On the committed
+fixture (tests/data/digits3): no TensorFlow, nothing trained."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def python_config(root: Path, build_root: Path, policy: str = "all", budget: str
 
 
 @pytest.fixture()
-def models(digits_build) -> Iterator[None]:
+def models(digits_fixture) -> Iterator[None]:
     pm.reset()
-    pm.MODEL_DIR = digits_build.root / "models"
+    pm.MODEL_DIR = digits_fixture.root / "models"
     yield
     pm.RELEASE.set()  # let any hung call return
     pm.reset()
@@ -56,11 +57,11 @@ def by_model(payloads: list[dict]) -> dict[str, dict]:
 
 @pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("nan", "nan"),
                                             ("shape", "shape"), ("hang", "timeout")])
-def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path: Path,
+def test_failed_model_is_predicted_and_comes_back(digits_fixture, models, tmp_path: Path,
                                                   mode: str, kind: str) -> None:
-    config = load_config(python_config(tmp_path, digits_build.root, timeout_ms=300,
+    config = load_config(python_config(tmp_path, digits_fixture.root, timeout_ms=300,
                                        retry_after_s=3600.0))
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     frames = agent.start()
     assert agent.selection is not None and agent.selection.active == set(MODELS)
     first = by_model(agent.process(next(frames)))
@@ -77,48 +78,49 @@ def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path
         assert outputs["digit"]["provenance"] == "executed"
     status = agent.status("running")
     assert status["models"]["parity"]["state"] == "failed"
-    assert agent.health["parity"].last_kind == kind
+    assert agent.executor.health["parity"].last_kind == kind
     assert status["counters"]["model_errors"] == 1  # excluded: not called again meanwhile
     assert "parity" not in status["selection"]["active"]
     if mode == "hang":
         assert status["counters"]["timeouts"] == 1
         pm.RELEASE.set()
-        assert agent.abandoned["parity"].join(10.0)  # the hung call returns, its thread ends
+        # the hung call returns, its thread ends
+        assert agent.executor.abandoned["parity"].join(10.0)
 
     # its back-off ends: it is measured again and, healthy, activated again
     pm.MODE["parity"] = "ok"
-    agent.health["parity"].retry_at = 0.0
+    agent.executor.health["parity"].retry_at = 0.0
     outputs = by_model(agent.process(next(frames)))
     assert outputs["parity"]["provenance"] == "executed"
     assert agent.status("running")["models"]["parity"]["state"] == "active"
 
 
-def test_a_model_failing_on_every_retry_backs_off_longer(digits_build, models,
+def test_a_model_failing_on_every_retry_backs_off_longer(digits_fixture, models,
                                                          tmp_path: Path) -> None:
-    config = load_config(python_config(tmp_path, digits_build.root, retry_after_s=2.0))
-    agent = Agent(config)
+    config = load_config(python_config(tmp_path, digits_fixture.root, retry_after_s=2.0))
+    agent = Agent.from_config(config)
     frames = agent.start()
     pm.MODE["inkbox"] = "raise"
     backoffs = []
     for _ in range(3):
         agent.process(next(frames))
-        health = agent.health["inkbox"]
+        health = agent.executor.health["inkbox"]
         assert health.retry_at is not None
         backoffs.append(health.backoff_s)
         health.retry_at = 0.0  # the back-off is over: the next frame retries
     assert backoffs == [2.0, 4.0, 8.0]
-    assert agent.health["inkbox"].failures == 3
+    assert agent.executor.health["inkbox"].failures == 3
     calls_before = pm.CALLS["inkbox"]
-    agent.health["inkbox"].retry_at = float("inf")
+    agent.executor.health["inkbox"].retry_at = float("inf")
     agent.process(next(frames))
     assert pm.CALLS["inkbox"] == calls_before  # not called while excluded
 
 
-def test_failure_during_measuring_excludes_the_model(digits_build, models,
+def test_failure_during_measuring_excludes_the_model(digits_fixture, models,
                                                      tmp_path: Path) -> None:
     pm.MODE["digit"] = "raise"
-    agent = Agent(load_config(python_config(tmp_path, digits_build.root, policy="exact",
-                                            retry_after_s=3600.0)))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root,
+                                                        policy="exact", retry_after_s=3600.0)))
     frames = agent.start()
     assert agent.selection is not None and "digit" not in agent.selection.active
     outputs = by_model(agent.process(next(frames)))
@@ -163,39 +165,43 @@ def test_check_output() -> None:
     assert check_output("m", [[0.5], [0.5]], 2).shape == (2,)
 
 
-def test_entry_point_that_cannot_load_is_a_failed_model(digits_build, models,
+def test_entry_point_that_cannot_load_is_a_failed_model(digits_fixture, models,
                                                         tmp_path: Path) -> None:
-    path = python_config(tmp_path, digits_build.root, retry_after_s=3600.0)
+    path = python_config(tmp_path, digits_fixture.root, retry_after_s=3600.0)
     path.write_text(path.read_text().replace("tests.python_models:Inkbox",
                                              "tests.python_models:Missing"))
-    agent = Agent(load_config(path))
+    agent = Agent.from_config(load_config(path))
     frames = agent.start()
-    assert agent.health["inkbox"].failed and "AttributeError" in agent.health["inkbox"].last_error
+    health = agent.executor.health["inkbox"]
+    assert health.failed and health.last_error is not None and "AttributeError" in health.last_error
     outputs = by_model(agent.process(next(frames)))
     assert outputs["inkbox"]["provenance"] == "predicted"
     assert agent.status("running")["models"]["inkbox"]["state"] == "failed"
 
 
-def test_costs_can_be_forgotten_and_restored(digits_build, models, tmp_path: Path) -> None:
+def test_costs_can_be_forgotten_and_restored(digits_fixture, models, tmp_path: Path) -> None:
     """What a caller that re-measures from scratch, or rolls back, relies on."""
     from agent.costs import Cost
 
-    agent = Agent(load_config(python_config(tmp_path, digits_build.root)))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)))
     agent.start()
     models_before, links_before = agent.model_costs, agent.link_costs
     assert all(c.delay_ms is not None for c in models_before.values()) and len(links_before) == 6
-    agent.model_costs, agent.link_costs = {}, {}
+    agent.costs.set_model_costs({})
+    agent.costs.set_link_costs({})
     assert set(agent.model_costs.values()) == {Cost(None, None)} and not agent.link_costs
-    agent.model_costs, agent.link_costs = models_before, links_before
+    agent.costs.set_model_costs(models_before)
+    agent.costs.set_link_costs(links_before)
     assert agent.model_costs == models_before and agent.link_costs == links_before
     assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None
 
 
-def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
+def test_models_can_be_disabled_and_enabled_at_run_time(digits_fixture, models,
                                                         tmp_path: Path) -> None:
     """What a remote `enabled = false` does to the running agent: the model leaves
     `agent.models`; selection, the loop and the status carry on without it."""
-    agent = Agent(load_config(python_config(tmp_path, digits_build.root, policy="exact")))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root,
+                                                        policy="exact")))
     frames = agent.start()
     inkbox = agent.models.pop("inkbox")
     inkbox.unload()
@@ -207,15 +213,15 @@ def test_models_can_be_disabled_and_enabled_at_run_time(digits_build, models,
     assert set(by_model(agent.process(next(frames)))) == set(MODELS)
 
 
-def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_path: Path) -> None:
+def test_watchdog_and_inline_give_the_same_outputs(digits_fixture, models, tmp_path: Path) -> None:
     """A frame's models run in one batch on the runner thread, and its predictions and
     payloads are made there: what comes out is what the same agent computes inline."""
     runs = {}
     for timeout_ms in (5000.0, 0.0):
         root = tmp_path / f"t{timeout_ms:.0f}"
         root.mkdir()
-        agent = Agent(load_config(python_config(root, digits_build.root,
-                                                timeout_ms=timeout_ms)))
+        agent = Agent.from_config(load_config(python_config(root, digits_fixture.root,
+                                                            timeout_ms=timeout_ms)))
         frames = agent.start()
         # parity predicted from the other two
         agent.apply(Selection("test", frozenset({"digit", "inkbox"}), ("parity",), {}, 0.0,
@@ -228,11 +234,11 @@ def test_watchdog_and_inline_give_the_same_outputs(digits_build, models, tmp_pat
     assert all(frame["parity"][0] == "predicted" for frame in runs[0.0])
 
 
-def test_status_reports_the_agents_own_time_per_frame(digits_build, models,
+def test_status_reports_the_agents_own_time_per_frame(digits_fixture, models,
                                                       tmp_path: Path) -> None:
     from tests.contract import validate
 
-    agent = Agent(load_config(python_config(tmp_path, digits_build.root)))
+    agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)))
     frames = agent.start()
     payloads = [agent.process(next(frames)) for _ in range(4)]
     overhead = agent.status("running")["overhead"]

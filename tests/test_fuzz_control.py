@@ -13,7 +13,6 @@ import io
 import json
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +55,22 @@ class FakePublisher:
 
 
 class FakeAgent:
-    """The part of ServiceAgent that Control drives; accepts what Control hands it."""
-
-    class _Bundle:
-        def __init__(self, root: Path) -> None:
-            self.root = root
+    """What Control drives (agent.controlled.Controlled); accepts what Control hands it."""
 
     def __init__(self, config: Any, bundle_root: Path) -> None:
         self.config = config
-        self.bundle = self._Bundle(bundle_root)
-        self.ready = threading.Event()
-        self.ready.set()
+        self.bundle_root = bundle_root
+        self.config_version = 0
         self.swapped: list[Path] = []
+        self.statuses: list[tuple[str, int]] = []  # each status published, with its version
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return True
 
     def reconfigure(self, new: Any) -> None:
         self.config = new
 
-    def reprofile(self) -> dict[str, Any]:
+    def remeasure(self) -> dict[str, Any]:
         return {"selection": {}, "costs": {}}
 
     def reselect(self) -> dict[str, Any]:
@@ -80,11 +78,11 @@ class FakeAgent:
 
     def swap_bundle(self, bundle: Any) -> dict[str, Any]:
         self.swapped.append(bundle.root)
-        self.bundle = self._Bundle(bundle.root)
+        self.bundle_root = bundle.root
         return {}
 
     def publish_status(self, state: str) -> None:
-        pass
+        self.statuses.append((state, self.config_version))
 
 
 class Rig:
@@ -275,6 +273,18 @@ def test_stale_versions_are_refused(rig: Rig) -> None:
     retained = rig.send(TOPICS.config_set, b'{"version": 10000, "budget": {"memory_mb": 2}}',
                         retain=True)
     assert retained["status"] == "error" and "retained" in retained["errors"][0]["message"]
+
+
+def test_an_applied_config_publishes_the_status_once_with_its_version(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    response = _check(rig, TOPICS.config_set, json.dumps(
+        {"transaction": "once", "version": 3, "budget": {"memory_mb": 7.25}}).encode())
+    assert response["status"] == "ok" and rig.control.version == 3
+    assert rig.agent.statuses == [("running", 3)]
+    _check(rig, TOPICS.config_set, json.dumps(
+        {"transaction": "bad", "version": 4, "budget": {"memory_mb": -1.0}}).encode(),
+        expect_error=True)
+    assert rig.agent.statuses == [("running", 3)]  # a refusal changes nothing
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import json
 import signal
 from pathlib import Path
 
-from agent.broker import LocalBroker
 from agent.outbox import Outbox
+from devtools.broker import LocalBroker
 from tests.agent_process import AgentProcess, Client, outbox_depth, retained, write_config
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import LocalBroker
+from devtools.broker import LocalBroker
 from tests.agent_process import AgentProcess, Client, retained, write_config
 from tests.contract import validate
 from tests.test_fuzz_control import HOSTILE_CONFIG, _tar

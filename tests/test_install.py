@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import LocalBroker
+from devtools.broker import LocalBroker
 from tests.agent_process import Client, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

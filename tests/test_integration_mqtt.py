@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.broker import LocalBroker
-from agent.subscriber import Collector
+from devtools.broker import LocalBroker
+from devtools.subscriber import Collector
 from links_tflite.bundle import load_bundle
 from links_tflite.ensemble import EnsemblePredictor
 from links_tflite.interpreter import TFLiteRunner
@@ -86,7 +86,7 @@ def test_every_output_arrives_once_with_provenance(digits_build, broker) -> None
 
 
 def test_unreachable_broker_is_a_clear_error(digits_build, tmp_path: Path) -> None:
-    from agent.broker import free_port
+    from devtools.broker import free_port
 
     config = tmp_path / "agent.toml"
     text = agent_config_text("digits", digits_build.recipes(), free_port(), 5.0)

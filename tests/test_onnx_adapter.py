@@ -36,12 +36,12 @@ def write_parity_onnx(path: Path, weights: np.ndarray, bias: np.ndarray) -> None
     onnx.save(model, str(path))
 
 
-def test_onnx_model_runs_in_the_agent(digits_build, tmp_path: Path) -> None:
+def test_onnx_model_runs_in_the_agent(digits_fixture, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     weights = rng.normal(0, 0.1, (64, 2)).astype(np.float32)
     bias = np.array([0.1, -0.1], dtype=np.float32)
     write_parity_onnx(tmp_path / "parity.onnx", weights, bias)
-    root = digits_build.root
+    root = digits_fixture.root
     config = tmp_path / "agent.toml"
     config.write_text(
         f'device_id = "onnx"\n[bundle]\npath = "{root / "bundle"}"\n'
@@ -50,7 +50,7 @@ def test_onnx_model_runs_in_the_agent(digits_build, tmp_path: Path) -> None:
         f'[[models]]\nid = "digit"\npath = "{root / "models/digit.tflite"}"\ninput = "image"\n'
         f'[[models]]\nid = "parity"\nadapter = "onnx"\npath = "parity.onnx"\ninput = "image"\n'
         f"threads = 1\n")
-    agent = Agent(load_config(config))
+    agent = Agent.from_config(load_config(config))
     frames = agent.start()
     assert agent.selection is not None and agent.selection.active == {"digit", "parity"}
     assert agent.models["parity"].loaded

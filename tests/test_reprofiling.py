@@ -22,9 +22,9 @@ BALLAST_MB = 16.0  # each model holds this much, so two models fit 40 MB and thr
 
 
 @pytest.fixture()
-def heavy_models(digits_build) -> Iterator[None]:
+def heavy_models(digits_fixture) -> Iterator[None]:
     pm.reset()
-    pm.MODEL_DIR = digits_build.root / "models"
+    pm.MODEL_DIR = digits_fixture.root / "models"
     pm.BALLAST_MB = BALLAST_MB
     yield
     pm.BALLAST_MB = 0.0
@@ -33,18 +33,18 @@ def heavy_models(digits_build) -> Iterator[None]:
 
 def run_window(agent: Agent, frames: Iterator, n: int) -> None:
     agent.request_reprofile()
-    windows = agent.profiling.windows
+    windows = agent.window.stats.windows
     for _ in range(n):
         agent.process(next(frames))
-    assert agent.profiling.windows == windows + 1
+    assert agent.window.stats.windows == windows + 1
 
 
-def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
+def test_drift_changes_agreement_and_selection(digits_fixture, heavy_models,
                                                tmp_path: Path) -> None:
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 0\nsample_frames = 12\nmin_samples = 8\nagreement_window = 12"))
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     frames = agent.start()
     costs = agent.model_costs
     assert all(0.9 * BALLAST_MB <= c.memory_mb < BALLAST_MB + 8 for c in costs.values()), costs
@@ -54,7 +54,7 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     before = agent.selection
     (target,) = before.predicted  # the model the links predict well enough to leave out
     sources = frozenset(before.active)
-    online_before = agent.online.figure(target, sources)
+    online_before = agent.window.online.figure(target, sources)
     assert online_before is not None and online_before > 0.5
     for model_id, model in agent.models.items():  # the window's extra models are unloaded
         assert model.loaded == (model_id in before.active)
@@ -62,7 +62,7 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     pm.DRIFT[target] = True  # its outputs change: no link predicts them any more
     run_window(agent, frames, 12)
     after = agent.selection
-    online_after = agent.online.figure(target, sources)
+    online_after = agent.window.online.figure(target, sources)
     assert online_after is not None and online_after < 0.3
     assert agent.bundle.profile.ensemble_agreement(target, sources) > 0.5  # offline unchanged
     assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(online_after)
@@ -79,15 +79,15 @@ def test_drift_changes_agreement_and_selection(digits_build, heavy_models,
     assert status["costs"]["models"]["parity"]["runs"] > 0
 
 
-def test_unloading_gives_memory_back(digits_build, heavy_models, tmp_path: Path) -> None:
+def test_unloading_gives_memory_back(digits_fixture, heavy_models, tmp_path: Path) -> None:
     """Each window reloads the model left out and unloads it again: the box gets its memory
     back every time, and every reload is charged in full. (Before agent.heap, the reload came
     from a thread arena's top chunk, which was never released: the process kept 16 MB more
     after the second window, and reloads read 0.07 MB.)"""
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 0\nsample_frames = 2\nmin_samples = 1"))
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     frames = agent.start()
     settled = rss_bytes() / MB
     for _ in range(4):
@@ -99,11 +99,11 @@ def test_unloading_gives_memory_back(digits_build, heavy_models, tmp_path: Path)
             agent.model_costs
 
 
-def test_period_in_frames_starts_windows(digits_build, heavy_models, tmp_path: Path) -> None:
+def test_period_in_frames_starts_windows(digits_fixture, heavy_models, tmp_path: Path) -> None:
     config = load_config(python_config(
-        tmp_path, digits_build.root, policy="exact", budget="memory_mb = 40.0",
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
         profiling="period_frames = 5\nsample_frames = 2\nmin_samples = 1"))
-    agent = Agent(config)
+    agent = Agent.from_config(config)
     frames = agent.start()
     calls = []
     for _ in range(14):
@@ -112,7 +112,7 @@ def test_period_in_frames_starts_windows(digits_build, heavy_models, tmp_path: P
         calls.append(sum(pm.CALLS.get(m, 0) - before.get(m, 0) for m in pm.CALLS))
     # frames 1-5 run the two activated models, 6-7 all three, 8-12 two, 13-14 three
     assert calls == [2] * 5 + [3] * 2 + [2] * 5 + [3] * 2
-    assert agent.profiling.windows == 2
+    assert agent.window.stats.windows == 2
 
 
 # -- the city stream: a forced drift from the weekday's morning rush to its evening rush ---
@@ -167,12 +167,12 @@ def reference_agreement(build, frames: list, target: str, sources: frozenset[str
 def window_frames(agent: Agent, frames: Iterator, n: int) -> list:
     """Run a profiling window on the next n frames; return them."""
     agent.request_reprofile()
-    windows = agent.profiling.windows
+    windows = agent.window.stats.windows
     seen = []
     for _ in range(n):
         seen.append(next(frames))
         agent.process(seen[-1])
-    assert agent.profiling.windows == windows + 1
+    assert agent.window.stats.windows == windows + 1
     return seen
 
 
@@ -186,18 +186,18 @@ def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
     # each model 16-21 MB: any two fit the budget with room, three do not
     pm.BALLAST_MB = BALLAST_MB
     try:
-        agent = Agent(load_config(city_config(tmp_path, city_build.root)))
+        agent = Agent.from_config(load_config(city_config(tmp_path, city_build.root)))
         morning = window_frames(agent, agent.start(), CITY_WINDOW)
         before = agent.selection
         (target,) = before.predicted
         sources = frozenset(before.active)
-        online_before = agent.online.figure(target, sources)
+        online_before = agent.window.online.figure(target, sources)
         assert online_before == pytest.approx(
             reference_agreement(city_build, morning, target, sources), abs=1e-6)
 
         drifted = agent.config.source.model_copy(update={"start_hour": EVENING})
         evening = window_frames(agent, open_source(drifted).frames(), CITY_WINDOW)
-        online_after = agent.online.figure(target, sources)
+        online_after = agent.window.online.figure(target, sources)
         assert online_after == pytest.approx(
             reference_agreement(city_build, evening, target, sources), abs=1e-6)
         assert online_after < online_before - 0.15  # the drift is in the data, and measured

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import LocalBroker
+from devtools.broker import LocalBroker
 from tests.agent_process import DEVICE, AgentProcess, Client, write_config
 from tests.contract import validate
 

@@ -133,7 +133,7 @@ def test_the_key_from_a_file_or_a_credential(tmp_path: Path,
 
 def test_an_agent_requiring_signatures_obeys_only_signed_requests(digits_build, tmp_path: Path
                                                                   ) -> None:
-    from agent.broker import LocalBroker
+    from devtools.broker import LocalBroker
 
     key_file = tmp_path / "hmac.key"
     key_file.write_text(KEY.decode() + "\n")

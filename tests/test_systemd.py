@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.broker import LocalBroker
 from agent.sdnotify import Notifier
+from devtools.broker import LocalBroker
 from tests.agent_process import AgentProcess, Client, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,19 +1,12 @@
-"""Input sources: where frames come from. Small classes behind one interface, registered by
-name and chosen by `[source] type` in the config."""
+"""Input sources: where frames come from. Small classes behind one interface, one file each in
+this package, registered by name (agent.registry) and chosen by `[source] type` in the config;
+each carries its config class, from which the config's `[source]` choices are derived."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.sources.base import Frame, Source
-from agent.sources.city import CitySource
-from agent.sources.digits import DigitsSource
-from agent.sources.images import ImagesSource
-from agent.sources.replay import ReplaySource
-
-SOURCES: dict[str, type[Source]] = {
-    s.type: s for s in (ReplaySource, CitySource, DigitsSource, ImagesSource)
-}
+from agent.sources.base import SOURCES, Frame, Source
 
 
 def open_source(config: Any) -> Source:

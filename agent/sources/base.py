@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agent.registry import Registry
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -21,9 +23,12 @@ class Frame:
 
 
 class Source:
-    """Yields frames in stream order; `modalities` names what each frame carries."""
+    """Yields frames in stream order; `modalities` names what each frame carries. A source is
+    one file in agent/sources/: the class, registered in SOURCES under `type`, and its config
+    class (`config_class`, with `type: Literal[<its type>]`)."""
 
     type: ClassVar[str]
+    config_class: ClassVar[Any]  # a pydantic model with `type: Literal[<type>]`
     modalities: tuple[str, ...] = ()
 
     def __init__(self, config: Any) -> None:
@@ -46,3 +51,6 @@ def paced(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:
             time.sleep(delay)
         next_due = max(next_due + period, time.monotonic() - period)
         yield frame
+
+
+SOURCES: Registry[type[Source]] = Registry("source", key="type", package="agent.sources")

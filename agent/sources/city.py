@@ -27,11 +27,13 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from agent.sources.base import Frame, Source, paced
+from agent.configbase import Paced
+from agent.sources.base import SOURCES, Frame, Source, paced
 
 SIZE = 32
 DAY_S = 86_400
@@ -217,11 +219,11 @@ class CityGenerator:
         noise = _rng(self.seed, camera, KIND_NOISE, second)
         if weather == 1:
             cols = noise.integers(0, SIZE, 14)
-            rows = noise.integers(0, SIZE - 3, 14)
-            for r, c in zip(rows, cols, strict=True):
+            drops = noise.integers(0, SIZE - 3, 14)
+            for r, c in zip(drops, cols, strict=True):
                 image[r:r + 3, c] += 0.25
         elif weather == 2:
-            image = 0.45 * image + 0.55 * 0.7
+            image = (0.45 * image + 0.55 * 0.7).astype(np.float32, copy=False)
         image += noise.normal(0.0, 0.02, image.shape).astype(np.float32)
         np.clip(image, 0.0, 1.0, out=image)
         return image, self._truth(camera, second, hour, weather, len(people), boxes), \
@@ -229,7 +231,7 @@ class CityGenerator:
 
     def _truth(self, camera: int, second: int, hour: float, weather: int, persons: int,
                boxes: list[tuple[int, int, int, int]]) -> dict[str, np.ndarray]:
-        box = np.zeros(4, dtype=np.float32)
+        box: np.ndarray = np.zeros(4, dtype=np.float32)
         if boxes:
             biggest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
             box = np.asarray(biggest, dtype=np.float32) / SIZE
@@ -263,10 +265,22 @@ def start_index(day: int, hour: float, cameras: int) -> int:
     return int(day * DAY_S + hour * 3600) * cameras
 
 
+class CitySourceConfig(Paced):
+    """The procedural city stream (agent.sources.city)."""
+
+    type: Literal["city"]
+    seed: int = Field(0, ge=0, le=2**31)
+    cameras: int = Field(4, ge=1, le=4)
+    start_day: int = Field(0, ge=0, le=1, description="0 weekday, 1 weekend")
+    start_hour: float = Field(0.0, ge=0.0, lt=24.0)
+
+
+@SOURCES.register
 class CitySource(Source):
     """The city stream from `start_day`/`start_hour`, every camera, one frame per second each."""
 
     type: ClassVar[str] = "city"
+    config_class = CitySourceConfig
     modalities = ("image",)
 
     def __init__(self, config) -> None:

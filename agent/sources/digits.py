@@ -7,11 +7,13 @@ Which labels are derived, and how, is documented in `offline_trainer.workloads.d
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from agent.sources.base import Frame, Source, paced
+from agent.configbase import Paced
+from agent.sources.base import SOURCES, Frame, Source, paced
 
 INK_THRESHOLD = 4.0
 SIDE = 8
@@ -83,8 +85,18 @@ def load_digits_stream(seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.
     return (raw / 16.0).astype(np.float32), labels, ground_truth(raw, labels)
 
 
+class DigitsSourceConfig(Paced):
+    """scikit-learn's handwritten digits in a seeded order (needs scikit-learn)."""
+
+    type: Literal["digits"]
+    seed: int = Field(0, ge=0, le=2**31)
+    start: int = Field(0, ge=0, le=1796)
+
+
+@SOURCES.register
 class DigitsSource(Source):
     type: ClassVar[str] = "digits"
+    config_class = DigitsSourceConfig
     modalities = ("image",)
 
     def _frames(self) -> Iterator[Frame]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
-from agent.sources.base import Frame, Source, paced
+from agent.configbase import Identifier, Paced
+from agent.sources.base import SOURCES, Frame, Source, paced
 
 
 def read_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
@@ -28,8 +30,22 @@ def read_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> np.
         return np.asarray(image, dtype=np.float32)
 
 
+class ImagesSourceConfig(Paced):
+    """A directory of image files (`.npy`, or PNG/JPEG/... with Pillow), in name order."""
+
+    type: Literal["images"]
+    path: Path
+    pattern: str = "*"
+    modality: Identifier = "image"
+    size: tuple[int, int] | None = None
+    grayscale: bool = False
+    scale: float = Field(1.0 / 255.0, gt=0.0)
+
+
+@SOURCES.register
 class ImagesSource(Source):
     type: ClassVar[str] = "images"
+    config_class = ImagesSourceConfig
 
     def __init__(self, config) -> None:
         super().__init__(config)

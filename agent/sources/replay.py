@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
-from agent.sources.base import Frame, Source, paced
+from agent.configbase import Paced
+from agent.sources.base import SOURCES, Frame, Source, paced
 from links_tflite.recording import Recording
 
 
+class ReplaySourceConfig(Paced):
+    """Replays the frames stored in a recording (`inputs/*` arrays)."""
+
+    type: Literal["replay"]
+    path: Path
+
+
+@SOURCES.register
 class ReplaySource(Source):
     type: ClassVar[str] = "replay"
+    config_class = ReplaySourceConfig
 
     def __init__(self, config) -> None:
         super().__init__(config)

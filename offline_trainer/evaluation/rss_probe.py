@@ -42,7 +42,7 @@ def main() -> int:
     from offline_trainer.evaluation.stream import evaluation_config
 
     models = tuple(args.models.split(","))
-    agent = Agent(evaluation_config(args.zoo, args.bundle, models))
+    agent = Agent.from_config(evaluation_config(args.zoo, args.bundle, models))
     frames = agent.source.frames()
     agent.measure(next(frames))
     total = sum(c.get("memory_mb") for c in agent.model_costs.values())

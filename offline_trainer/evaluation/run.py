@@ -125,7 +125,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
                                LinkTraining(epochs=settings.epochs, seed=settings.seed),
                                settings.out / "fractions.json", stamp, largest)
 
-    agent = Agent(evaluation_config(zoo, bundle, models))
+    agent = Agent.from_config(evaluation_config(zoo, bundle, models))
     stream = load_stream(agent.config, models, settings.frames, settings.calibration_share)
     agent.measure(stream.calibration[0])
     evaluator = Evaluator(agent, stream)
@@ -137,7 +137,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
     return Evaluation(
         settings=settings, models=models, recording_frames=len(recording),
         fractions=fractions, profile=profile, model_costs=evaluator.costs,
-        link_costs=evaluator.problem({}).link_costs, probe=agent.probe.name,
+        link_costs=evaluator.problem({}).link_costs, probe=agent.executor.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
         reuse_agreement=reuse_agreement(stream, agent.bundle.models),
         table=table, curve=curve, rss=rss,

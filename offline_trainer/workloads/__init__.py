@@ -1,15 +1,12 @@
 """Workloads: an input stream, its ground truth and the black-box models that watch it.
 
-Registered by name so that `mlink-train zoo --workload NAME` can find them.
+One file per workload in this package, registered by name (WORKLOADS, agent.registry) so
+that `mlink-train zoo --workload NAME` finds it.
 """
 
 from __future__ import annotations
 
-from offline_trainer.workloads.base import ModelRecipe, Workload, WorkloadData
-from offline_trainer.workloads.city import CityWorkload
-from offline_trainer.workloads.digits import DigitsWorkload
-
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (DigitsWorkload, CityWorkload)}
+from offline_trainer.workloads.base import WORKLOADS, ModelRecipe, Workload, WorkloadData
 
 
 def get_workload(name: str, **options: object) -> Workload:

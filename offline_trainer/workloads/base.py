@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agent.registry import Registry
 from links_tflite.tasks import TaskSpec
 
 
@@ -69,3 +70,8 @@ class Workload:
 
     def recipes(self) -> list[ModelRecipe]:
         raise NotImplementedError
+
+
+# One file per workload in this package, registered here under its `name` (agent.registry).
+WORKLOADS: Registry[type[Workload]] = Registry("workload", key="name",
+                                               package="offline_trainer.workloads")

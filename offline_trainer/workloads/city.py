@@ -21,7 +21,13 @@ from agent.sources.city import (
     start_index,
 )
 from links_tflite.tasks import TaskSpec
-from offline_trainer.workloads.base import ModelRecipe, Splits, Workload, WorkloadData
+from offline_trainer.workloads.base import (
+    WORKLOADS,
+    ModelRecipe,
+    Splits,
+    Workload,
+    WorkloadData,
+)
 from offline_trainer.workloads.builders import cnn
 
 CAMERAS = 4
@@ -50,6 +56,7 @@ def tasks() -> dict[str, TaskSpec]:
     }
 
 
+@WORKLOADS.register
 class CityWorkload(Workload):
     name: ClassVar[str] = "city"
 

@@ -27,7 +27,13 @@ import numpy as np
 
 from agent.sources.digits import NAMES, ROMAN, STROKES, load_digits_stream, vocabulary
 from links_tflite.tasks import TaskSpec
-from offline_trainer.workloads.base import ModelRecipe, Splits, Workload, WorkloadData
+from offline_trainer.workloads.base import (
+    WORKLOADS,
+    ModelRecipe,
+    Splits,
+    Workload,
+    WorkloadData,
+)
 from offline_trainer.workloads.builders import mlp
 
 FRAME_PERIOD_S = 1.0
@@ -48,6 +54,7 @@ def tasks() -> dict[str, TaskSpec]:
     }
 
 
+@WORKLOADS.register
 class DigitsWorkload(Workload):
     name: ClassVar[str] = "digits"
 

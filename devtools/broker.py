@@ -1,7 +1,8 @@
 """A local Mosquitto broker on a free loopback port, for the demo, tests and benchmarks.
 
 Started as a child process so that callers can stop and restart it (broker-outage tests).
-Mosquitto comes from Debian's package `mosquitto`; `scripts/ensure-mosquitto.sh` installs it.
+Mosquitto comes from Debian's package `mosquitto`; `scripts/setup.sh` installs it where it is
+missing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def find_mosquitto() -> str:
             return found
     raise BrokerUnavailable(
         "mosquitto not found; install Debian's package: sudo apt-get install -y mosquitto "
-        "(or run scripts/ensure-mosquitto.sh)"
+        "(or run scripts/setup.sh)"
     )
 
 

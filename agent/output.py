@@ -1,0 +1,69 @@
+"""A model's output on a frame, and the message it becomes.
+
+`Output` is what the loop computes (executed or predicted); `Payloads` turns a frame's outputs
+into the messages published on `models/<id>/output`, once, where the `[publish]` settings
+apply: outputs of models not published become no message (and no `decoded` is built for
+them), `decoded` is built only when published, and `seq` counts the messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from agent.config import PublishConfig
+from agent.sources import Frame
+from links_tflite.tasks import TaskSpec, decode
+
+Provenance = Literal["executed", "predicted"]
+
+
+@dataclass(frozen=True)
+class Output:
+    model: str
+    value: np.ndarray
+    provenance: Provenance
+    sources: tuple[str, ...]
+    est_agreement: float
+    latency_ms: float
+
+    @property
+    def executed(self) -> bool:
+        return self.provenance == "executed"
+
+
+class Payloads:
+    """Makes the messages of a frame's outputs; `seq` increases by one per message."""
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+
+    def make(self, frame: Frame, outputs: Iterable[Output], settings: PublishConfig,
+             specs: Mapping[str, TaskSpec]) -> list[dict[str, object]]:
+        published = None if settings.models is None else set(settings.models)
+        return [self._payload(frame, output, specs[output.model], settings.decoded)
+                for output in outputs if published is None or output.model in published]
+
+    def _payload(self, frame: Frame, output: Output, spec: TaskSpec, decoded: bool
+                 ) -> dict[str, object]:
+        numbers = np.asarray(output.value, dtype=np.float64).reshape(-1).tolist()
+        payload: dict[str, object] = {
+            "frame_id": frame.frame_id,
+            "ts": frame.ts,
+            "model": output.model,
+            "value": numbers,
+        }
+        if decoded:
+            payload["decoded"] = decode(spec, numbers)
+        payload.update({
+            "provenance": output.provenance,
+            "sources": list(output.sources),
+            "est_agreement": output.est_agreement,
+            "latency_ms": output.latency_ms,
+            "seq": next(self._seq),
+        })
+        return payload

@@ -1,0 +1,120 @@
+"""The retained status (`status` topic): the loop's counters, the agent's own time, and the
+sections each part reports (costs, models, profiling), put together in one message."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.costs import rss_bytes
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    executed: int = 0
+    predicted: int = 0
+    model_errors: int = 0
+    timeouts: int = 0
+    frame_errors: int = 0
+    reselections: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def fps(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class Overhead:
+    """The agent's own time, measured on the box: the loop's wall time (processing frames and
+    publishing their outputs) less the executed models' inference. The target is under 5%
+    of the models' time; this is how a box shows whether it holds there."""
+
+    frames: int = 0
+    loop_ms: float = 0.0  # in `process`
+    models_ms: float = 0.0  # the executed models' inference, inside loop_ms
+    publish_ms: float = 0.0  # handing the outputs to the publisher (`run`)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        n = max(self.frames, 1)
+        agent_ms = self.loop_ms + self.publish_ms - self.models_ms
+        return {
+            "frames": self.frames,
+            "models_ms_per_frame": round(self.models_ms / n, 4),
+            "agent_ms_per_frame": round(agent_ms / n, 4),
+            "share_of_models": round(agent_ms / self.models_ms, 4) if self.models_ms else None,
+        }
+
+
+class OutboxView(Protocol):
+    @property
+    def dropped(self) -> int: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class PublisherView(Protocol):
+    """What the status reads of the publisher."""
+
+    @property
+    def published(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def outbox(self) -> OutboxView | None: ...
+
+
+@dataclass(frozen=True)
+class Sections:
+    """What the parts report: each section made by the part that owns the figures."""
+
+    selection: dict[str, object] | None
+    budget: dict[str, float]
+    costs: dict[str, object]
+    models: dict[str, dict[str, object]]
+    profiling: dict[str, object]
+
+
+class StatusBuilder:
+    """Puts the parts' sections, the counters and the outbox into one status message."""
+
+    def build(self, state: str, sections: Sections, counters: Counters, overhead: Overhead,
+              publisher: PublisherView | None, *, config_version: int, bundle: Path,
+              measured_at: float | None) -> dict[str, object]:
+        rss = rss_bytes()
+        outbox = publisher.outbox if publisher is not None else None
+        counts: dict[str, object] = {
+            "executed": counters.executed,
+            "predicted": counters.predicted,
+            "model_errors": counters.model_errors,
+            "timeouts": counters.timeouts,
+            "frame_errors": counters.frame_errors,
+            "reselections": counters.reselections,
+            "published": publisher.published if publisher else 0,
+        }
+        if outbox is not None:
+            counts["outbox_dropped"] = outbox.dropped
+        return {
+            "state": state,
+            "selection": sections.selection,
+            "budget": sections.budget,
+            "costs": sections.costs,
+            "models": sections.models,
+            "profiling": sections.profiling,
+            "frames": counters.frames,
+            "fps": round(counters.fps(), 3),
+            "rss_mb": None if rss is None else round(rss / (1024 * 1024), 3),
+            "overhead": overhead.to_dict(),
+            "counters": counts,
+            "outbox_depth": publisher.pending if publisher else 0,
+            "outbox": outbox.stats() if outbox is not None else None,
+            "profile_age_s": None if measured_at is None
+            else round(time.monotonic() - measured_at, 3),
+            "config_version": config_version,
+            "bundle": str(bundle),
+        }

@@ -1,0 +1,137 @@
+"""The profiling window: when one is due, what it runs, and what it leaves behind.
+
+Every `[profiling] period_frames` frames or `period_s` seconds, or on request, the next
+`sample_frames` frames run every available model (the agent loads the non-activated ones for
+the window, measuring their memory and delay), run every link between vector models that ran,
+and score the ensemble of each source subset against the exact outputs (agent.profiling). At
+the end of the window the online figures replace the bundle's where they rest on enough frames
+(`profile`); the agent then selects again. The window's extra work is timed and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.config import ProfilingConfig
+from agent.costbook import CostBook
+from agent.profiling import OnlineAgreement, subsets_to_score
+from links_tflite.bundle import Bundle, Profile
+from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProfilingStats:
+    windows: int = 0
+    frames: int = 0
+    cost_ms: float = 0.0  # the windows' extra work, all windows
+    last_window_cost_ms: float = 0.0
+    last_window_extra_memory_mb: float = 0.0
+    last_end: float | None = None  # monotonic
+
+
+class ProfilingWindow:
+    def __init__(self, settings: ProfilingConfig, profile: Profile) -> None:
+        self.settings = settings
+        self.online = OnlineAgreement(settings.agreement_window, settings.min_samples)
+        self.profile = profile  # the bundle's, then online where measured
+        self.stats = ProfilingStats()
+        self.left = 0  # frames left in the window in progress
+        self.frames_since = 0  # since the last window
+        # vector targets only: online scoring pools activated outputs, not token sequences
+        self._links: dict[tuple[str, str], LinkRunner] = {}
+        self._requested = threading.Event()
+
+    @property
+    def open(self) -> bool:
+        return self.left > 0
+
+    def request(self) -> None:
+        """Open a window at the next frame (safe from any thread)."""
+        self._requested.set()
+
+    def due(self, loop_started: float) -> bool:
+        if self.left > 0:
+            return False
+        if self._requested.is_set():
+            self._requested.clear()
+            return True
+        if self.settings.period_frames and self.frames_since >= self.settings.period_frames:
+            return True
+        last = self.stats.last_end or loop_started
+        return bool(self.settings.period_s) and time.monotonic() - last >= self.settings.period_s
+
+    def begin(self, bundle: Bundle, model_ids: Iterable[str]) -> None:
+        models = set(model_ids)
+        self.left = self.settings.sample_frames
+        self.stats.last_window_cost_ms = 0.0
+        self._links = {
+            (link.source, link.target): open_link(bundle, link)
+            for link in bundle.links
+            if link.source in models and link.target in models
+            and bundle.models[link.target].kind != "sequence"
+        }
+        log.info("profiling window: %d frames, every model runs", self.left)
+
+    def score(self, outputs: Mapping[str, np.ndarray], active: Iterable[str], bundle: Bundle,
+              ensembles: EnsemblePredictor, costs: CostBook) -> None:
+        """Run every link between models that ran, and score every subset's ensemble."""
+        for target, exact in outputs.items():
+            link_outputs: dict[str, np.ndarray] = {}
+            for link in bundle.links_into(target):
+                runner = self._links.get((link.source, link.target))
+                if runner is None or link.source not in outputs:
+                    continue
+                start = time.perf_counter()
+                link_outputs[link.source] = runner.run_one(outputs[link.source])
+                costs.link(link.source, target).add_delay((time.perf_counter() - start) * 1e3)
+            if not link_outputs:
+                continue
+            subsets = subsets_to_score(sorted(link_outputs), active,
+                                       self.settings.online_subsets_max_sources)
+            self.online.score_frame(bundle.models[target], target, exact, link_outputs,
+                                    ensembles.rule(target), subsets)
+
+    def count_frame(self, in_window: bool, extra_ms: float) -> bool:
+        """One frame done, with `extra_ms` of the window's work; True where it closed the
+        window (the caller then calls `end` and selects again)."""
+        self.frames_since += 1
+        if not in_window:
+            return False
+        self.stats.frames += 1
+        self.stats.cost_ms += extra_ms
+        self.stats.last_window_cost_ms += extra_ms
+        self.left -= 1
+        return self.left == 0
+
+    def end(self, bundle: Bundle, extra_memory_mb: float) -> None:
+        self._links = {}
+        self.profile = self.online.profile(bundle.profile)
+        self.stats.windows += 1
+        self.stats.last_end = time.monotonic()
+        self.stats.last_window_extra_memory_mb = extra_memory_mb
+        self.frames_since = 0
+
+    def to_dict(self, loop_ms: float) -> dict[str, object]:
+        """The status's `profiling` section; `loop_ms`: the loop's time, for the share."""
+        stats, last = self.stats, self.stats.last_end
+        return {
+            "period_frames": self.settings.period_frames,
+            "period_s": self.settings.period_s,
+            "sample_frames": self.settings.sample_frames,
+            "windows": stats.windows,
+            "in_window": self.left > 0,
+            "age_s": None if last is None else round(time.monotonic() - last, 3),
+            "cost_ms": round(stats.cost_ms, 3),
+            "last_window_cost_ms": round(stats.last_window_cost_ms, 3),
+            "last_window_extra_memory_mb": round(stats.last_window_extra_memory_mb, 3),
+            "share_of_loop_time": round(stats.cost_ms / loop_ms, 6) if loop_ms else 0.0,
+            "online": self.online.summary(),
+        }

@@ -1,0 +1,52 @@
+"""The status builder puts the parts' sections, the counters and the outbox in one message
+that matches the contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.status import Counters, Overhead, Sections, StatusBuilder
+from tests.contract import validate
+
+SECTIONS = Sections(
+    selection=None, budget={"memory_mb": 10.0},
+    costs={"models": {}, "links": {}, "probe": "rss", "probe_details": {}},
+    models={}, profiling={"windows": 0},
+)
+
+
+class FakeOutbox:
+    dropped = 3
+
+    def stats(self) -> dict[str, Any]:
+        return {"depth": 1, "max_messages": 10, "dropped": 3, "acked": 4, "recovered": 0}
+
+
+class FakePublisher:
+    published = 5
+    pending = 1
+    outbox = FakeOutbox()
+
+
+def test_status_without_a_publisher() -> None:
+    status = StatusBuilder().build("running", SECTIONS, Counters(frames=2), Overhead(), None,
+                                   config_version=0, bundle=Path("/b"), measured_at=None)
+    validate("status", status)
+    assert status["outbox"] is None and status["outbox_depth"] == 0
+    assert status["counters"]["published"] == 0  # type: ignore[index]
+    assert "outbox_dropped" not in status["counters"]  # type: ignore[operator]
+    assert status["profile_age_s"] is None and status["bundle"] == "/b"
+
+
+def test_status_reports_the_outbox_and_the_config_version() -> None:
+    overhead = Overhead(frames=2, loop_ms=10.0, models_ms=8.0)
+    status = StatusBuilder().build("stopped", SECTIONS, Counters(frames=2, executed=4),
+                                   overhead, FakePublisher(), config_version=7,
+                                   bundle=Path("/b"), measured_at=0.0)
+    validate("status", status)
+    assert status["config_version"] == 7 and status["outbox_depth"] == 1
+    assert status["counters"]["outbox_dropped"] == 3  # type: ignore[index]
+    assert status["counters"]["published"] == 5  # type: ignore[index]
+    assert status["overhead"]["share_of_models"] == 0.25  # type: ignore[index]
+    assert isinstance(status["profile_age_s"], float)
