@@ -144,14 +144,16 @@ class Outbox:
             ).fetchall()
         return [Message(int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), bool(r[4])) for r in rows]
 
-    def mark_sent(self, ids: list[int]) -> None:
+    def mark_sent(self, ids: list[int], sent: bool = True) -> None:
         """Record that these rows are being handed to MQTT; committed before the hand-over,
-        so that a crash right after it still replays them marked."""
+        so that a crash right after it still replays them marked. `sent=False`: the broker
+        refused them (a PUBACK with a failure reason code), so no copy was delivered."""
         if not ids:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE outbox SET sent = 1 WHERE id = ?", [(i,) for i in ids])
+            self._db.executemany("UPDATE outbox SET sent = ? WHERE id = ?",
+                                 [(int(sent), i) for i in ids])
             self._db.execute("COMMIT")
 
     def ack(self, ids: list[int]) -> int:

@@ -98,6 +98,8 @@ class ServiceAgent(Agent):
         status.setdefault("profile_age_s", None if self.measured_at is None
                           else round(time.monotonic() - self.measured_at, 3))
         status["config_version"] = self.control.version if self.control else 0
+        status["control"] = self.control.stats() if self.control else None
+        status["delivery"] = self.publisher.health() if self.publisher else None
         status["bundle"] = str(self.bundle.root)
         return status
 
@@ -247,6 +249,7 @@ def run(config_path: str | Path, frames: int | None = None,
         drained = publisher.drain()
         if counters is not None and drained:
             agent.publish_status("stopped")  # again: the retained one shows the drained outbox
-        drained = publisher.close() and drained
+        # one drain only: a second full wait would overrun the unit's stop timeout
+        drained = publisher.close(2.0 if drained else 0.0) and drained
         notifier.close()
     return counters, drained

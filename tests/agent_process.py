@@ -161,7 +161,8 @@ class Subscriber:
     can mark those). `key` names the field that identifies one message."""
 
     def __init__(self, port: int, topic: str, key: str = "i",
-                 client_id: str = "persistent-sub") -> None:
+                 client_id: str = "persistent-sub",
+                 login: tuple[str, str] | None = None) -> None:
         self.key = key
         self.payloads: list[dict] = []
         self.redelivered: list[bool] = []
@@ -174,6 +175,8 @@ class Subscriber:
         self.client.on_subscribe = lambda *_: self._ready.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self._ready.wait(10)

@@ -41,11 +41,13 @@ class FakePublisher:
     def __init__(self) -> None:
         self.topics = TOPICS
         self.responses: list[tuple[str, dict[str, Any]]] = []
+        self.correlations: list[bytes | None] = []
         self.retained: dict[str, Any] = {}
 
     def respond(self, topic: str, payload: Any, correlation: bytes | None = None) -> None:
         json.dumps(payload, allow_nan=False)  # what goes out must be valid JSON
         self.responses.append((topic, payload))
+        self.correlations.append(correlation)
 
     def publish(self, topic: str, payload: Any, qos: int | None = None,
                 retain: bool = False) -> None:
@@ -88,9 +90,9 @@ class FakeAgent:
 
 
 class Rig:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra: str = "") -> None:
         root.mkdir(parents=True, exist_ok=True)
-        (root / "agent.toml").write_text(TWO_MODELS)
+        (root / "agent.toml").write_text(TWO_MODELS + extra)
         self.config = load_config(root / "agent.toml")
         self.state = root / "state"
         self.store = StateStore(self.state)
@@ -108,10 +110,13 @@ class Rig:
                 config_file.read_bytes() if config_file.exists() else b"", files,
                 len(self.agent.swapped))
 
-    def send(self, topic: str, payload: bytes, retain: bool = False) -> dict[str, Any]:
+    def send(self, topic: str, payload: bytes, retain: bool = False,
+             properties: Any = None) -> dict[str, Any]:
         message = mqtt.MQTTMessage(topic=topic.encode())
         message.payload = payload
         message.retain = retain
+        if properties is not None:
+            message.properties = properties
         before = len(self.publisher.responses)
         if topic == TOPICS.config_set:
             self.control._handle_config(message)
