@@ -31,6 +31,7 @@ import tarfile
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,32 +274,63 @@ class StateStore:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def unpack_bundle(archive: bytes, staging: Path, max_bytes: int) -> Path:
+MAX_ARCHIVE_MEMBERS = 4096  # files and folders in a pushed bundle
+MAX_EXPANSION = 100  # unpacked bytes per archive byte, beyond RATIO_FREE_BYTES
+RATIO_FREE_BYTES = 1 << 20
+
+
+def unpack_bundle(archive: bytes, staging: Path, max_bytes: int,
+                  max_members: int = MAX_ARCHIVE_MEMBERS, max_ratio: float = MAX_EXPANSION
+                  ) -> Path:
     """Unpack a tar archive (gzip or not) under `staging`, refusing links, devices, absolute
-    paths and `..`; return the folder that holds the manifest."""
+    paths and `..`; return the folder that holds the manifest. Every member is checked first
+    (name, type, size, the count, the total and its ratio to the archive's size, the free
+    disk space): nothing is written unless the whole archive passes."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(archive), mode="r:*")  # noqa: SIM115
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleError(f"not a tar archive: {exc}") from None
-    total = 0
     with tar:
-        for member in tar:
-            where = f"archive member {member.name!r}"
-            if member.isdir():
-                safe_relative(staging, member.name.rstrip("/"), where).mkdir(
-                    parents=True, exist_ok=True)
-                continue
-            if not member.isreg():
-                raise BundleError(f"{where}: only regular files and folders are allowed")
-            total += member.size
-            if total > max_bytes:
-                raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
-            target = safe_relative(staging, member.name, where)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            assert source is not None
-            with source, target.open("wb") as out:
-                shutil.copyfileobj(source, out)
+        members: list[tuple[tarfile.TarInfo, Path]] = []
+        total = 0
+        try:
+            for member in tar:
+                if len(members) >= max_members:
+                    raise BundleError(f"the archive holds more than {max_members} members")
+                where = f"archive member {member.name!r}"
+                if member.isdir():
+                    members.append((member, safe_relative(staging, member.name.rstrip("/"),
+                                                          where)))
+                    continue
+                if not member.isreg():
+                    raise BundleError(f"{where}: only regular files and folders are allowed")
+                if member.size > max_bytes:
+                    raise BundleError(f"{where} unpacks to more than {max_bytes} bytes "
+                                      f"({member.size})")
+                total += member.size
+                if total > max_bytes:
+                    raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
+                if total > RATIO_FREE_BYTES and total > max_ratio * len(archive):
+                    raise BundleError(f"archive unpacks to more than {max_ratio:g} times its "
+                                      f"size ({len(archive)} bytes)")
+                members.append((member, safe_relative(staging, member.name, where)))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise BundleError(f"not a readable tar archive: {exc}") from None
+        free = shutil.disk_usage(staging).free
+        if total > free:
+            raise BundleError(f"archive unpacks to {total} bytes; {free} are free on the disk")
+        try:
+            for member, target in members:
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise BundleError(f"not a readable tar archive: {exc}") from None
     if (staging / MANIFEST).is_file():
         return staging
     tops = [p for p in staging.iterdir()]
