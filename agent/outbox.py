@@ -22,6 +22,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,6 +57,8 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # the WAL is truncated back to this after each checkpoint, so it cannot fill the disk
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
         self._migrate()

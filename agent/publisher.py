@@ -24,8 +24,10 @@ thread, incoming requests are handed to their handlers (which queue them; agent/
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -167,6 +169,9 @@ class Publisher:
         self._refused_topics: dict[str, int] = {}
         self._last_refusal: float | None = None
         self.responses_dropped = 0
+        self.disk_full = False  # the outbox cannot be written (state dir's disk full)
+        self.unstored = 0  # outputs dropped because they could not be stored
+        self._unapplied_acks: list[int] = []  # acknowledged rows whose delete failed
 
     # -- paho callbacks: record and signal only ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -292,7 +297,10 @@ class Publisher:
             self.published += 1
             self._wake.set()
             while len(self._staged) > STAGED_MAX and self._sender is not None \
-                    and self._sender.is_alive():
+                    and self._sender.is_alive() and not self._closing:
+                if self.disk_full:  # waiting would stall the loop for good: drop, counted
+                    self._drop_unstored(len(self._staged) - STAGED_MAX)
+                    break
                 time.sleep(0.001)  # back-pressure: the disk is slower than the loop
             return
         if retain:
@@ -345,10 +353,13 @@ class Publisher:
         problems = []
         if recent or self._refused_rows:
             problems.append("the broker refuses publications (see refused)")
+        if self.disk_full:
+            problems.append("disk_full: the outbox cannot be written; outputs wait in memory")
         return {"state": "degraded" if problems else "ok", "problems": problems,
                 "connected": self.connected, "refused": dict(self.refused),
                 "refused_waiting": len(self._refused_rows),
-                "responses_dropped": self.responses_dropped}
+                "responses_dropped": self.responses_dropped,
+                "disk_full": self.disk_full, "unstored": self.unstored}
 
     def _send_direct(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         info = self._client.publish(topic, data, qos=qos, retain=retain)
@@ -364,6 +375,31 @@ class Publisher:
             self._pending = [i for i in self._pending if not i.is_published()]
 
     # -- the sender thread -------------------------------------------------------------------
+    def _drop_unstored(self, count: int) -> None:
+        """Drop the oldest `count` outputs waiting in memory for a disk that is full."""
+        dropped = 0
+        for _ in range(count):
+            try:
+                self._staged.popleft()
+            except IndexError:
+                break
+            dropped += 1
+        if dropped and self.unstored == 0:
+            log.error("outputs beyond %d waiting for the full disk are dropped (counted in "
+                      "status.delivery.unstored)", STAGED_MAX)
+        self.unstored += dropped
+
+    def _storage_failed(self, exc: BaseException) -> bool:
+        """True (logged once) when `exc` says the outbox's disk is full."""
+        full = (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()) \
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        if full and not self.disk_full:
+            log.error("the outbox cannot be written (%s): outputs wait in memory (up to %d, "
+                      "then dropped and counted); status.delivery says disk_full", exc,
+                      STAGED_MAX)
+        self.disk_full = self.disk_full or full
+        return full
+
     def _send_loop(self) -> None:
         assert self.outbox is not None
         while not self._closing:
@@ -382,10 +418,18 @@ class Publisher:
                     for topic, data in retained:
                         self._send_direct(topic, data, 1, True)
                 self._send_more()
-            except Exception:
-                log.exception("outbox sender: retrying")
+            except Exception as exc:
+                if not self._storage_failed(exc):
+                    log.exception("outbox sender: retrying")
                 time.sleep(0.5)
-        self._store_staged()
+        try:
+            self._store_staged()
+        except Exception as exc:
+            self._storage_failed(exc)
+            lost = len(self._staged)
+            self._drop_unstored(lost)
+            log.error("%d outputs could not be stored at the stop (%s): lost, counted", lost,
+                      exc)
 
     def _store_staged(self) -> None:
         """One transaction per wake-up: what is staged is stored and what was acknowledged is
@@ -396,7 +440,8 @@ class Publisher:
         batch = []
         while self._staged:
             batch.append(self._staged.popleft())
-        acked = self._take_acked()
+        acked = self._unapplied_acks + self._take_acked()
+        self._unapplied_acks = []
         self._take_refused()
         direct = (bool(batch) and self.connected and not self._closing and not self._taken_back
                   and self._cursor >= self.outbox.last_id
@@ -405,7 +450,11 @@ class Publisher:
             ids = self.outbox.store(batch, sent=direct, acked=acked)
         except BaseException:
             self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
+            self._unapplied_acks = acked
             raise
+        if self.disk_full and (batch or acked):
+            self.disk_full = False
+            log.warning("the outbox is written again (disk no longer full)")
         if direct:
             self._hand_over([Message(i, topic, data, qos, False)
                              for i, (topic, data, qos) in zip(ids, batch, strict=True)])
@@ -538,9 +587,14 @@ class Publisher:
         deadline = time.monotonic() + timeout_s
         while self.pending:
             if time.monotonic() > deadline:
-                log.error("%d messages still unacknowledged after %.0fs%s", self.pending,
-                          timeout_s, "; kept in the outbox for the next start"
-                          if self.outbox is not None else "")
+                if self.outbox is None:
+                    log.error("%d messages still unacknowledged after %.0fs", self.pending,
+                              timeout_s)
+                else:
+                    log.error("%d messages still unacknowledged after %.0fs: %d kept in the "
+                              "outbox for the next start, %d not stored%s", self.pending,
+                              timeout_s, self.outbox.depth, len(self._staged),
+                              " (disk full: lost at the stop)" if self.disk_full else "")
                 return False
             self._wake.set()
             time.sleep(0.01)
