@@ -128,7 +128,7 @@ class Outbox:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._depth += len(messages) - deleted - removed
             self.acked += removed
@@ -156,9 +156,19 @@ class Outbox:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE outbox SET sent = ? WHERE id = ?",
-                                 [(int(sent), i) for i in ids])
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany("UPDATE outbox SET sent = ? WHERE id = ?",
+                                     [(int(sent), i) for i in ids])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        """Roll back what is open; SQLite has already rolled back after some errors (a full
+        disk: SQLITE_FULL), and a second ROLLBACK would hide the first error."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def ack(self, ids: list[int]) -> int:
         """Delete acknowledged messages; ids already dropped are ignored."""

@@ -172,6 +172,7 @@ class Publisher:
         self.disk_full = False  # the outbox cannot be written (state dir's disk full)
         self.unstored = 0  # outputs dropped because they could not be stored
         self._unapplied_acks: list[int] = []  # acknowledged rows whose delete failed
+        self._storing = 0  # outputs taken from `_staged` by the sender, not yet in the outbox
 
     # -- paho callbacks: record and signal only ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -438,8 +439,9 @@ class Publisher:
         not an insert, a read, a mark and a delete)."""
         assert self.outbox is not None
         batch = []
-        while self._staged:
+        while self._staged:  # counted in `pending` all along (see `_storing`)
             batch.append(self._staged.popleft())
+            self._storing += 1
         acked = self._unapplied_acks + self._take_acked()
         self._unapplied_acks = []
         self._take_refused()
@@ -450,8 +452,11 @@ class Publisher:
             ids = self.outbox.store(batch, sent=direct, acked=acked)
         except BaseException:
             self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
+            self._storing = 0
             self._unapplied_acks = acked
             raise
+        finally:
+            self._storing = 0
         if self.disk_full and (batch or acked):
             self.disk_full = False
             log.warning("the outbox is written again (disk no longer full)")
@@ -577,7 +582,7 @@ class Publisher:
     def pending(self) -> int:
         """Messages not yet acknowledged: the outbox depth, or paho's own queue."""
         if self.outbox is not None:
-            return self.outbox.depth + len(self._staged)
+            return self.outbox.depth + len(self._staged) + self._storing
         self._pending = [i for i in self._pending if not i.is_published()]
         return len(self._pending)
 

@@ -3,7 +3,9 @@ failure reason code (135 Not authorized) is not a delivery. The outputs stay in 
 the health says degraded with the refusals by reason code, the log says it once per topic,
 and once the ACL allows the topics again the outputs waiting are delivered, unmarked (no copy
 of them reached anyone). A response the broker refuses is counted and dropped, never sent
-again."""
+again. A full disk under the outbox: the status says `disk_full`, the loop is not blocked,
+outputs beyond the staging bound are dropped and counted, and everything else is delivered
+once the disk has room again."""
 
 from __future__ import annotations
 
@@ -75,3 +77,49 @@ def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
         finally:
             publisher.close(1)
             watcher.stop()
+
+
+def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
+                                                      tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite's own "database or disk is full" (SQLITE_FULL, made by a page limit on the
+    outbox) during a broker outage."""
+    from agent.publisher import STAGED_MAX
+
+    broker = persistent_broker
+    watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w2")
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    publisher = Publisher(MqttConfig(port=broker.port, client_id="full-disk"), DEVICE, outbox)
+    publisher.connect(10)
+    caplog.set_level(logging.WARNING, logger="agent.publisher")
+    total = 3 * STAGED_MAX
+    try:
+        broker.stop()
+        wait_until(lambda: not publisher.connected, 10, "the outage")
+        with outbox._lock:
+            pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
+            outbox._db.execute(f"PRAGMA max_page_count = {pages + 10}")
+        started = time.monotonic()
+        for i in range(total):
+            publisher.publish(publisher.topics.output("digit"), {"i": i})
+        assert time.monotonic() - started < 60, "the loop was held by the full disk"
+        health = wait_until(lambda: publisher.health() if publisher.disk_full else None, 10,
+                            "disk_full")
+        assert health["state"] == "degraded" and health["disk_full"], health
+        assert any("disk_full" in p for p in health["problems"]), health
+        assert publisher.unstored > 0
+        wait_until(lambda: outbox.depth + len(publisher._staged) + publisher.unstored
+                   == total, 10, "every output stored, waiting or counted")
+        assert sum("cannot be written" in r.message for r in caplog.records) == 1
+
+        with outbox._lock:
+            outbox._db.execute("PRAGMA max_page_count = 1073741823")
+        broker.start()
+        assert publisher.drain(60), "delivered once the disk has room and the broker is back"
+        assert not publisher.disk_full and publisher.health()["state"] == "ok"
+        delivered = watcher.wait_for(total - publisher.unstored, 30)
+        assert len(delivered) == total - publisher.unstored
+        assert any("written again" in r.message for r in caplog.records)
+    finally:
+        publisher.close(1)
+        watcher.stop()
