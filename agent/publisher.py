@@ -606,8 +606,9 @@ class Publisher:
         return True
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        """Clean exit: drain, publish `stopped`, disconnect (so the LWT is not sent)."""
-        drained = self.drain(timeout_s)
+        """Clean exit: drain (`timeout_s` 0: not again), publish `stopped`, disconnect (so the
+        LWT is not sent)."""
+        drained = self.drain(timeout_s) if timeout_s > 0 else not self.pending
         if self.connected:
             info = self._client.publish(self.topics.availability, "stopped", qos=1, retain=True)
             info.wait_for_publish(timeout=5.0)

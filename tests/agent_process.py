@@ -55,14 +55,20 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0,
 
 class AgentProcess:
     def __init__(self, config: Path, env: dict[str, str] | None = None,
-                 frames: int | None = None) -> None:
+                 frames: int | None = None, log_file: Path | None = None) -> None:
+        """`log_file`: the agent's output goes there rather than to a pipe read at the stop
+        (a long run fills a pipe's buffer, and then every thread that logs blocks)."""
         args = [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "run",
                 "--config", str(config)]
         if frames:
             args += ["--frames", str(frames)]
+        self.log_file = log_file
+        output = subprocess.PIPE if log_file is None else log_file.open("w")
         self.process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdout=output, stderr=subprocess.STDOUT,
                                         text=True)
+        if log_file is not None:
+            output.close()  # the child holds its own copy
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -75,6 +81,8 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             out, _ = self.process.communicate()
+        if self.log_file is not None:
+            out = self.log_file.read_text(errors="replace")
         return self.process.returncode, out
 
 

@@ -129,7 +129,7 @@ def run(digits_build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]
             "max_bundle_mb = 0.25\n[control]\nrate_per_s = 0\n"
             f'response_topics = ["{ALLOWED_REPLIES}"]\n'))
         watcher = Watcher(broker.port)
-        agent = AgentProcess(config)
+        agent = AgentProcess(config, log_file=state.parent / "agent.log")
         wait_until(lambda: watcher.outputs > 3, 120, "the first outputs")
         try:
             yield Run(watcher, agent, state)
@@ -321,7 +321,7 @@ def test_a_burst_of_requests_is_rate_limited_and_outputs_keep_flowing(
         config = write_config(digits_build.root, broker.port, tmp_path / "state",
                               extra="[control]\nrate_per_s = 5\nburst = 10\n")
         watcher = Watcher(broker.port)
-        agent = AgentProcess(config)
+        agent = AgentProcess(config, log_file=tmp_path / "agent.log")
         try:
             wait_until(lambda: watcher.outputs > 3, 120, "the first outputs")
             before = watcher.outputs
