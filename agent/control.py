@@ -185,7 +185,11 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError([("state.dir", f"{self.root}: cannot be used as the state "
+                                             f"directory: {exc.strerror or exc}")]) from None
         self.config_file = self.root / "config.json"
         # the highest version ever in force, kept apart from config.json so that deleting
         # config.json (the documented reset) does not make captured requests usable again

@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
+class OutboxError(RuntimeError):
+    """The outbox file cannot be opened (not a database, unreadable, its folder a file)."""
+
+
 @dataclass(frozen=True)
 class Message:
     id: int
@@ -52,10 +56,24 @@ class Outbox:
     def __init__(self, path: Path, max_messages: int = 100_000,
                  synchronous: str = "normal") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None)
+            self._open(synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxError(f"{self.path}: the outbox cannot be opened: {exc} (a damaged "
+                              f"file can be moved aside; the agent then starts with an empty "
+                              f"outbox and the outputs in it are not sent)") from None
+        self.acked = 0
+        self.recovered = self._depth  # left by an earlier process: replayed after connecting
+        if self._depth:
+            log.info("outbox %s: %d messages from an earlier run will be replayed",
+                     self.path, self._depth)
+
+    def _open(self, synchronous: str) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         # the WAL is truncated back to this after each checkpoint, so it cannot fill the disk
         self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -66,11 +84,6 @@ class Outbox:
         self.last_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox")
                            .fetchone()[0])  # the newest row's id
         self.dropped = self._counter("dropped")
-        self.acked = 0
-        self.recovered = self._depth  # left by an earlier process: replayed after connecting
-        if self._depth:
-            log.info("outbox %s: %d messages from an earlier run will be replayed",
-                     self.path, self._depth)
 
     def _migrate(self) -> None:
         """Outboxes written before `sent` existed: their rows may have been sent, so they
