@@ -522,9 +522,6 @@ class Control:
                                         or not TRANSACTION.match(transaction)):
             return None, [("transaction", "must be a string of 1-128 letters, digits or _.:-")
                           ], None
-        numbers = check_numbers(request)
-        if numbers:
-            return None, numbers, transaction
         return request, [], transaction
 
     # -- config/set ----------------------------------------------------------------------------

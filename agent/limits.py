@@ -70,31 +70,36 @@ def _depth_check(text: str, max_depth: int) -> None:
             depth -= 1
 
 
-def _int(literal: str) -> int:
+class _Refused:
+    """A number literal kept unconverted, so that the refusal can name its path."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+
+def _int(literal: str) -> int | _Refused:
     if len(literal) > MAX_NUMBER_CHARS:
-        raise LimitError([("", f"a number of {len(literal)} digits (at most "
-                               f"{MAX_NUMBER_CHARS} characters)")])
+        return _Refused(f"a number of {len(literal)} digits (at most {MAX_NUMBER_CHARS} "
+                        f"characters)")
     return int(literal)
 
 
-def _float(literal: str) -> float:
+def _float(literal: str) -> float | _Refused:
     if len(literal) > MAX_NUMBER_CHARS:
-        raise LimitError([("", f"a number of {len(literal)} characters (at most "
-                               f"{MAX_NUMBER_CHARS})")])
+        return _Refused(f"a number of {len(literal)} characters (at most {MAX_NUMBER_CHARS})")
     value = float(literal)
     if not math.isfinite(value):
-        raise LimitError([("", f"{literal[:MAX_NUMBER_CHARS]} is out of range: numbers must "
-                               f"be finite")])
+        return _Refused(f"{literal} is out of range: numbers must be finite")
     return value
 
 
-def _constant(name: str) -> Any:
-    raise LimitError([("", f"{name} is not a number: numbers must be finite")])
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a number: numbers must be finite")
 
 
 def parse_json(payload: bytes | str, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
-    """The JSON value of `payload`, or LimitError (size, depth, number length, non-finite) or
-    ValueError (not JSON), each with a message for the caller."""
+    """The JSON value of `payload`, or LimitError: too large, nested too deep, not JSON, or a
+    number too long, not finite or beyond +-2**53 (each named by its path)."""
     if len(payload) > max_bytes:
         raise LimitError([("", f"request larger than {max_bytes} bytes")])
     try:
@@ -104,11 +109,15 @@ def parse_json(payload: bytes | str, max_bytes: int, max_depth: int = MAX_DEPTH)
                                f"{exc.start})")]) from None
     _depth_check(text, max_depth)
     try:
-        return json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise LimitError([("", f"not valid JSON: {exc}")]) from None
     except RecursionError:  # not reached after the depth check; a last guard
         raise LimitError([("", f"nested deeper than {max_depth} levels")]) from None
+    errors = check_numbers(value)
+    if errors:
+        raise LimitError(errors)
+    return value
 
 
 def check_numbers(value: Any, path: str = "", errors: Errors | None = None,
@@ -117,7 +126,9 @@ def check_numbers(value: Any, path: str = "", errors: Errors | None = None,
     errors = [] if errors is None else errors
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return errors
-    if isinstance(value, (int, float)):
+    if isinstance(value, _Refused):
+        errors.append((path, value.why))
+    elif isinstance(value, (int, float)):
         if not math.isfinite(value) or abs(value) > limit:
             shown = value if isinstance(value, float) or abs(value) < 10**30 \
                 else f"a {len(str(abs(value)))}-digit number"

@@ -51,16 +51,17 @@ def _refused(rig: Rig, topic: str, payload: bytes, paths: set[str], words: str =
 
 DEEP = b'{"version": 9, "budget": ' + b"[" * 5000 + b"]" * 5000 + b"}"
 CONFIG_REFUSALS = [
-    (b'{"version": 9, "profiling": {"period_s": Infinity}}', {""}, "finite"),
-    (b'{"version": 9, "profiling": {"period_s": 1e400}}', {""}, "finite"),
+    (b'{"version": 9, "profiling": {"period_s": Infinity}}', {"profiling.period_s"}, "finite"),
+    (b'{"version": 9, "profiling": {"period_s": 1e400}}', {"profiling.period_s"}, "finite"),
     (b'{"version": 9, "profiling": {"period_s": 1e12}}', {"profiling.period_s"}, ""),
-    (b'{"version": 9, "budget": {"memory_mb": NaN}}', {""}, "finite"),
-    (b'{"version": 9, "budget": {"delay_ms": -Infinity}}', {""}, "finite"),
+    (b'{"version": 9, "budget": {"memory_mb": NaN}}', {"budget.memory_mb"}, "finite"),
+    (b'{"version": 9, "budget": {"delay_ms": -Infinity}}', {"budget.delay_ms"}, "finite"),
     (b'{"version": 9, "budget": {"memory_mb": 1e300}}', {"budget.memory_mb"}, "range"),
     (b'{"version": 9, "profiling": {"period_frames": 99999999999999999999}}',
      {"profiling.period_frames"}, "2**53"),
-    (b'{"version": ' + b"9" * 4300 + b', "budget": {"memory_mb": 2}}', {""}, "digits"),
-    (b'{"version": 9, "budget": {"memory_mb": 2.' + b"5" * 5000 + b"}}", {""}, "characters"),
+    (b'{"version": ' + b"9" * 4300 + b', "budget": {"memory_mb": 2}}', {"version"}, "digits"),
+    (b'{"version": 9, "budget": {"memory_mb": 2.' + b"5" * 5000 + b"}}", {"budget.memory_mb"},
+     "characters"),
     (b'{"version": 9007199254740993, "budget": {"memory_mb": 2}}', {"version"}, "range"),
     (b'{"version": 9.0, "budget": {"memory_mb": 2}}', {"version"}, "integer"),
     (DEEP, {""}, "nested deeper"),
@@ -92,7 +93,8 @@ def test_infinity_is_never_held_in_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_budgets_say_so(tmp_path: Path, value: str) -> None:
     answer = _refused(Rig(tmp_path), TOPICS.config_set,
-                      f'{{"version": 3, "budget": {{"memory_mb": {value}}}}}'.encode(), {""})
+                      f'{{"version": 3, "budget": {{"memory_mb": {value}}}}}'.encode(),
+                      {"budget.memory_mb"})
     assert "finite" in answer["errors"][0]["message"], answer
 
 
@@ -111,8 +113,9 @@ def test_the_config_model_refuses_non_finite_numbers(tmp_path: Path) -> None:
 def test_command_refusals_change_nothing(tmp_path: Path, topic: str) -> None:
     rig = Rig(tmp_path)
     _refused(rig, topic, DEEP, {""}, "nested deeper")
-    _refused(rig, topic, b'{"transaction": "t", "chunks": 1e999}', {""}, "finite")
-    _refused(rig, topic, b'{"transaction": "t", "chunk": ' + b"7" * 5000 + b"}", {""}, "digits")
+    _refused(rig, topic, b'{"transaction": "t", "chunks": 1e999}', {"chunks"}, "finite")
+    _refused(rig, topic, b'{"transaction": "t", "chunk": ' + b"7" * 5000 + b"}", {"chunk"},
+             "digits")
     _refused(rig, topic, b'{"transaction": "t", "chunk": 18446744073709551616}', {"chunk"},
              "2**53")
 
