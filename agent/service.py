@@ -81,8 +81,11 @@ class ServiceAgent(Agent):
     def status_text(self) -> str:
         active = sorted(self.selection.active) if self.selection else []
         depth = self.publisher.pending if self.publisher else 0
+        health = self.publisher.health() if self.publisher else {"state": "ok"}
+        degraded = f", DEGRADED: {'; '.join(health['problems'])}" \
+            if health["state"] != "ok" else ""
         return (f"{self.counters.frames} frames, {self.counters.fps():.1f} fps, "
-                f"active {','.join(active) or '-'}, outbox {depth}")
+                f"active {','.join(active) or '-'}, outbox {depth}{degraded}")
 
     def status(self, state: str) -> dict[str, object]:
         with self.lock:  # the control thread may be swapping models, costs or the bundle
