@@ -1,5 +1,6 @@
-"""A model that raises, hangs, returns NaN or the wrong shape is excluded and predicted from
-the others; the loop goes on, and the model comes back after its back-off."""
+"""A model that raises (also SystemExit or KeyboardInterrupt), hangs, returns NaN or the
+wrong shape is excluded and predicted from the others; the loop goes on, and the model comes
+back after its back-off."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def by_model(payloads: list[dict]) -> dict[str, dict]:
     return {str(p["model"]): p for p in payloads}
 
 
-@pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("nan", "nan"),
+@pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("exit", "error"),
+                                            ("interrupt", "error"), ("nan", "nan"),
                                             ("shape", "shape"), ("hang", "timeout")])
 def test_failed_model_is_predicted_and_comes_back(digits_build, models, tmp_path: Path,
                                                   mode: str, kind: str) -> None:
