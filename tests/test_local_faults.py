@@ -45,3 +45,25 @@ def test_a_corrupt_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["run", "--config", str(_config(tmp_path, state))]) == 2
     err = capsys.readouterr().err
     assert str(state / "outbox.sqlite") in err and "moved aside" in err
+
+
+def test_a_folder_of_non_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg", "c.npy"):
+        (folder / name).write_bytes(b"this is not an image")
+    path = tmp_path / "agent.toml"
+    path.write_text(GOOD.replace('type = "replay"\npath = "stream.npz"',
+                                 f'type = "images"\npath = "{folder}"')
+                    + f'[state]\ndir = "{tmp_path / "state"}"\n')
+    from agent.config import load_config
+    from agent.sources import open_source
+
+    source = open_source(load_config(path).source)
+    with pytest.raises(RuntimeError, match=r"none of the 3 files .* is a readable image"):
+        next(source.frames())
+    import numpy as np
+
+    np.save(folder / "d.npy", np.zeros((8, 8)))  # one good file: the others are skipped
+    source = open_source(load_config(path).source)
+    assert [f.frame_id for f in source.frames()] == [3]
