@@ -130,6 +130,26 @@ class ControlConfig(Strict):
         description="a systemd credential (LoadCredential=) holding the signing key",
     )
 
+    response_topics: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64,
+        description="topic filters (besides <prefix>/<device_id>/reply/#) a request's MQTT v5 "
+                    "ResponseTopic may name")
+    rate_per_s: float = Field(20.0, ge=0.0, le=100_000.0,
+                              description="requests obeyed per second per request topic "
+                                          "(0: no limit); beyond it they are dropped, counted")
+    burst: int = Field(40, ge=1, le=100_000, description="requests at once per topic")
+
+    @field_validator("response_topics")
+    @classmethod
+    def _topic_filters(cls, filters: list[str]) -> list[str]:
+        for topic_filter in filters:
+            levels = topic_filter.split("/")
+            if "\x00" in topic_filter or topic_filter.startswith("$") or any(
+                    ("#" in level and (level != "#" or i != len(levels) - 1))
+                    or ("+" in level and level != "+") for i, level in enumerate(levels)):
+                raise ValueError(f"{topic_filter!r} is not an MQTT topic filter")
+        return filters
+
     @model_validator(mode="after")
     def _one_key_source(self) -> ControlConfig:
         if self.key_file is not None and self.key_credential is not None:
@@ -257,10 +277,10 @@ class ProfilingConfig(Strict):
 
     warmup_runs: int = Field(3, ge=0, le=1000)
     delay_runs: int = Field(20, ge=1, le=10_000)
-    period_frames: int = Field(1000, ge=0)
-    period_s: float = Field(0.0, ge=0.0)
+    period_frames: int = Field(1000, ge=0, le=10**12)
+    period_s: float = Field(0.0, ge=0.0, le=10**9)
     sample_frames: int = Field(20, ge=1, le=100_000)
-    min_samples: int = Field(20, ge=1, description="online figures replace the bundle's "
+    min_samples: int = Field(20, ge=1, le=10**9, description="online figures replace the bundle's "
                                                    "once they rest on this many frames")
     agreement_window: int = Field(60, ge=1, le=100_000, description="frames per online figure")
     online_subsets_max_sources: int = Field(8, ge=1, le=16)
@@ -281,7 +301,7 @@ class AgentConfig(Strict):
     state: StateConfig = StateConfig()
     publish: PublishConfig = PublishConfig()
     control: ControlConfig = ControlConfig()
-    max_frames: int | None = Field(None, ge=1)
+    max_frames: int | None = Field(None, ge=1, le=2**53)
 
     @field_validator("models")
     @classmethod
@@ -375,6 +395,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"not a TOML text file: not UTF-8 at byte {exc.start}")],
+                          str(path)) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -21,7 +21,9 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity are refused everywhere ("Input should be a finite number"): a number
+    # in the config must compare, add and serialise to JSON like a number.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Paced(Strict):

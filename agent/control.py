@@ -31,6 +31,7 @@ import tarfile
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,18 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.controlled import Controlled
 from agent.files import write_atomically
 from agent.homeassistant import discovery_payload, discovery_topic
-from agent.publisher import Publisher
+from agent.limits import (
+    MAX_CORRELATION_BYTES,
+    MAX_VERSION,
+    LimitError,
+    RateLimiter,
+    check_numbers,
+    check_response_topic,
+    check_version,
+    clip,
+    parse_json,
+)
+from agent.publisher import Publisher, dumps
 from agent.security import SignatureError, Verifier
 from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relative
 
@@ -156,7 +168,7 @@ def _claimed_transaction(request: dict[str, Any]) -> str | None:
     inner: Any = request
     if "signed" in request:
         try:
-            inner = json.loads(request["signed"])
+            inner = parse_json(request["signed"], MAX_REQUEST_BYTES)
         except (TypeError, ValueError):
             return None
     transaction = inner.get("transaction") if isinstance(inner, dict) else None
@@ -171,8 +183,15 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError([("state.dir", f"{self.root}: cannot be used as the state "
+                                             f"directory: {exc.strerror or exc}")]) from None
         self.config_file = self.root / "config.json"
+        # the highest version ever in force, kept apart from config.json so that deleting
+        # config.json (the documented reset) does not make captured requests usable again
+        self.floor_file = self.root / "version-floor.json"
         self.signatures_file = self.root / "signatures.json"  # used signed commands
         self.bundles = self.root / "bundles"
         self.current_link = self.root / "bundle-current"
@@ -180,20 +199,44 @@ class StateStore:
         self.version = 0
         self.transaction: str | None = None
         self.overrides: dict[str, Any] = {}
+        self.floor = self._read_floor()
         if self.config_file.exists():
             try:
-                stored = json.loads(self.config_file.read_text("utf-8"))
-                self.version = int(stored["version"])
-                self.transaction = stored.get("transaction")
-                self.overrides = dict(stored.get("overrides", {}))
-            except (ValueError, KeyError, TypeError) as exc:
+                stored = parse_json(self.config_file.read_bytes(), 16 * 1024 * 1024)
+                version = stored["version"]
+                check_version(version, 0)
+                transaction = stored.get("transaction")
+                overrides = stored.get("overrides", {})
+                if not isinstance(overrides, dict) or check_numbers(overrides):
+                    raise ValueError("overrides: not an object of bounded numbers")
+                self.version, self.transaction = version, transaction
+                self.overrides = dict(overrides)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("%s is unreadable (%s); starting from the config file",
                           self.config_file, exc)
+        self.floor = max(self.floor, self.version)
+
+    def _read_floor(self) -> int:
+        if not self.floor_file.exists():
+            return 0
+        try:
+            floor = parse_json(self.floor_file.read_bytes(), 4096)["highest_version"]
+            check_version(floor, 0)
+            return int(floor)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("%s is unreadable (%s); versions are checked against %s only",
+                      self.floor_file, exc, self.config_file.name)
+            return 0
 
     def save(self, version: int, transaction: str | None, overrides: dict[str, Any]) -> None:
+        """Persist the remote config; the version floor first, so that it never lags."""
+        if version > self.floor:
+            write_atomically(self.floor_file, dumps({"highest_version": version}))
+            self.floor = version
         record = {"version": version, "transaction": transaction, "overrides": overrides,
                   "updated": time.time()}
-        write_atomically(self.config_file, json.dumps(record, indent=2).encode())
+        write_atomically(self.config_file, json.dumps(record, indent=2,
+                                                      allow_nan=False).encode())
         self.version, self.transaction, self.overrides = version, transaction, overrides
 
     def effective(self, file_config: AgentConfig) -> AgentConfig:
@@ -233,32 +276,63 @@ class StateStore:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def unpack_bundle(archive: bytes, staging: Path, max_bytes: int) -> Path:
+MAX_ARCHIVE_MEMBERS = 4096  # files and folders in a pushed bundle
+MAX_EXPANSION = 100  # unpacked bytes per archive byte, beyond RATIO_FREE_BYTES
+RATIO_FREE_BYTES = 1 << 20
+
+
+def unpack_bundle(archive: bytes, staging: Path, max_bytes: int,
+                  max_members: int = MAX_ARCHIVE_MEMBERS, max_ratio: float = MAX_EXPANSION
+                  ) -> Path:
     """Unpack a tar archive (gzip or not) under `staging`, refusing links, devices, absolute
-    paths and `..`; return the folder that holds the manifest."""
+    paths and `..`; return the folder that holds the manifest. Every member is checked first
+    (name, type, size, the count, the total and its ratio to the archive's size, the free
+    disk space): nothing is written unless the whole archive passes."""
     try:
         tar = tarfile.open(fileobj=io.BytesIO(archive), mode="r:*")  # noqa: SIM115
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BundleError(f"not a tar archive: {exc}") from None
-    total = 0
     with tar:
-        for member in tar:
-            where = f"archive member {member.name!r}"
-            if member.isdir():
-                safe_relative(staging, member.name.rstrip("/"), where).mkdir(
-                    parents=True, exist_ok=True)
-                continue
-            if not member.isreg():
-                raise BundleError(f"{where}: only regular files and folders are allowed")
-            total += member.size
-            if total > max_bytes:
-                raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
-            target = safe_relative(staging, member.name, where)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            assert source is not None
-            with source, target.open("wb") as out:
-                shutil.copyfileobj(source, out)
+        members: list[tuple[tarfile.TarInfo, Path]] = []
+        total = 0
+        try:
+            for member in tar:
+                if len(members) >= max_members:
+                    raise BundleError(f"the archive holds more than {max_members} members")
+                where = f"archive member {member.name!r}"
+                if member.isdir():
+                    members.append((member, safe_relative(staging, member.name.rstrip("/"),
+                                                          where)))
+                    continue
+                if not member.isreg():
+                    raise BundleError(f"{where}: only regular files and folders are allowed")
+                if member.size > max_bytes:
+                    raise BundleError(f"{where} unpacks to more than {max_bytes} bytes "
+                                      f"({member.size})")
+                total += member.size
+                if total > max_bytes:
+                    raise BundleError(f"archive unpacks to more than {max_bytes} bytes")
+                if total > RATIO_FREE_BYTES and total > max_ratio * len(archive):
+                    raise BundleError(f"archive unpacks to more than {max_ratio:g} times its "
+                                      f"size ({len(archive)} bytes)")
+                members.append((member, safe_relative(staging, member.name, where)))
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise BundleError(f"not a readable tar archive: {exc}") from None
+        free = shutil.disk_usage(staging).free
+        if total > free:
+            raise BundleError(f"archive unpacks to {total} bytes; {free} are free on the disk")
+        try:
+            for member, target in members:
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                with source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise BundleError(f"not a readable tar archive: {exc}") from None
     if (staging / MANIFEST).is_file():
         return staging
     tops = [p for p in staging.iterdir()]
@@ -276,7 +350,7 @@ class Control:
         self.publisher = publisher
         self.store = store
         self.config_path = config_path
-        self.version = store.version
+        self.version = max(store.version, store.floor)  # never below a version once in force
         control = agent.config.control  # read once at start: a bad key stops the agent
         self.verifier = Verifier(control.key(), control.require_signature,
                                  seen_file=store.signatures_file)
@@ -286,7 +360,20 @@ class Control:
         self._upload: dict[str, Any] | None = None
         self._discovery_topic: str | None = None
         self._thread = threading.Thread(target=self._work, name="mlink-control", daemon=True)
+        self._response_topics = tuple(control.response_topics)
+        self.limiter = RateLimiter(control.rate_per_s, control.burst)
         self.handled = 0
+        self.refused = 0
+        self.queue_full = 0
+        self._logged_limited: set[str] = set()
+
+    def stats(self) -> dict[str, Any]:
+        """For the status: requests answered and refused, and those dropped unanswered (over
+        the rate limit per topic, or with the queue full)."""
+        return {"handled": self.handled, "refused": self.refused,
+                "rate_limited": sum(self.limiter.limited.values()),
+                "rate_limited_by_topic": dict(self.limiter.limited),
+                "queue_full": self.queue_full}
 
     @property
     def version(self) -> int:
@@ -303,12 +390,31 @@ class Control:
         self.publisher.subscribe(topics.config_set, lambda m: self._enqueue("config", m))
         self.publisher.subscribe(topics.command("+"), lambda m: self._enqueue("command", m))
 
+    def _rate_key(self, topic: str) -> str:
+        """Unknown command names share one bucket, so that they cannot make buckets up."""
+        name = topic.rsplit("/", 1)[-1]
+        if topic == self.publisher.topics.config_set or name in COMMANDS:
+            return topic
+        return self.publisher.topics.command("<unknown>")
+
     def _enqueue(self, kind: str, message: mqtt.MQTTMessage) -> None:
-        """paho's thread: queue and return."""
+        """paho's thread: queue and return; beyond the rate per topic a request is dropped
+        unanswered (answering is itself work), counted, logged once per topic."""
+        key = self._rate_key(message.topic)
+        if not self.limiter.allow(key):
+            if key not in self._logged_limited:
+                self._logged_limited.add(key)
+                log.warning("requests on %s beyond %.0f/s (burst %d): dropped unanswered, "
+                            "counted in status.control.rate_limited (logged once)", key,
+                            self.limiter.rate, self.limiter.burst)
+            return
         try:
             self._queue.put_nowait((kind, message))
         except queue.Full:
-            log.error("control queue full: request on %s dropped", message.topic)
+            if self.queue_full == 0:
+                log.error("control queue full: request on %s dropped (counted in "
+                          "status.control.queue_full, logged once)", message.topic)
+            self.queue_full += 1
 
     def request_reload(self) -> None:
         """From a signal handler: only set a flag; the worker reloads."""
@@ -340,33 +446,77 @@ class Control:
                     self._handle_command(message)
             except Exception:
                 log.exception("control: request on %s failed", getattr(message, "topic", "?"))
+                self._answer_failure(message)
             self.handled += 1
 
+    def _answer_failure(self, message: mqtt.MQTTMessage | None) -> None:
+        """Even a request whose handling failed unexpectedly gets an answer."""
+        if message is None:
+            return
+        try:
+            is_config = message.topic == self.publisher.topics.config_set
+            name = message.topic.rsplit("/", 1)[-1][:64]
+            topic = self.publisher.topics.config_response if is_config \
+                else self.publisher.topics.command_response(name)
+            self.publisher.respond(topic, {
+                "status": "error", "transaction": None,
+                **({"version": self.version, "applied": []} if is_config
+                   else {"command": name, "result": None}),
+                "errors": [{"path": "", "message": "the request could not be handled (see "
+                                                   "the agent's log)"}]}, None)
+        except Exception:
+            log.exception("control: the failure could not be answered either")
+
     # -- responses ---------------------------------------------------------------------------
+    def _reply_to(self, message: mqtt.MQTTMessage) -> tuple[str | None, bytes | None, Errors]:
+        """The request's MQTT v5 ResponseTopic and CorrelationData (None: not given), or why
+        they are refused: a reply goes only under `<root>/reply/` or a topic of `[control]
+        response_topics`, never onto the agent's own topics or another device's."""
+        props = getattr(message, "properties", None)
+        requested = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        errors: Errors = []
+        if correlation is not None and len(correlation) > MAX_CORRELATION_BYTES:
+            errors.append(("CorrelationData", f"longer than {MAX_CORRELATION_BYTES} bytes"))
+            correlation = None
+        if requested is not None:
+            topics = self.publisher.topics
+            why = check_response_topic(str(requested), topics.root, self._response_topics,
+                                       (topics.config_set, topics.command("+")))
+            if why is not None:
+                errors.append(("ResponseTopic", f"{clip(str(requested), 80)!r}: {why}; "
+                                                f"answered here instead"))
+                requested = None
+        return requested, correlation, errors
+
     def _reply(self, message: mqtt.MQTTMessage, default_topic: str, payload: dict[str, Any]
                ) -> None:
-        topic, correlation = default_topic, None
-        props = getattr(message, "properties", None)
-        if props is not None:
-            requested = getattr(props, "ResponseTopic", None)
-            own_requests = (self.publisher.topics.config_set, self.publisher.topics.command("+"))
-            if requested and not set(requested) & {"+", "#"} and not any(
-                    mqtt.topic_matches_sub(f, requested) for f in own_requests):
-                topic = requested
-            correlation = getattr(props, "CorrelationData", None)
-        self.publisher.respond(topic, payload, correlation)
+        requested, correlation, _ = self._reply_to(message)
+        payload["errors"] = [{"path": clip(e["path"]), "message": clip(e["message"])}
+                             for e in payload.get("errors", [])]
+        if payload.get("status") == "error":
+            self.refused += 1
+        self.publisher.respond(requested or default_topic, payload, correlation)
+
+    def _max_request_bytes(self, topic: str) -> int:
+        if topic != self.publisher.topics.command("bundle"):
+            return MAX_REQUEST_BYTES
+        archive = int(self.agent.config.state.max_bundle_mb * 1024 * 1024)
+        return archive * 4 // 3 + 4 + MAX_REQUEST_BYTES  # base64 and the other fields
 
     def _parse(self, message: mqtt.MQTTMessage) -> tuple[dict[str, Any] | None, Errors,
                                                          str | None]:
-        """The request to act on, or the errors that refuse it, and the transaction to echo."""
+        """The request to act on, or the errors that refuse it, and the transaction to echo.
+        Everything bounded before it is looked at: size, nesting, every number."""
         if message.retain:  # delivered from the broker's store: old, maybe already applied
             return None, [("", "retained request refused: publish requests without retain")], None
-        if len(message.payload) > MAX_REQUEST_BYTES and not message.topic.endswith("/bundle"):
-            return None, [("", f"request larger than {MAX_REQUEST_BYTES} bytes")], None
+        _, _, errors = self._reply_to(message)
+        if errors:
+            return None, errors, None
         try:
-            request = json.loads(message.payload or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return None, [("", f"not valid JSON: {exc}")], None
+            request = parse_json(message.payload or b"{}", self._max_request_bytes(message.topic))
+        except LimitError as exc:
+            return None, exc.errors, None
         if not isinstance(request, dict):
             return None, [("", "expected a JSON object")], None
         try:
@@ -407,9 +557,11 @@ class Control:
     def _apply_config_request(self, request: dict[str, Any]) -> list[str]:
         version = request.get("version")
         transaction = request.get("transaction")
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise RequestError([("version", "required: an integer above the version in force "
-                                            f"({self.version})")])
+        try:
+            check_version(version, self.version)
+        except LimitError as exc:
+            raise RequestError(exc.errors) from None
+        assert isinstance(version, int)
         patch = {k: v for k, v in request.items() if k not in ("transaction", "version")}
         if version == self.version and transaction and transaction == self.store.transaction:
             return []  # a retry of the request in force: acknowledged again, nothing to do
@@ -420,6 +572,10 @@ class Control:
             raise RequestError([("", "nothing to set")])
         old = self.agent.config
         new = apply_patch(old, patch)
+        try:  # what is put in force must go out as JSON (config/state, status)
+            dumps(new.model_dump(mode="json"))
+        except ValueError as exc:
+            raise RequestError([("", f"the config would not serialise: {exc}")]) from None
         changed = changed_paths(old, new)
         self.agent.reconfigure(new)
         try:
@@ -428,9 +584,18 @@ class Control:
             self.agent.reconfigure(old)
             raise RequestError([("", f"cannot persist the config: {exc}")]) from None
         self.version = version
-        self.publish_state()
-        self.agent.publish_status("running")
+        self._announce()
         return changed
+
+    def _announce(self) -> None:
+        """config/state and status after a change in force: a failure to publish them is
+        logged, it does not turn the change (already in force and persisted) into a refusal."""
+        try:
+            self.publish_state()
+            self.agent.publish_status("running")
+        except Exception:
+            log.exception("the change is in force, but config/state or status could not be "
+                          "published")
 
     def publish_state(self) -> None:
         config = self.agent.config
@@ -475,7 +640,7 @@ class Control:
                 log.warning("reload: changes to %s need a restart", ", ".join(ignored))
             if changed_paths(current, new):
                 self.agent.reconfigure(new)
-                self.version = max(self.version, self.store.version) + 1
+                self.version = min(max(self.version, self.store.version) + 1, MAX_VERSION)
                 self.store.save(self.version, None, self.store.overrides)
                 self.agent.publish_status("running")
             self.publish_state()
@@ -588,9 +753,8 @@ class Control:
                                 for path, msg in exc.errors]) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self.version = max(self.version, self.store.version) + 1
+        self.version = min(max(self.version, self.store.version) + 1, MAX_VERSION)
         self.store.save(self.version, self.store.transaction, self.store.overrides)
-        self.publish_state()
-        self.agent.publish_status("running")
+        self._announce()
         return {"bundle": final.name, "sha256": sha, "models": sorted(bundle.models),
                 "links": len(bundle.links), "selection": selection}

@@ -22,6 +22,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -33,6 +35,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+
+class OutboxError(RuntimeError):
+    """The outbox file cannot be opened (not a database, unreadable, its folder a file)."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,27 @@ class Outbox:
     def __init__(self, path: Path, max_messages: int = 100_000,
                  synchronous: str = "normal") -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None)
+            self._open(synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxError(f"{self.path}: the outbox cannot be opened: {exc} (a damaged "
+                              f"file can be moved aside; the agent then starts with an empty "
+                              f"outbox and the outputs in it are not sent)") from None
+        self.acked = 0
+        self.recovered = self._depth  # left by an earlier process: replayed after connecting
+        if self._depth:
+            log.info("outbox %s: %d messages from an earlier run will be replayed",
+                     self.path, self._depth)
+
+    def _open(self, synchronous: str) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
+        # the WAL is truncated back to this after each checkpoint, so it cannot fill the disk
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self._db.executescript(SCHEMA)
         self._migrate()
@@ -62,11 +84,6 @@ class Outbox:
         self.last_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox")
                            .fetchone()[0])  # the newest row's id
         self.dropped = self._counter("dropped")
-        self.acked = 0
-        self.recovered = self._depth  # left by an earlier process: replayed after connecting
-        if self._depth:
-            log.info("outbox %s: %d messages from an earlier run will be replayed",
-                     self.path, self._depth)
 
     def _migrate(self) -> None:
         """Outboxes written before `sent` existed: their rows may have been sent, so they
@@ -124,7 +141,7 @@ class Outbox:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             self._depth += len(messages) - deleted - removed
             self.acked += removed
@@ -144,15 +161,27 @@ class Outbox:
             ).fetchall()
         return [Message(int(r[0]), str(r[1]), bytes(r[2]), int(r[3]), bool(r[4])) for r in rows]
 
-    def mark_sent(self, ids: list[int]) -> None:
+    def mark_sent(self, ids: list[int], sent: bool = True) -> None:
         """Record that these rows are being handed to MQTT; committed before the hand-over,
-        so that a crash right after it still replays them marked."""
+        so that a crash right after it still replays them marked. `sent=False`: the broker
+        refused them (a PUBACK with a failure reason code), so no copy was delivered."""
         if not ids:
             return
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE outbox SET sent = 1 WHERE id = ?", [(i,) for i in ids])
-            self._db.execute("COMMIT")
+            try:
+                self._db.executemany("UPDATE outbox SET sent = ? WHERE id = ?",
+                                     [(int(sent), i) for i in ids])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+    def _rollback(self) -> None:
+        """Roll back what is open; SQLite has already rolled back after some errors (a full
+        disk: SQLITE_FULL), and a second ROLLBACK would hide the first error."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def ack(self, ids: list[int]) -> int:
         """Delete acknowledged messages; ids already dropped are ignored."""

@@ -24,8 +24,10 @@ thread, incoming requests are handed to their handlers (which queue them; agent/
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -43,6 +45,9 @@ from agent.outbox import Message, Outbox
 log = logging.getLogger(__name__)
 
 WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
+REFUSED_RETRY_S = (5.0, 60.0)  # refused outputs are sent again after this, doubling to max
+DEGRADED_FOR_S = 120.0  # health stays `degraded` this long after the last refusal
+MAX_TRACKED_TOPICS = 256  # topics remembered for "logged once per topic"
 STAGED_MAX = 10_000  # outputs accepted but not yet on disk; beyond it publish() waits
 POSSIBLE_DUPLICATE = "possible_duplicate"  # the mark on outputs sent again from the outbox
 
@@ -145,6 +150,7 @@ class Publisher:
         self._taken_back: deque[list[mqtt.MQTTMessage]] = deque()  # from paho, per reconnect
         self._staged: deque[tuple[str, bytes, int]] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
+        self._row_topics: dict[int, str] = {}  # outbox row id in flight -> its topic
         self._cursor = 0  # highest outbox row id handed to paho in this process
         self._wake = threading.Event()
         self._resend_retained = False
@@ -152,6 +158,21 @@ class Publisher:
         self._sender: threading.Thread | None = None
         self.published = 0
         self.connects = 0
+        # PUBACKs with a failure reason code (>= 0x80): not deliveries
+        self._refused_mids: deque[tuple[int, int, str]] = deque()  # mid, code, name
+        self._direct: dict[int, str] = {}  # paho mid -> topic of responses and retained
+        self._resent: set[int] = set()  # mids of responses already sent again once
+        self._refused_rows: set[int] = set()  # outbox rows refused, waiting for a retry
+        self._retry_at: float | None = None
+        self._retry_delay = REFUSED_RETRY_S[0]
+        self.refused: dict[str, int] = {}  # "<code> <name>" -> count
+        self._refused_topics: dict[str, int] = {}
+        self._last_refusal: float | None = None
+        self.responses_dropped = 0
+        self.disk_full = False  # the outbox cannot be written (state dir's disk full)
+        self.unstored = 0  # outputs dropped because they could not be stored
+        self._unapplied_acks: list[int] = []  # acknowledged rows whose delete failed
+        self._storing = 0  # outputs taken from `_staged` by the sender, not yet in the outbox
 
     # -- paho callbacks: record and signal only ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -182,6 +203,10 @@ class Publisher:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):  # e.g. 135 Not authorized (an ACL)
+            self._refused_mids.append((mid, int(reason_code.value), str(reason_code)))
+            self._wake.set()
+            return
         self._acked_mids.append(mid)
         if len(self._inflight) >= WINDOW:  # else applied at the next wake-up, with the outputs
             self._wake.set()
@@ -273,7 +298,10 @@ class Publisher:
             self.published += 1
             self._wake.set()
             while len(self._staged) > STAGED_MAX and self._sender is not None \
-                    and self._sender.is_alive():
+                    and self._sender.is_alive() and not self._closing:
+                if self.disk_full:  # waiting would stall the loop for good: drop, counted
+                    self._drop_unstored(len(self._staged) - STAGED_MAX)
+                    break
                 time.sleep(0.001)  # back-pressure: the disk is slower than the loop
             return
         if retain:
@@ -291,13 +319,56 @@ class Publisher:
             properties.CorrelationData = correlation_data
         info = self._client.publish(topic, _encode(payload), qos=1, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.error("response to %s failed: %s", topic, mqtt.error_string(info.rc))
+            self._count_refused(topic, info.rc, mqtt.error_string(info.rc), response=True)
+            return
+        self._track_direct(info.mid, topic)
+
+    def _track_direct(self, mid: int, topic: str) -> None:
+        self._direct[mid] = topic
+        while len(self._direct) > 10 * WINDOW:  # acknowledged long ago, or never will be
+            self._direct.pop(next(iter(self._direct)))
+
+    def _count_refused(self, topic: str, code: int, name: str, response: bool = False
+                       ) -> None:
+        """A publication the broker refused: counted by reason, logged once per topic; a
+        response is dropped (never sent again), an output stays in the outbox."""
+        key = f"{code} {name}"
+        self.refused[key] = self.refused.get(key, 0) + 1
+        self._last_refusal = time.monotonic()
+        if response:
+            self.responses_dropped += 1
+        if topic not in self._refused_topics:
+            if len(self._refused_topics) >= MAX_TRACKED_TOPICS:
+                self._refused_topics.pop(next(iter(self._refused_topics)))
+            self._refused_topics[topic] = 0
+            log.error("the broker refused a publication on %s: %s (%s; logged once per "
+                      "topic, counted in status.delivery)", topic, name,
+                      "response dropped" if response else "kept in the outbox, sent again "
+                      "later")
+        self._refused_topics[topic] += 1
+
+    def health(self) -> dict[str, Any]:
+        """`degraded` while outputs wait refused or a refusal came in the last minute."""
+        recent = self._last_refusal is not None and \
+            time.monotonic() - self._last_refusal < DEGRADED_FOR_S
+        problems = []
+        if recent or self._refused_rows:
+            problems.append("the broker refuses publications (see refused)")
+        if self.disk_full:
+            problems.append("disk_full: the outbox cannot be written; outputs wait in memory")
+        return {"state": "degraded" if problems else "ok", "problems": problems,
+                "connected": self.connected, "refused": dict(self.refused),
+                "refused_waiting": len(self._refused_rows),
+                "responses_dropped": self.responses_dropped,
+                "disk_full": self.disk_full, "unstored": self.unstored}
 
     def _send_direct(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         info = self._client.publish(topic, data, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         self.published += 1
+        if qos:
+            self._track_direct(info.mid, topic)
         if self.outbox is not None:
             return  # pending is the outbox's; paho's copies may be taken back at a reconnect
         self._pending.append(info)
@@ -305,6 +376,31 @@ class Publisher:
             self._pending = [i for i in self._pending if not i.is_published()]
 
     # -- the sender thread -------------------------------------------------------------------
+    def _drop_unstored(self, count: int) -> None:
+        """Drop the oldest `count` outputs waiting in memory for a disk that is full."""
+        dropped = 0
+        for _ in range(count):
+            try:
+                self._staged.popleft()
+            except IndexError:
+                break
+            dropped += 1
+        if dropped and self.unstored == 0:
+            log.error("outputs beyond %d waiting for the full disk are dropped (counted in "
+                      "status.delivery.unstored)", STAGED_MAX)
+        self.unstored += dropped
+
+    def _storage_failed(self, exc: BaseException) -> bool:
+        """True (logged once) when `exc` says the outbox's disk is full."""
+        full = (isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()) \
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        if full and not self.disk_full:
+            log.error("the outbox cannot be written (%s): outputs wait in memory (up to %d, "
+                      "then dropped and counted); status.delivery says disk_full", exc,
+                      STAGED_MAX)
+        self.disk_full = self.disk_full or full
+        return full
+
     def _send_loop(self) -> None:
         assert self.outbox is not None
         while not self._closing:
@@ -315,6 +411,7 @@ class Publisher:
                 if not self.connected:
                     continue
                 self._after_reconnect()
+                self._retry_refused()
                 if self._resend_retained:
                     self._resend_retained = False
                     with self._retained_lock:
@@ -322,10 +419,18 @@ class Publisher:
                     for topic, data in retained:
                         self._send_direct(topic, data, 1, True)
                 self._send_more()
-            except Exception:
-                log.exception("outbox sender: retrying")
+            except Exception as exc:
+                if not self._storage_failed(exc):
+                    log.exception("outbox sender: retrying")
                 time.sleep(0.5)
-        self._store_staged()
+        try:
+            self._store_staged()
+        except Exception as exc:
+            self._storage_failed(exc)
+            lost = len(self._staged)
+            self._drop_unstored(lost)
+            log.error("%d outputs could not be stored at the stop (%s): lost, counted", lost,
+                      exc)
 
     def _store_staged(self) -> None:
         """One transaction per wake-up: what is staged is stored and what was acknowledged is
@@ -334,9 +439,12 @@ class Publisher:
         not an insert, a read, a mark and a delete)."""
         assert self.outbox is not None
         batch = []
-        while self._staged:
+        while self._staged:  # counted in `pending` all along (see `_storing`)
             batch.append(self._staged.popleft())
-        acked = self._take_acked()
+            self._storing += 1
+        acked = self._unapplied_acks + self._take_acked()
+        self._unapplied_acks = []
+        self._take_refused()
         direct = (bool(batch) and self.connected and not self._closing and not self._taken_back
                   and self._cursor >= self.outbox.last_id
                   and len(self._inflight) + len(batch) <= WINDOW)
@@ -344,7 +452,14 @@ class Publisher:
             ids = self.outbox.store(batch, sent=direct, acked=acked)
         except BaseException:
             self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
+            self._storing = 0
+            self._unapplied_acks = acked
             raise
+        finally:
+            self._storing = 0
+        if self.disk_full and (batch or acked):
+            self.disk_full = False
+            log.warning("the outbox is written again (disk no longer full)")
         if direct:
             self._hand_over([Message(i, topic, data, qos, False)
                              for i, (topic, data, qos) in zip(ids, batch, strict=True)])
@@ -353,14 +468,52 @@ class Publisher:
         """The outbox rows of the PUBACKs received since the last wake-up."""
         rows = []
         while self._acked_mids:
-            row = self._inflight.pop(self._acked_mids.popleft(), None)
+            mid = self._acked_mids.popleft()
+            row = self._inflight.pop(mid, None)
             if row is not None:
                 rows.append(row)
+                self._row_topics.pop(row, None)
+            else:
+                self._direct.pop(mid, None)
+        if rows:
+            self._retry_delay = REFUSED_RETRY_S[0]  # the broker takes outputs again
         return rows
 
     def _apply_acks(self) -> None:
         assert self.outbox is not None
         self.outbox.ack(self._take_acked())
+        self._take_refused()
+
+    def _take_refused(self) -> None:
+        """PUBACKs with a failure reason code: an output's row stays in the outbox, unmarked
+        (it was not delivered), to be sent again after a back-off; a response or a retained
+        message is counted and dropped."""
+        refused_rows = []
+        while self._refused_mids:
+            mid, code, name = self._refused_mids.popleft()
+            row = self._inflight.pop(mid, None)
+            if row is not None:
+                refused_rows.append(row)
+                self._count_refused(self._row_topics.pop(row, "?"), code, name)
+            else:
+                self._count_refused(self._direct.pop(mid, "?"), code, name, response=True)
+        if refused_rows:
+            assert self.outbox is not None
+            self.outbox.mark_sent(refused_rows, sent=False)
+            self._refused_rows.update(refused_rows)
+            if self._retry_at is None:
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, REFUSED_RETRY_S[1])
+
+    def _retry_refused(self) -> None:
+        """When the back-off is over, send the refused rows again (from the outbox, in order)."""
+        if self._retry_at is None or time.monotonic() < self._retry_at:
+            return
+        assert self.outbox is not None
+        self._retry_at = None
+        if self._refused_rows:
+            self._cursor = min(self._cursor, min(self._refused_rows) - 1)
+            self._refused_rows.clear()
 
     def _after_reconnect(self) -> None:
         """Forget what was in flight before the reconnect (paho no longer holds it): the rows
@@ -371,14 +524,29 @@ class Publisher:
             self._apply_acks()  # PUBACKs that arrived before the connection dropped
             outbox_mids, rows = set(self._inflight), list(self._inflight.values())
             self._inflight.clear()
+            self._row_topics.clear()
+            if self._refused_rows:  # a reconnect is a retry for refused outputs too
+                self._cursor = min(self._cursor, min(self._refused_rows) - 1)
+                self._refused_rows.clear()
+                self._retry_at = None
             if rows:
                 self._cursor = min(self._cursor, min(rows) - 1)
                 log.info("%d outputs in flight at the disconnect: sent again, marked %s",
                          len(rows), POSSIBLE_DUPLICATE)
             for message in taken:
-                if not message.retain and message.mid not in outbox_mids:
-                    self._client.publish(message.topic, message.payload, qos=message.qos,
-                                         properties=message.properties)
+                if message.retain or message.mid in outbox_mids:
+                    continue
+                topic = message.topic
+                if message.mid in self._resent:  # in flight at two disconnects: let it go
+                    self._resent.discard(message.mid)
+                    self._count_refused(topic, -1, "dropped twice by the broker",
+                                        response=True)
+                    continue
+                info = self._client.publish(topic, message.payload, qos=message.qos,
+                                            properties=message.properties)
+                self._resent.add(info.mid)
+                while len(self._resent) > 10 * WINDOW:
+                    self._resent.pop()
 
     def _send_more(self) -> None:
         """Hand the next outbox rows to paho, up to WINDOW in flight; rows sent before (by this
@@ -406,6 +574,7 @@ class Publisher:
                           mqtt.error_string(info.rc))
                 return
             self._inflight[info.mid] = message.id
+            self._row_topics[message.id] = message.topic
             self._cursor = max(self._cursor, message.id)
 
     # -- state and shutdown --------------------------------------------------------------------
@@ -413,7 +582,7 @@ class Publisher:
     def pending(self) -> int:
         """Messages not yet acknowledged: the outbox depth, or paho's own queue."""
         if self.outbox is not None:
-            return self.outbox.depth + len(self._staged)
+            return self.outbox.depth + len(self._staged) + self._storing
         self._pending = [i for i in self._pending if not i.is_published()]
         return len(self._pending)
 
@@ -423,17 +592,23 @@ class Publisher:
         deadline = time.monotonic() + timeout_s
         while self.pending:
             if time.monotonic() > deadline:
-                log.error("%d messages still unacknowledged after %.0fs%s", self.pending,
-                          timeout_s, "; kept in the outbox for the next start"
-                          if self.outbox is not None else "")
+                if self.outbox is None:
+                    log.error("%d messages still unacknowledged after %.0fs", self.pending,
+                              timeout_s)
+                else:
+                    log.error("%d messages still unacknowledged after %.0fs: %d kept in the "
+                              "outbox for the next start, %d not stored%s", self.pending,
+                              timeout_s, self.outbox.depth, len(self._staged),
+                              " (disk full: lost at the stop)" if self.disk_full else "")
                 return False
             self._wake.set()
             time.sleep(0.01)
         return True
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        """Clean exit: drain, publish `stopped`, disconnect (so the LWT is not sent)."""
-        drained = self.drain(timeout_s)
+        """Clean exit: drain (`timeout_s` 0: not again), publish `stopped`, disconnect (so the
+        LWT is not sent)."""
+        drained = self.drain(timeout_s) if timeout_s > 0 else not self.pending
         if self.connected:
             info = self._client.publish(self.topics.availability, "stopped", qos=1, retain=True)
             info.wait_for_publish(timeout=5.0)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.files import write_atomically
+from agent.limits import LimitError, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ class Verifier:
                                                 f"this agent's key, or the request or topic "
                                                 f"was altered)")])
         try:
-            inner = json.loads(signed)
-        except json.JSONDecodeError as exc:
-            raise SignatureError([("signed", f"not valid JSON: {exc}")]) from None
+            inner = parse_json(signed, len(signed.encode("utf-8", "surrogatepass")))
+        except LimitError as exc:
+            raise SignatureError([("signed", m) for _, m in exc.errors]) from None
         if not isinstance(inner, dict):
             raise SignatureError([("signed", "expected a JSON object")])
         if is_envelope(inner):

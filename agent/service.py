@@ -87,8 +87,11 @@ class Service:
         agent = self.agent
         active = sorted(agent.selection.active) if agent.selection else []
         depth = agent.publisher.pending if agent.publisher else 0
+        health = agent.publisher.health() if agent.publisher else {"state": "ok"}
+        degraded = f", DEGRADED: {'; '.join(health['problems'])}" \
+            if health["state"] != "ok" else ""
         return (f"{agent.counters.frames} frames, {agent.counters.fps():.1f} fps, "
-                f"active {','.join(active) or '-'}, outbox {depth}")
+                f"active {','.join(active) or '-'}, outbox {depth}{degraded}")
 
     def publish_status(self, state: str) -> None:
         self.agent.publish_status(state)
@@ -164,6 +167,7 @@ def run(config_path: str | Path, frames: int | None = None,
     service = Service(agent, notifier)
     control = Control(service, publisher, store, config_path)
     control.attach()
+    agent.status_builder.extras["control"] = control.stats
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after this frame", signum)
@@ -192,6 +196,7 @@ def run(config_path: str | Path, frames: int | None = None,
         drained = publisher.drain()
         if counters is not None and drained:
             agent.publish_status("stopped")  # again: the retained one shows the drained outbox
-        drained = publisher.close() and drained
+        # one drain only: a second full wait would overrun the unit's stop timeout
+        drained = publisher.close(2.0 if drained else 0.0) and drained
         notifier.close()
     return counters, drained

@@ -4,6 +4,7 @@ sections each part reports (costs, models, profiling), put together in one messa
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +69,8 @@ class PublisherView(Protocol):
     @property
     def outbox(self) -> OutboxView | None: ...
 
+    def health(self) -> dict[str, Any]: ...
+
 
 @dataclass(frozen=True)
 class Sections:
@@ -81,7 +84,12 @@ class Sections:
 
 
 class StatusBuilder:
-    """Puts the parts' sections, the counters and the outbox into one status message."""
+    """Puts the parts' sections, the counters and the outbox into one status message.
+    `extras` are further sections by name from parts the agent does not hold (the service
+    registers the control's request counters), read when a status is built."""
+
+    def __init__(self) -> None:
+        self.extras: dict[str, Callable[[], object]] = {}
 
     def build(self, state: str, sections: Sections, counters: Counters, overhead: Overhead,
               publisher: PublisherView | None, *, config_version: int, bundle: Path,
@@ -117,4 +125,6 @@ class StatusBuilder:
             else round(time.monotonic() - measured_at, 3),
             "config_version": config_version,
             "bundle": str(bundle),
+            "delivery": publisher.health() if publisher is not None else None,
+            **{name: section() for name, section in self.extras.items()},
         }

@@ -36,6 +36,7 @@ from devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak.md"
+KEPT_SECTION = "\n## Hostile requests"  # written by tests/test_fuzz_broker.py's long run
 DEVICE = "city-demo"
 
 
@@ -213,7 +214,9 @@ def main() -> int:
     args = parser.parse_args()
     result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every)
     text = report(result, args.frames, args.restarts, args.every)
-    RESULTS.write_text(text)
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's
+    RESULTS.write_text(text.rstrip("\n") + "\n" + kept)
     print(text)
     if result["lost"] or result["exit_code"] != 0:
         print(result["log_tail"], file=sys.stderr)

@@ -55,14 +55,20 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0,
 
 class AgentProcess:
     def __init__(self, config: Path, env: dict[str, str] | None = None,
-                 frames: int | None = None) -> None:
+                 frames: int | None = None, log_file: Path | None = None) -> None:
+        """`log_file`: the agent's output goes there rather than to a pipe read at the stop
+        (a long run fills a pipe's buffer, and then every thread that logs blocks)."""
         args = [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "run",
                 "--config", str(config)]
         if frames:
             args += ["--frames", str(frames)]
+        self.log_file = log_file
+        output = subprocess.PIPE if log_file is None else log_file.open("w")
         self.process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})},
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdout=output, stderr=subprocess.STDOUT,
                                         text=True)
+        if log_file is not None:
+            output.close()  # the child holds its own copy
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -75,6 +81,8 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             out, _ = self.process.communicate()
+        if self.log_file is not None:
+            out = self.log_file.read_text(errors="replace")
         return self.process.returncode, out
 
 
@@ -161,7 +169,8 @@ class Subscriber:
     can mark those). `key` names the field that identifies one message."""
 
     def __init__(self, port: int, topic: str, key: str = "i",
-                 client_id: str = "persistent-sub") -> None:
+                 client_id: str = "persistent-sub",
+                 login: tuple[str, str] | None = None) -> None:
         self.key = key
         self.payloads: list[dict] = []
         self.redelivered: list[bool] = []
@@ -174,6 +183,8 @@ class Subscriber:
         self.client.on_subscribe = lambda *_: self._ready.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
+        if login is not None:
+            self.client.username_pw_set(*login)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert self._ready.wait(10)

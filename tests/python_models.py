@@ -3,8 +3,9 @@ the digits or city zoo's real TFLite files and can be made to misbehave, or to d
 demand.
 
 Module state is set by the tests in the same process: `MODEL_DIR` (where the .tflite files
-are), `MODE[model_id]` in {ok, raise, hang, nan, shape}, `DRIFT[model_id]` (flip the
-output's classes), and `BALLAST_MB` (memory each instance holds, so that its cost is known).
+are), `MODE[model_id]` in {ok, raise, exit, interrupt, hang, nan, shape}, `DRIFT[model_id]`
+(flip the output's classes), and `BALLAST_MB` (memory each instance holds, so that its cost
+is known).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class Wrapped:
         mode = MODE.get(self.model_id, "ok")
         if mode == "raise":
             raise RuntimeError(f"{self.model_id} is broken")
+        if mode == "exit":
+            raise SystemExit(3)  # what sys.exit(3) does
+        if mode == "interrupt":
+            raise KeyboardInterrupt
         if mode == "hang":
             RELEASE.wait()
         output = self.runner.run_one(example)

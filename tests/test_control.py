@@ -172,3 +172,33 @@ def test_schemas_are_valid_and_their_examples_match() -> None:
     for name in names:
         for example in json.loads((SCHEMAS / f"{name}.json").read_text()).get("examples", []):
             validate(name, example)
+
+
+def _gz(members: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("archive", "message"), [
+    (_gz([("manifest.json", b"{}"), *[(f"f{i}", b"") for i in range(5000)]]),
+     "more than 4096 members"),
+    (_gz([("manifest.json", b"{}"), ("zeros", bytes(3 << 20))]), "times its size"),
+    (_gz([("manifest.json", b"{}"), ("big", bytes(200))]), "more than 100 bytes"),
+    (_gz([("manifest.json", b"{}"), ("ok", b"x"), ("../../evil", b"x")]), "relative"),
+    (_gz([("manifest.json", b"{}"), ("data", bytes(range(256)) * 400)])[:600], "tar archive"),
+])
+def test_archives_are_checked_member_by_member_before_anything_is_written(
+        tmp_path: Path, archive: bytes, message: str) -> None:
+    """A bomb (many members, a huge expansion) or one bad member late in the archive: refused
+    with nothing written, not even the members before it."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    limit = 100 if message == "more than 100 bytes" else 1 << 30
+    with pytest.raises(BundleError, match=message):
+        unpack_bundle(archive, staging, limit)
+    assert list(tmp_path.rglob("*")) == [staging], "something was written before the refusal"

@@ -1,6 +1,7 @@
-"""A model that raises, hangs, returns NaN or the wrong shape is excluded and predicted from
-the others; the loop goes on, and the model comes back after its back-off. On the committed
-fixture (tests/data/digits3): no TensorFlow, nothing trained."""
+"""A model that raises (also SystemExit or KeyboardInterrupt), hangs, returns NaN or the
+wrong shape is excluded and predicted from the others; the loop goes on, and the model comes
+back after its back-off. On the committed fixture (tests/data/digits3): no TensorFlow, nothing
+trained."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def by_model(payloads: list[dict]) -> dict[str, dict]:
     return {str(p["model"]): p for p in payloads}
 
 
-@pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("nan", "nan"),
+@pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("exit", "error"),
+                                            ("interrupt", "error"), ("nan", "nan"),
                                             ("shape", "shape"), ("hang", "timeout")])
 def test_failed_model_is_predicted_and_comes_back(digits_fixture, models, tmp_path: Path,
                                                   mode: str, kind: str) -> None:

@@ -41,3 +41,34 @@ def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path:
         status = json.loads(retained(broker.port, "status"))
         assert status["state"] == "stopped"
         assert status["outbox"]["depth"] == 0  # the retained status is the one after the drain
+
+
+def test_sigterm_with_the_broker_gone_ends_within_the_stop_timeout(digits_build,
+                                                                     tmp_path: Path) -> None:
+    """The broker does not come back: the agent drains once (30 s), says truthfully what it
+    keeps, and exits before systemd's TimeoutStopSec=60 would kill it; the backlog stays in
+    the outbox for the next start."""
+    import time
+
+    state = tmp_path / "state"
+    with LocalBroker() as broker:
+        config = write_config(digits_build.root, broker.port, state)
+        client = Client(broker.port)
+        agent = AgentProcess(config)
+        try:
+            client.wait(lambda: client.json_on("models/digit/output")[3:])
+            broker.stop()
+            outbox = state / "outbox.sqlite"
+            client.wait(lambda: outbox_depth(outbox) >= 30, timeout_s=30)
+            started = time.monotonic()
+            agent.signal(signal.SIGTERM)
+            code, log = agent.stop(timeout_s=60)
+            took = time.monotonic() - started
+        finally:
+            agent.stop()
+            client.stop()
+    assert agent.process.returncode is not None and took < 45, (took, log[-2000:])
+    assert code == 1, log[-3000:]  # 1: outputs left unacknowledged
+    assert "kept in the outbox for the next start" in log and "Traceback" not in log
+    assert log.count("still unacknowledged") == 1, "drained once, not twice"
+    assert outbox_depth(outbox) >= 30

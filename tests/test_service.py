@@ -63,7 +63,7 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
             "config/set",
             {"transaction": "t1", "version": 3, "selection": {"policy": "all"},
              "publish": {"decoded": False, "home_assistant": True}},
-            "replies/me", b"corr-1")
+            f"{ROOT_TOPIC}/reply/me", b"corr-1")
         validate("config-response", response)
         assert response["status"] == "ok", response
         assert response["version"] == 3

@@ -28,6 +28,11 @@ class FakePublisher:
     pending = 1
     outbox = FakeOutbox()
 
+    def health(self) -> dict[str, object]:
+        return {"state": "degraded", "problems": ["the broker refuses publications"],
+                "connected": True, "refused": {"135 Not authorized": 2}, "refused_waiting": 2,
+                "responses_dropped": 0, "disk_full": False, "unstored": 0}
+
 
 def test_status_without_a_publisher() -> None:
     status = StatusBuilder().build("running", SECTIONS, Counters(frames=2), Overhead(), None,
@@ -41,10 +46,15 @@ def test_status_without_a_publisher() -> None:
 
 def test_status_reports_the_outbox_and_the_config_version() -> None:
     overhead = Overhead(frames=2, loop_ms=10.0, models_ms=8.0)
-    status = StatusBuilder().build("stopped", SECTIONS, Counters(frames=2, executed=4),
-                                   overhead, FakePublisher(), config_version=7,
-                                   bundle=Path("/b"), measured_at=0.0)
+    builder = StatusBuilder()
+    builder.extras["control"] = lambda: {"handled": 1, "refused": 2, "rate_limited": 0,
+                                         "rate_limited_by_topic": {}, "queue_full": 0}
+    status = builder.build("stopped", SECTIONS, Counters(frames=2, executed=4),
+                           overhead, FakePublisher(), config_version=7,
+                           bundle=Path("/b"), measured_at=0.0)
     validate("status", status)
+    assert status["delivery"]["state"] == "degraded"  # type: ignore[index]
+    assert status["control"]["refused"] == 2  # type: ignore[index]
     assert status["config_version"] == 7 and status["outbox_depth"] == 1
     assert status["counters"]["outbox_dropped"] == 3  # type: ignore[index]
     assert status["counters"]["published"] == 5  # type: ignore[index]

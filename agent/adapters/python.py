@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from agent.models import ADAPTERS, ModelAdapter
+from agent.models import ADAPTERS, ModelAdapter, ModelFailure
 
 if TYPE_CHECKING:
     from agent.config import ModelConfig
@@ -39,8 +40,9 @@ class PythonModel(ModelAdapter):
             return
         assert self.config.entry is not None
         module_name, _, attribute = self.config.entry.partition(":")
-        target = getattr(importlib.import_module(module_name), attribute)
-        self._call = target() if isinstance(target, type) else target
+        with self._contained():
+            target = getattr(importlib.import_module(module_name), attribute)
+            self._call = target() if isinstance(target, type) else target
         if not callable(self._call):
             self._call = None
             raise TypeError(f"model {self.id}: {self.config.entry} is not callable")
@@ -58,4 +60,15 @@ class PythonModel(ModelAdapter):
     def infer(self, example: np.ndarray) -> np.ndarray:
         if self._call is None:
             raise RuntimeError(f"model {self.id} is not loaded")
-        return np.asarray(self._call(example), dtype=np.float32)
+        with self._contained():
+            return np.asarray(self._call(example), dtype=np.float32)
+
+    @contextlib.contextmanager
+    def _contained(self) -> Iterator[None]:
+        """`sys.exit()` or `KeyboardInterrupt` inside the model's code is the model's failure
+        (excluded, retried like any other), not the agent's end."""
+        try:
+            yield
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise ModelFailure("error", f"model {self.id}: raised {type(exc).__name__}"
+                                        f"({exc})") from None

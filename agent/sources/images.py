@@ -3,6 +3,7 @@ Pillow (the `images` extra). Pixel values are scaled to [0, 1] unless `scale` sa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -12,6 +13,8 @@ from pydantic import Field
 
 from agent.configbase import Identifier, Paced
 from agent.sources.base import SOURCES, Frame, Source, paced
+
+log = logging.getLogger(__name__)
 
 
 def read_image(path: Path, size: tuple[int, int] | None, grayscale: bool) -> np.ndarray:
@@ -55,12 +58,28 @@ class ImagesSource(Source):
         self.modalities = (config.modality,)
 
     def _frames(self) -> Iterator[Frame]:
+        """Files that cannot be read as images are skipped (a warning each, once); a pass
+        with none readable is an error naming the folder and the first file's problem."""
         size = tuple(self.config.size) if self.config.size else None
+        skipped: dict[Path, str] = {}
         while True:
+            read = 0
             for index, path in enumerate(self.files):
-                pixels = read_image(path, size, self.config.grayscale) * self.config.scale
-                yield Frame(frame_id=index, ts=path.stat().st_mtime,
-                            modalities={self.config.modality: pixels})
+                try:
+                    pixels = read_image(path, size, self.config.grayscale) * self.config.scale
+                    ts = path.stat().st_mtime
+                except (OSError, ValueError, SyntaxError) as exc:  # PIL and np.load's errors
+                    if path not in skipped:
+                        skipped[path] = f"{type(exc).__name__}: {exc}"
+                        log.warning("%s: not a readable image, skipped (%s)", path, exc)
+                    continue
+                read += 1
+                yield Frame(frame_id=index, ts=ts, modalities={self.config.modality: pixels})
+            if read == 0:
+                first = next(iter(skipped.items()), None)
+                raise RuntimeError(f"{self.config.path}: none of the {len(self.files)} files "
+                                   f"matching {self.config.pattern!r} is a readable image"
+                                   + (f" ({first[0].name}: {first[1]})" if first else ""))
             if not self.config.loop:
                 return
 
