@@ -339,3 +339,79 @@ def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broke
         if "again" in locals():
             again.stop()
     client.stop()
+
+
+# -- the Service around an agent, in process, on the committed fixture ----------------------
+
+class RecordingPublisher:
+    """What the agent hands a publisher: every message kept, nothing sent."""
+
+    def __init__(self) -> None:
+        from agent.publisher import Topics
+
+        self.topics = Topics("mlink", "test")
+        self.sent: list[tuple[str, object]] = []
+        self.published = 0
+        self.pending = 0
+        self.outbox = None
+
+    def publish(self, topic: str, payload: object, qos: int | None = None,
+                retain: bool = False) -> None:
+        self.sent.append((topic, payload))
+
+    def statuses(self) -> list[dict]:
+        return [p for t, p in self.sent if t == self.topics.status]  # type: ignore[misc]
+
+
+@pytest.fixture()
+def service(digits_fixture, tmp_path: Path):
+    import tests.python_models as pm
+    from agent.config import load_config
+    from agent.scheduler import Agent
+    from agent.sdnotify import Notifier
+    from agent.service import Service
+    from tests.test_failures import python_config
+
+    pm.reset()
+    pm.MODEL_DIR = digits_fixture.root / "models"
+    config = load_config(python_config(tmp_path, digits_fixture.root, policy="exact"))
+    publisher = RecordingPublisher()
+    agent = Agent.from_config(config, publisher)  # type: ignore[arg-type]
+    frames = agent.start()
+    agent.process(next(frames))
+    yield Service(agent, Notifier({})), publisher
+    agent.close()
+    pm.reset()
+
+
+def test_a_refused_change_puts_the_whole_state_back(service) -> None:
+    from agent.control import RequestError
+
+    svc, publisher = service
+    agent = svc.agent
+    before = agent.state()
+    impossible = agent.config.model_copy(update={"budget": agent.config.budget.model_copy(
+        update={"memory_mb": 1e-6}), "selection": agent.config.selection.model_copy(
+        update={"policy": "standalone"})})
+    with pytest.raises(RequestError, match="budget"):
+        svc.reconfigure(impossible)
+    after = agent.state()
+    assert after.config is before.config and after.selection is before.selection
+    assert dict(after.models) == dict(before.models)
+    assert agent.model_costs == {m: s.cost() for m, s in before.costs.models.items()}
+    assert all(agent.models[m].loaded for m in agent.selection.active)
+    assert not publisher.statuses()  # nothing changed, nothing said
+
+
+def test_control_actions_publish_the_status_once_or_leave_it_to_control(service) -> None:
+    svc, publisher = service
+    svc.config_version = 4
+    new = svc.config.model_copy(update={"selection": svc.config.selection.model_copy(
+        update={"policy": "all"})})
+    svc.reconfigure(new)
+    assert svc.agent.selection.policy == "all"
+    assert not publisher.statuses()  # control publishes it, once the version is in force
+    result = svc.remeasure()
+    assert set(result) == {"selection", "costs"}
+    (status,) = publisher.statuses()
+    assert status["config_version"] == 4 and status["selection"]["policy"] == "all"
