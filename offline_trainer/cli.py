@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             models = tuple(m for m in args.models.split(",") if m)
             report = train_bundle_report(args.recording, args.out, args.train_fraction, training,
                                          models)
-            print(summary_table(report.links))
+            print(summary_table(report.links, report.dropped))
             print(ensemble_summary(report))
             print(f"bundle written to {args.out} ({report.profile.held_out_frames} held-out "
                   f"frames profiled)")

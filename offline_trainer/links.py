@@ -51,6 +51,10 @@ class LinkTraining:
     seq_learning_rate: float = 1e-2
     sizes: SeqSizes = field(default_factory=SeqSizes)
     representative_rows: int = 300
+    # Early stopping: training stops once the loss on the calibration frames (training frames
+    # the link does not fit) has not improved for `patience` epochs; the best epoch's weights
+    # are kept. `epochs` stays the cap.
+    patience: int = 8
 
 
 def architecture(source: TaskSpec, target: TaskSpec) -> str:
@@ -90,16 +94,35 @@ def activated(target: TaskSpec, model: Any, batch: Any) -> np.ndarray:
     return gate_box(values) if target.kind == "localization" else values
 
 
-def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining) -> None:
-    """Fit a vector-target link. Regression targets (counts, masses: any scale) are learnt
-    standardised, then the scale is folded back into the logits layer, so the exported file
-    still outputs the model's own units."""
+Validation = tuple[Any, np.ndarray] | None
+
+
+def early_stopping(training: LinkTraining, validation: Any) -> list[Any]:
+    """Keras callbacks: stop on the calibration loss, keep the best epoch (none without)."""
+    import keras
+
+    if validation is None or training.patience <= 0:
+        return []
+    return [keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.patience,
+                                          restore_best_weights=True)]
+
+
+def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining,
+             validation: Validation = None) -> None:
+    """Fit a vector-target link, stopping early on `validation` (inputs, target outputs)
+    where given. Regression targets (counts, masses: any scale) are learnt standardised, then
+    the scale is folded back into the logits layer, so the exported file still outputs the
+    model's own units."""
     y = training_targets(target, y)
     mean, std = np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
     if target.kind == "regression":
         mean, std = y.mean(axis=0), y.std(axis=0) + 1e-6
+    checked = None
+    if validation is not None and len(validation[1]):
+        checked = (validation[0], (training_targets(target, validation[1]) - mean) / std)
     model.fit(x, (y - mean) / std, epochs=training.epochs, batch_size=training.batch_size,
-              verbose=0, shuffle=True)
+              verbose=0, shuffle=True, validation_data=checked,
+              callbacks=early_stopping(training, checked))
     if target.kind == "regression":
         logits = model.get_layer("logits")
         kernel, bias = logits.get_weights()
@@ -107,9 +130,10 @@ def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: Link
 
 
 def train_vec2vec(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
-                  training: LinkTraining) -> Any:
+                  training: LinkTraining, validation: Validation = None) -> Any:
     model = build_vec2vec(source, target, training)
-    fit_link(model, target, x.astype(np.float32), y, training)
+    checked = None if validation is None else (validation[0].astype(np.float32), validation[1])
+    fit_link(model, target, x.astype(np.float32), y, training, checked)
     return model
 
 
@@ -140,15 +164,18 @@ class TrainedLink:
 
 
 def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
-               training: LinkTraining) -> TrainedLink:
-    """Train g: source output -> target output on aligned rows (x, y) of a recording."""
+               training: LinkTraining, validation: Validation = None) -> TrainedLink:
+    """Train g: source output -> target output on aligned rows (x, y) of a recording,
+    stopping early on `validation` (source, target outputs of other rows) where given."""
     import keras
 
     kind = architecture(source, target)
     keras.utils.set_random_seed(training.seed)
     rows = np.random.default_rng(training.seed).permutation(len(x))[: training.representative_rows]
+    if validation is not None and len(validation[0]) == 0:
+        validation = None
     if kind == "vec2vec":
-        model = train_vec2vec(source, target, x, y, training)
+        model = train_vec2vec(source, target, x, y, training, validation)
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [x[rows]])],
                            lambda batch: activated(target, model, batch.astype(np.float32)),
                            x[rows])
@@ -158,15 +185,23 @@ def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
             raise NotImplementedError(f"seq2vec cannot predict a {target.kind} target")
         model = build_seq2vec(source, target, LOSS[target.kind], training.seq_learning_rate,
                               training.sizes)
-        fit_link(model, target, inputs, y, training)
+        fit_link(model, target, inputs, y, training,
+                 None if validation is None else (as_source(source, validation[0]),
+                                                  validation[1]))
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [inputs[rows]])],
                            lambda batch: activated(target, model, as_source(source, batch)),
                            x[rows])
     parts = build_decoder(source, target, training.seq_learning_rate, training.sizes)
     teacher, mask = teacher_inputs(y)
+    checked = None
+    if validation is not None:
+        val_teacher, val_mask = teacher_inputs(validation[1])
+        checked = ([as_source(source, validation[0]), val_teacher],
+                   np.rint(validation[1]).astype(np.int32), val_mask)
     parts.trainer.fit([inputs, teacher], np.rint(y).astype(np.int32), sample_weight=mask,
                       epochs=training.epochs, batch_size=training.batch_size, verbose=0,
-                      shuffle=True)
+                      shuffle=True, validation_data=checked,
+                      callbacks=early_stopping(training, checked))
     _, recorded = keras_decode(parts, source, target, x[rows], record=True)
     return TrainedLink(
         kind,
