@@ -155,10 +155,8 @@ def calibrated_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
     scored = [(subset_deficits(spec, w, outputs, exact, singles, subsets, min_share), i)
               for i, w in enumerate(candidates)]
     within = [(mean, -i) for (mean, worst), i in scored if worst <= slack]
-    if within:
-        chosen = -max(within)[1]
-    else:
-        chosen = min(scored, key=lambda item: (item[0][1], item[1]))[1]
+    closest = min(scored, key=lambda item: (item[0][1], item[1]))[1]
+    chosen = -max(within)[1] if within else closest
     if chosen:
         log.debug("ensemble weights sharpened (candidate %d): %s", chosen, candidates[chosen])
     return candidates[chosen]

@@ -34,7 +34,7 @@ def test_every_kind_defaults_to_its_first_measure() -> None:
     from links_tflite.tasks import DEFAULT_MEASURE, MEASURES
 
     assert DEFAULT_MEASURE == {kind: names[0] for kind, names in MEASURES.items()}
-    assert TaskSpec("regression", 2).measure == "within_tolerance"
+    assert TaskSpec("regression", 2).measure == DEFAULT_MEASURE["regression"]
     assert TaskSpec("regression", 2, measure="all_within_tolerance").measure == \
         "all_within_tolerance"
 
