@@ -33,7 +33,7 @@ def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:
 def test_every_kind_defaults_to_its_first_measure() -> None:
     from links_tflite.tasks import DEFAULT_MEASURE, MEASURES
 
-    assert DEFAULT_MEASURE == {kind: names[0] for kind, names in MEASURES.items()}
+    assert {kind: names[0] for kind, names in MEASURES.items()} == DEFAULT_MEASURE
     assert TaskSpec("regression", 2).measure == DEFAULT_MEASURE["regression"]
     assert TaskSpec("regression", 2, measure="all_within_tolerance").measure == \
         "all_within_tolerance"
