@@ -66,6 +66,7 @@ class LinkResult:
     parts: dict[str, str]  # role -> quantization (link, or encoder and decoder)
     ops: tuple[str, ...]
     size_bytes: int
+    fallback: str  # why a part is not int8 ("" where every part is)
     delay_ms: float
     agreement: float  # the exported link vs the target model's exact output, held-out
     float_agreement: float  # the float Keras link vs the exact output, held-out
@@ -177,6 +178,7 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
         parts=exported.parts,
         ops=exported.ops,
         size_bytes=exported.size_bytes,
+        fallback=exported.fallback,
         delay_ms=measure_delay_ms(runner, x[held_out][0]),
         agreement=mean_agreement(spec, shipped, y[held_out]),
         float_agreement=mean_agreement(spec, floating, y[held_out]),
@@ -270,7 +272,8 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
                  **({"decoder": r.decoder} if r.decoder else {}),
                  "architecture": r.architecture,
                  "output": "tokens" if r.decoder else "logits",
-                 "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops)}
+                 "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops),
+                 **({"fallback": r.fallback} if r.fallback else {})}
                 for r in report.links
             ],
             "dropped_links": [
@@ -317,9 +320,10 @@ def load_for_training(recording_path: Path, train_fraction: float,
 
 def train_bundle_report(recording_path: Path, out: Path, train_fraction: float = 0.7,
                         training: LinkTraining | None = None,
-                        models: tuple[str, ...] = ()) -> TrainReport:
+                        models: tuple[str, ...] = (), keep_all: bool = False) -> TrainReport:
     """The whole `mlink-train links` step (on `models` only, where given); returns links,
-    ensemble weights and profile."""
+    ensemble weights and profile. `keep_all` ships every link, those not better than their
+    target's prior included (test bundles that need links into every target)."""
     training = training or LinkTraining()
     recording = load_for_training(recording_path, train_fraction, models)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
@@ -335,8 +339,8 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
             train_one_link(recording, s, t, train, held_out, staging, training)
             for s, t in tqdm(pairs, desc="links", unit="link")
         ]
-        kept = [r for r in results if beats_prior(r, priors[r.target])]
-        dropped = [r for r in results if not beats_prior(r, priors[r.target])]
+        kept = [r for r in results if keep_all or beats_prior(r, priors[r.target])]
+        dropped = [r for r in results if not (keep_all or beats_prior(r, priors[r.target]))]
         for r in dropped:
             for file in (r.file, r.decoder):
                 if file:
@@ -347,6 +351,7 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
         report = TrainReport(kept, weights, profile, dropped, priors)
         meta = {"train_fraction": train_fraction, "train_frames": len(train),
                 "calibration_frames": len(calibration),
+                "links_shipped": "all" if keep_all else "better than the prior",
                 "seed": training.seed, "epochs": training.epochs}
         write_bundle(recording, report, staging, out, meta)
     finally:
@@ -356,9 +361,10 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
 
 
 def train_bundle(recording_path: Path, out: Path, train_fraction: float = 0.7,
-                 training: LinkTraining | None = None) -> list[LinkResult]:
+                 training: LinkTraining | None = None, keep_all: bool = False) -> list[LinkResult]:
     """As train_bundle_report, returning the per-link results."""
-    return train_bundle_report(recording_path, out, train_fraction, training).links
+    return train_bundle_report(recording_path, out, train_fraction, training,
+                               keep_all=keep_all).links
 
 
 def summary_table(results: list[LinkResult], dropped: list[LinkResult] = ()) -> str:
@@ -374,6 +380,17 @@ def summary_table(results: list[LinkResult], dropped: list[LinkResult] = ()) -> 
         for r, shipped in [*((r, True) for r in results), *((r, False) for r in dropped)]
     ]
     return "\n".join([header, *rows])
+
+
+def quantization_summary(results: list[LinkResult]) -> str:
+    """One line: how many links are int8, and each fallback with its reason."""
+    fallbacks = [r for r in results if r.quantization != "int8"]
+    line = f"int8: {len(results) - len(fallbacks)} of {len(results)} shipped links"
+    if fallbacks:
+        line += "; not int8: " + "; ".join(
+            f"{link_name(r.source, r.target)} {r.quantization} ({r.fallback or 'no reason'})"
+            for r in fallbacks)
+    return line
 
 
 def ensemble_summary(report: TrainReport) -> str:
