@@ -133,13 +133,14 @@ def cost_table(reports: dict[float, TrainReport], bundles: dict[float, Path]) ->
 def workload_section(workload: str, work: Path, epochs: int, seed: int) -> list[str]:
     build_zoo(workload, work, seed)
     recording = work / "recording.npz"
-    reports, bundles, seconds = {}, {}, {}
+    reports, bundles, seconds, cpu = {}, {}, {}, {}
     for fraction in FRACTIONS:
         bundles[fraction] = work / f"bundle-{round(fraction * 100)}"
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         reports[fraction] = train_bundle_report(recording, bundles[fraction], fraction,
                                                 LinkTraining(epochs=epochs, seed=seed))
         seconds[fraction] = time.perf_counter() - started
+        cpu[fraction] = time.process_time() - cpu_started
         load_bundle(bundles[fraction])  # what was written verifies
     int8_lines, means = int8_table(reports)
     high = reports[FRACTIONS[-1]]
@@ -154,7 +155,8 @@ def workload_section(workload: str, work: Path, epochs: int, seed: int) -> list[
         "## Throughput and int8",
         "",
         *(f"- {f:.0%}: {trained[f]} links trained, exported and profiled in {seconds[f]:.0f} s "
-          f"({trained[f] / seconds[f] * 60:.1f} links a minute); {len(reports[f].links)} "
+          f"({trained[f] / seconds[f] * 60:.1f} links a minute; {cpu[f]:.0f} s of CPU over "
+          f"all threads); {len(reports[f].links)} "
           f"shipped, {len(reports[f].dropped)} dropped (not better than the prior); "
           f"{quantization_summary(reports[f].links)}" for f in FRACTIONS),
         f"- before: {BEFORE_THROUGHPUT.get(workload, 'not measured in this file')}",

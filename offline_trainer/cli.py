@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # TensorFlow's retracing notes (one model per link) are expected
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         if args.command == "zoo":
             from offline_trainer.cards import card_table

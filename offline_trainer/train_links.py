@@ -40,7 +40,7 @@ from links_tflite.ensemble import (
     combine_outputs,
     open_link_files,
 )
-from links_tflite.prior import fit_prior, output_range, prior_outputs
+from links_tflite.prior import clamp, fit_prior, output_range, prior_outputs
 from links_tflite.recording import Recording, RecordingError
 from links_tflite.tasks import TaskSpec
 from offline_trainer.ensembles import calibrated_weights, profiled_subsets, subset_case
@@ -75,6 +75,7 @@ class LinkResult:
     held_out_float: np.ndarray  # the float Keras link's outputs on the same frames
     calibration_outputs: np.ndarray  # the exported link's outputs on the calibration frames
     calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
+    exported: bool = True  # False: the float link did not beat the prior, no file was made
 
     @property
     def calibration_agreement(self) -> float:
@@ -150,24 +151,39 @@ def linkable_pairs(recording: Recording) -> list[tuple[str, str]]:
 
 
 def train_one_link(recording: Recording, source: str, target: str, train: np.ndarray,
-                   held_out: np.ndarray, bundle_dir: Path, training: LinkTraining) -> LinkResult:
+                   held_out: np.ndarray, bundle_dir: Path, training: LinkTraining,
+                   prior: TargetPrior | None = None) -> LinkResult:
     """One link fit on the training rows less the calibration slice (`calibration_split`),
     stopped early there, exported, and scored there and on the held-out rows. A regression
-    link's outputs are clamped to the range the target produced on the training rows."""
+    link's outputs are clamped to the range the target produced on the training rows.
+    Given its target's `prior`, a float link that does not beat it on the calibration rows
+    is not exported (`exported` False; its figures are the float link's)."""
     tasks = recording.tasks
     x, y = recording.outputs[source], recording.outputs[target]
     spec = tasks[target]
     fit, calibration = calibration_split(train, training.seed)
     trained = train_link(tasks[source], spec, x[fit], y[fit], training,
                          (x[calibration], y[calibration]))
-    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}")
     bounds = output_range(y[train]) if spec.kind == "regression" else None
+    floating = clamp(trained.predict(x[held_out]), bounds)
+    if prior is not None:
+        calibrated = clamp(trained.predict(x[calibration]), bounds)
+        scores = agreement(spec, calibrated, y[calibration])
+        if not beats_prior(scores, prior):
+            float_agreement = mean_agreement(spec, floating, y[held_out])
+            return LinkResult(
+                source=source, target=target, file="", decoder="",
+                architecture=trained.architecture, quantization="", parts={}, ops=(),
+                size_bytes=0, fallback="", delay_ms=0.0, agreement=float_agreement,
+                float_agreement=float_agreement, int8_vs_float=1.0,
+                held_out_outputs=floating, held_out_float=floating,
+                calibration_outputs=calibrated, calibration_scores=scores, exported=False)
+    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}")
     runner = open_link_files(spec, bundle_dir / exported.file,
                              bundle_dir / exported.decoder if exported.decoder else None,
                              bounds=bounds)
     shipped = runner(x[held_out])
     calibrated = runner(x[calibration])
-    floating = trained.predict(x[held_out])
     return LinkResult(
         source=source,
         target=target,
@@ -190,12 +206,12 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
     )
 
 
-def beats_prior(result: LinkResult, prior: TargetPrior, margin: float = PRIOR_MARGIN,
+def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MARGIN,
                 standard_errors: float = PRIOR_STANDARD_ERRORS) -> bool:
-    """Whether a link is worth shipping: on the calibration frames, its mean per-frame gain
-    over the target's prior is at least `margin` plus `standard_errors` standard errors of
-    that mean (a small slice's luck is not a gain)."""
-    gain = result.calibration_scores - prior.calibration_scores
+    """Whether a link is worth shipping, from its per-frame agreement on the calibration
+    frames: its mean gain over the target's prior there is at least `margin` plus
+    `standard_errors` standard errors of that mean (a small slice's luck is not a gain)."""
+    gain = scores - prior.calibration_scores
     spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
     return float(gain.mean()) >= margin + standard_errors * spread
 
@@ -336,11 +352,15 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
               for m, spec in recording.tasks.items()}
     try:
         results = [
-            train_one_link(recording, s, t, train, held_out, staging, training)
+            train_one_link(recording, s, t, train, held_out, staging, training,
+                           None if keep_all else priors[t])
             for s, t in tqdm(pairs, desc="links", unit="link")
         ]
-        kept = [r for r in results if keep_all or beats_prior(r, priors[r.target])]
-        dropped = [r for r in results if not (keep_all or beats_prior(r, priors[r.target]))]
+        # the exported file is checked again: quantization may cost the margin
+        ships = [r.exported and (keep_all or beats_prior(r.calibration_scores, priors[r.target]))
+                 for r in results]
+        kept = [r for r, ok in zip(results, ships, strict=True) if ok]
+        dropped = [r for r, ok in zip(results, ships, strict=True) if not ok]
         for r in dropped:
             for file in (r.file, r.decoder):
                 if file:

@@ -103,3 +103,22 @@ def test_a_noise_target_is_served_by_its_prior(tmp_path) -> None:
                       profile=bundle.profile)
     assert problem.ensemble_sources(frozenset({"digit"}), "noise") == []
     assert bundle.profile.ensemble_agreement("noise", frozenset({"digit", "parity"})) == 0.0
+
+
+def test_a_regression_link_is_clamped_where_it_runs() -> None:
+    """VectorLink (what open_link makes of a bundle's link file) clamps batch and frame."""
+    from links_tflite.ensemble import VectorLink
+
+    class Logits:
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return np.asarray(batch, np.float32) * 10
+
+        def run_one(self, example: np.ndarray) -> np.ndarray:
+            return np.asarray(example, np.float32) * 10
+
+    bounds = (np.array([0.0], np.float32), np.array([4.0], np.float32))
+    link = VectorLink(Logits(), TaskSpec("regression", 1), bounds)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(link(np.array([[-1.0], [0.2], [3.0]])), [[0.0], [2.0], [4.0]])
+    np.testing.assert_array_equal(link.run_one(np.array([0.9])), [4.0])
+    unbounded = VectorLink(Logits(), TaskSpec("regression", 1))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(unbounded.run_one(np.array([0.9])), [9.0])
