@@ -178,7 +178,8 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
                 float_agreement=float_agreement, int8_vs_float=1.0,
                 held_out_outputs=floating, held_out_float=floating,
                 calibration_outputs=calibrated, calibration_scores=scores, exported=False)
-    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}")
+    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}",
+                           check=(x[calibration], y[calibration]))
     runner = open_link_files(spec, bundle_dir / exported.file,
                              bundle_dir / exported.decoder if exported.decoder else None,
                              bounds=bounds)
