@@ -204,13 +204,16 @@ def export_link(trained: TrainedLink, target: TaskSpec, bundle_dir: Path, stem: 
         used = QUANTIZATIONS.index(exported["decoder"].quantization)
         if same >= sequence_floor or used + 1 >= len(QUANTIZATIONS):
             break
+        lost = ""
         if check is not None:
             files_score = mean_agreement(target, runner(check[0]), check[1])
             float_score = mean_agreement(target, trained.predict(check[0]), check[1])
             if files_score >= float_score - slack:
                 break
+            lost = (f" and agrees {files_score:.3f} with the target on calibration frames "
+                    f"(float link {float_score:.3f})")
         reasons.append(f"decoder {exported['decoder'].quantization}: decodes {same:.3f} like "
-                       f"the float link (< {sequence_floor:.2f})")
+                       f"the float link (< {sequence_floor:.2f}){lost}")
         log.debug("%s: %s", stem, reasons[-1])
         start["decoder"] = used + 1
     parts = {role: e.quantization for role, e in exported.items()}

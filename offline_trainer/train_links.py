@@ -45,7 +45,8 @@ from links_tflite.recording import Recording, RecordingError
 from links_tflite.tasks import TaskSpec
 from offline_trainer.ensembles import calibrated_weights, profiled_subsets, subset_case
 from offline_trainer.export import export_link
-from offline_trainer.links import LinkTraining, train_link
+from offline_trainer.links import LinkTraining, architecture, train_link
+from offline_trainer.probe import probe_scores
 from offline_trainer.zoo import measure_delay_ms
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class LinkResult:
     calibration_outputs: np.ndarray  # the exported link's outputs on the calibration frames
     calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
     exported: bool = True  # False: the float link did not beat the prior, no file was made
+    probed_out: bool = False  # True: not even trained, a linear probe did not beat the prior
 
     @property
     def calibration_agreement(self) -> float:
@@ -162,6 +164,21 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
     x, y = recording.outputs[source], recording.outputs[target]
     spec = tasks[target]
     fit, calibration = calibration_split(train, training.seed)
+    if prior is not None:
+        probed = probe_scores(tasks[source], spec, x[fit], y[fit], x[calibration],
+                              y[calibration])
+        if probed is not None and probed.mean() <= prior.calibration:
+            held = probe_scores(tasks[source], spec, x[fit], y[fit], x[held_out], y[held_out],
+                                minimum=0)
+            figure = float(held.mean()) if held is not None else float("nan")
+            nothing = np.zeros((0,), np.float32)
+            return LinkResult(
+                source=source, target=target, file="", decoder="",
+                architecture=architecture(tasks[source], spec), quantization="", parts={},
+                ops=(), size_bytes=0, fallback="", delay_ms=0.0, agreement=figure,
+                float_agreement=figure, int8_vs_float=1.0, held_out_outputs=nothing,
+                held_out_float=nothing, calibration_outputs=nothing, calibration_scores=probed,
+                exported=False, probed_out=True)
     trained = train_link(tasks[source], spec, x[fit], y[fit], training,
                          (x[calibration], y[calibration]))
     bounds = output_range(y[train]) if spec.kind == "regression" else None
@@ -295,8 +312,10 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
             ],
             "dropped_links": [
                 {"source": r.source, "target": r.target, "architecture": r.architecture,
-                 "reason": f"not better than the prior by {PRIOR_MARGIN} + "
-                           f"{PRIOR_STANDARD_ERRORS:g} standard error on calibration frames",
+                 "reason": ("not trained: a linear probe from the source did not beat the "
+                            "prior on calibration frames" if r.probed_out else
+                            f"not better than the prior by {PRIOR_MARGIN} + "
+                            f"{PRIOR_STANDARD_ERRORS:g} standard error on calibration frames"),
                  "calibration_agreement": r.calibration_agreement,
                  "prior_calibration_agreement": report.priors[r.target].calibration,
                  "held_out_agreement": r.agreement}
@@ -397,7 +416,7 @@ def summary_table(results: list[LinkResult], dropped: list[LinkResult] = ()) -> 
         f"{link_name(r.source, r.target):<26}{r.architecture:<9}{r.quantization:<15}"
         f"{r.agreement:>10.3f}{r.float_agreement:>8.3f}{r.int8_vs_float:>9.3f}"
         f"{r.calibration_agreement:>7.3f}{r.size_bytes / 1024:>8.1f}{r.delay_ms:>8.3f}"
-        f"{'  dropped' if shipped is False else ''}"
+        f"{'' if shipped else '  probed out' if r.probed_out else '  dropped'}"
         for r, shipped in [*((r, True) for r in results), *((r, False) for r in dropped)]
     ]
     return "\n".join([header, *rows])

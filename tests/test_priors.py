@@ -122,3 +122,25 @@ def test_a_regression_link_is_clamped_where_it_runs() -> None:
     np.testing.assert_array_equal(link.run_one(np.array([0.9])), [4.0])
     unbounded = VectorLink(Logits(), TaskSpec("regression", 1))  # type: ignore[arg-type]
     np.testing.assert_array_equal(unbounded.run_one(np.array([0.9])), [9.0])
+
+
+def test_the_probe_sees_a_bent_relation_and_no_relation() -> None:
+    """The probe reads parity from a 10-class digit (not linear in the class index, linear in
+    the one-hot) and finds nothing in noise; on few check frames it gives no verdict."""
+    from offline_trainer.probe import MIN_CHECK_FRAMES, probe_scores
+    from tests.synthetic import make_recording
+
+    recording = make_recording(n=400, models=("digit", "parity", "noise"))
+    tasks, out = recording.tasks, recording.outputs
+    fit, check = slice(0, 300), slice(300, 400)
+    parity = probe_scores(tasks["digit"], tasks["parity"], out["digit"][fit],
+                          out["parity"][fit], out["digit"][check], out["parity"][check])
+    assert parity is not None and parity.mean() > 0.9
+    noise = probe_scores(tasks["digit"], tasks["noise"], out["digit"][fit], out["noise"][fit],
+                         out["digit"][check], out["noise"][check])
+    prior = fit_prior(tasks["noise"], out["noise"][fit])
+    assert noise is not None and noise.mean() <= mean_agreement(
+        tasks["noise"], prior_outputs(prior, 100), out["noise"][check]) + 0.02
+    few = slice(300, 300 + MIN_CHECK_FRAMES - 1)
+    assert probe_scores(tasks["digit"], tasks["parity"], out["digit"][fit], out["parity"][fit],
+                        out["digit"][few], out["parity"][few]) is None
