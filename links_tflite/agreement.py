@@ -59,6 +59,11 @@ def within_tolerance(pred: np.ndarray, exact: np.ndarray, tolerance: float) -> n
     return np.mean(np.abs(pred - exact) <= tolerance + 1e-9, axis=-1).astype(np.float64)
 
 
+def all_within_tolerance(pred: np.ndarray, exact: np.ndarray, tolerance: float) -> np.ndarray:
+    """1 where every output of the frame is within `tolerance` of the model's, else 0."""
+    return np.all(np.abs(pred - exact) <= tolerance + 1e-9, axis=-1).astype(np.float64)
+
+
 def strip_padding(tokens: np.ndarray) -> list[int]:
     """Token ids up to the first pad."""
     out: list[int] = []
@@ -103,7 +108,9 @@ def agreement(spec: TaskSpec, pred: np.ndarray, exact: np.ndarray) -> np.ndarray
         "single_label": single_label,
         "multi_label": multi_label,
         "localization": iou,
-        "regression": lambda p, e: within_tolerance(p, e, spec.tolerance),
+        "regression": lambda p, e: (
+            all_within_tolerance if spec.measure == "all_within_tolerance"
+            else within_tolerance)(p, e, spec.tolerance),
         "sequence": sequence,
     }
     return scorers[spec.kind](pred_b, exact_b)

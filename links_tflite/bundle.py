@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import numpy as np
 
 from links_tflite.tasks import TaskSpec, TaskSpecError, parse_tasks
 
@@ -100,6 +103,7 @@ class Profile:
     subset_details: dict[str, dict[frozenset[str], dict[str, Any]]] = field(
         default_factory=dict)
     subsets_sampled: dict[str, bool] = field(default_factory=dict)
+    priors: dict[str, float] = field(default_factory=dict)  # target -> its prior, held out
 
     def link_agreement(self, source: str, target: str) -> float:
         return self.pairwise.get(target, {}).get(source, 0.0)
@@ -129,6 +133,7 @@ class Profile:
             },
             "subsets_sampled": self.subsets_sampled,
             "links": self.links,
+            "priors": self.priors,
         }
 
     @classmethod
@@ -158,10 +163,20 @@ class Profile:
                 held_out_frames=int(data.get("held_out_frames", 0)),
                 subset_details=details,
                 subsets_sampled={k: bool(v) for k, v in data.get("subsets_sampled", {}).items()},
+                priors={str(k): float(v) for k, v in data.get("priors", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
             raise BundleError(f"{PROFILE}: malformed profile ({problem})") from None
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A target's constant predictor (`links_tflite.prior`): its one output, and for a
+    regression target the range of outputs the model produced (links are clamped to it)."""
+
+    output: np.ndarray
+    bounds: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,7 @@ class Bundle:
     profile: Profile
     manifest: dict[str, Any]
     ensembles: dict[str, EnsembleEntry] = field(default_factory=dict)
+    priors: dict[str, Prior] = field(default_factory=dict)  # bundles from before: none
 
     def links_into(self, target: str) -> list[LinkEntry]:
         return [link for link in self.links if link.target == target]
@@ -284,6 +300,44 @@ def _parse_ensembles(manifest: dict[str, Any],
     return ensembles
 
 
+def _numbers(raw: Any, width: int, where: str) -> np.ndarray:
+    if not isinstance(raw, list) or len(raw) != width:
+        raise BundleError(f"{where}: expected a list of {width} numbers")
+    try:
+        values = [float(v) for v in raw]
+    except (TypeError, ValueError):
+        raise BundleError(f"{where}: expected numbers, got {raw!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise BundleError(f"{where}: numbers must be finite")
+    return np.asarray(values, dtype=np.float32)
+
+
+def _parse_priors(manifest: dict[str, Any], models: dict[str, TaskSpec]) -> dict[str, Prior]:
+    raw_priors = manifest.get("priors", {})
+    if not isinstance(raw_priors, dict):
+        raise BundleError(f"{MANIFEST}: priors: expected an object by model")
+    priors = {}
+    for model, raw in raw_priors.items():
+        where = f"{MANIFEST}: priors.{model}"
+        if model not in models:
+            raise BundleError(f"{where}: unknown model {model!r}")
+        if not isinstance(raw, dict) or "output" not in raw:
+            raise BundleError(f"{where}: expected an object with an 'output'")
+        spec = models[model]
+        output = _numbers(raw["output"], spec.output_width, f"{where}.output")
+        bounds = None
+        if "low" in raw or "high" in raw:
+            if spec.kind != "regression":
+                raise BundleError(f"{where}: only a regression target has a range")
+            low = _numbers(raw.get("low"), spec.dim, f"{where}.low")
+            high = _numbers(raw.get("high"), spec.dim, f"{where}.high")
+            if np.any(low > high):
+                raise BundleError(f"{where}: low must not exceed high")
+            bounds = (low, high)
+        priors[model] = Prior(output, bounds)
+    return priors
+
+
 def load_bundle(root: str | Path) -> Bundle:
     """Load and verify a bundle directory; raise BundleError saying what is wrong."""
     root = Path(root)
@@ -306,13 +360,14 @@ def load_bundle(root: str | Path) -> Bundle:
             if file not in manifest["files"]:
                 raise BundleError(f"{MANIFEST}: link {entry.name} file {file!r} is not listed")
     ensembles = _parse_ensembles(manifest, models)
+    priors = _parse_priors(manifest, models)
     profile_file = str(manifest.get("profile", PROFILE))
     profile = Profile.from_dict(
         _read_json(safe_relative(root, profile_file, f"{MANIFEST}: profile"), profile_file)
     )
     log.info("bundle %s: %d models, %d links", root, len(models), len(links))
     return Bundle(root=root, models=models, links=links, profile=profile, manifest=manifest,
-                  ensembles=ensembles)
+                  ensembles=ensembles, priors=priors)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:

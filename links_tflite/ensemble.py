@@ -41,6 +41,7 @@ from links_tflite.agreement import box_area
 from links_tflite.bundle import Bundle, LinkEntry, Profile
 from links_tflite.decoding import SequenceDecoder
 from links_tflite.interpreter import TFLiteRunner
+from links_tflite.prior import clamp, prior_outputs
 from links_tflite.tasks import TaskSpec, activate, link_output
 
 log = logging.getLogger(__name__)
@@ -74,19 +75,24 @@ class LinkRunner(Protocol):
     def run_one(self, example: np.ndarray, /) -> np.ndarray: ...
 
 
+Bounds = tuple[np.ndarray, np.ndarray]
+
+
 class VectorLink:
     """A link into a vector target: its file runs to the logits, the host activates (and
-    gates a localization link's box, `links_tflite.tasks.link_output`)."""
+    gates a localization link's box, `links_tflite.tasks.link_output`), and clamps a
+    regression output to the range the model produced in the recording (`bounds`)."""
 
-    def __init__(self, runner: TFLiteRunner, spec: TaskSpec) -> None:
+    def __init__(self, runner: TFLiteRunner, spec: TaskSpec, bounds: Bounds | None = None) -> None:
         self.runner = runner
         self.spec = spec
+        self.bounds = bounds
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return link_output(self.spec, self.runner(batch))
+        return clamp(link_output(self.spec, self.runner(batch)), self.bounds)
 
     def run_one(self, example: np.ndarray) -> np.ndarray:
-        return link_output(self.spec, self.runner.run_one(example))
+        return clamp(link_output(self.spec, self.runner.run_one(example)), self.bounds)
 
 
 class LastOutput:
@@ -116,20 +122,24 @@ class LastOutput:
 
 
 def open_link_files(spec: TaskSpec, file: Path, decoder: Path | None = None,
-                    num_threads: int = 1) -> LinkRunner:
-    """A link's files as a callable: activated outputs, or token ids for a sequence target."""
+                    num_threads: int = 1, bounds: Bounds | None = None) -> LinkRunner:
+    """A link's files as a callable: activated outputs (within `bounds`, where given), or
+    token ids for a sequence target."""
     if spec.kind == "sequence":
         if decoder is None:
             raise ValueError(f"{file}: a link into a sequence target needs its decoder file")
         return SequenceDecoder(file, decoder, spec.max_len, num_threads)
-    return VectorLink(TFLiteRunner(file, num_threads), spec)
+    return VectorLink(TFLiteRunner(file, num_threads), spec, bounds)
 
 
 def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunner:
-    """A bundle's link, loaded and callable (see open_link_files)."""
+    """A bundle's link, loaded and callable (see open_link_files), clamped to its target's
+    recorded range where the bundle has one."""
     spec = bundle.models[link.target]
     decoder = bundle.decoder_path_of(link) if link.decoder else None
-    return open_link_files(spec, bundle.path_of(link), decoder, num_threads)
+    prior = bundle.priors.get(link.target)
+    return open_link_files(spec, bundle.path_of(link), decoder, num_threads,
+                           prior.bounds if prior is not None else None)
 
 
 def normalised(weights: list[float]) -> np.ndarray:
@@ -322,6 +332,15 @@ class EnsemblePredictor:
                 tuple(sorted(plan.sources.intersection(present))),
                 [plan.rule.weights.get(s, 0.0) for s in reads])
         return plan.readings[present]
+
+    def prior(self, target: str, profile: Profile | None = None) -> Prediction:
+        """The target's prior (its constant predictor): no link read, no cost; its figure is
+        the prior's held-out agreement. LookupError where the bundle has none (older)."""
+        prior = self.bundle.priors.get(target)
+        if prior is None:
+            raise LookupError(f"the bundle has no prior for {target!r}")
+        figure = (profile or self.bundle.profile).priors.get(target, 0.0)
+        return Prediction(value=prior_outputs(prior.output), sources=(), est_agreement=figure)
 
     def predict(self, target: str, outputs: Mapping[str, np.ndarray],
                 profile: Profile | None = None) -> Prediction:

@@ -29,14 +29,18 @@ DEFAULT_ACTIVATION: dict[str, str] = {
     "sequence": "softmax",
 }
 
-# Agreement measure names, one per kind (see links_tflite.agreement).
-DEFAULT_MEASURE: dict[str, str] = {
-    "single_label": "argmax_equal",
-    "multi_label": "label_agreement",
-    "localization": "iou",
-    "regression": "within_tolerance",
-    "sequence": "one_minus_token_error_rate",
+# Agreement measures each kind accepts, its default first (see links_tflite.agreement):
+# regression's `within_tolerance` credits each output within `tolerance` (a frame with two
+# outputs, one off, scores 0.5); `all_within_tolerance` credits a frame only when every
+# output is within it.
+MEASURES: dict[str, tuple[str, ...]] = {
+    "single_label": ("argmax_equal",),
+    "multi_label": ("label_agreement",),
+    "localization": ("iou",),
+    "regression": ("within_tolerance", "all_within_tolerance"),
+    "sequence": ("one_minus_token_error_rate",),
 }
+DEFAULT_MEASURE: dict[str, str] = {kind: names[0] for kind, names in MEASURES.items()}
 
 
 class TaskSpecError(ValueError):
@@ -81,6 +85,9 @@ class TaskSpec:
             raise TaskSpecError(f"dim: a localization box has 4 numbers, got {self.dim}")
         if self.kind == "single_label" and self.dim < 2:
             raise TaskSpecError(f"dim: single_label needs at least 2 classes, got {self.dim}")
+        if self.measure not in MEASURES[self.kind]:
+            raise TaskSpecError(f"measure: {self.measure!r} is not a {self.kind} measure; "
+                                f"one of {', '.join(MEASURES[self.kind])}")
         if self.tolerance < 0:
             raise TaskSpecError(f"tolerance: must be >= 0, got {self.tolerance}")
         if self.labels and self.kind in ("single_label", "multi_label") and len(

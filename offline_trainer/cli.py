@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     links.add_argument("--seed", type=int, default=0)
     links.add_argument("--models", default="",
                        help="comma-separated models of the recording to link (default: all)")
+    links.add_argument("--keep-all-links", action="store_true",
+                       help="ship every link, even those not better than their target's prior "
+                            "on the calibration frames (by default they are left out)")
     evaluate = sub.add_parser("evaluate", help="the paper's tables on a workload, side by side "
                                                "with the baselines")
     evaluate.add_argument("--workload", default="digits")
@@ -78,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # TensorFlow's retracing notes (one model per link) are expected
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         if args.command == "zoo":
             from offline_trainer.cards import card_table
@@ -91,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "links":
             from offline_trainer.train_links import (
                 ensemble_summary,
+                quantization_summary,
                 summary_table,
                 train_bundle_report,
             )
@@ -98,9 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             training = LinkTraining(epochs=args.epochs, seed=args.seed)
             models = tuple(m for m in args.models.split(",") if m)
             report = train_bundle_report(args.recording, args.out, args.train_fraction, training,
-                                         models)
-            print(summary_table(report.links))
+                                         models, keep_all=args.keep_all_links)
+            print(summary_table(report.links, report.dropped))
             print(ensemble_summary(report))
+            print(quantization_summary(report.links))
             print(f"bundle written to {args.out} ({report.profile.held_out_frames} held-out "
                   f"frames profiled)")
         elif args.command == "evaluate":

@@ -9,6 +9,13 @@ subsets a scheduler may activate, not just the full set. The loss follows the ta
 (cross-entropy for labels, squared error for boxes and numbers).
 A sequence target cannot average token ids: its weight per source is that link's agreement
 on the fitting frames, and the ensemble takes the present source with the largest weight.
+
+The fitting frames are the calibration frames: training frames the links did not train on
+(`train_links.calibration_split`). On the links' own training frames an overfit link looks
+best and takes the weight. `calibrated_weights` then checks the learned weights on those
+frames for every subset: where some subset's ensemble falls more than `SUBSET_SLACK` below
+its best single link, it moves the weight towards the best links (by calibration agreement),
+down to "the best present link alone", which never falls below it.
 """
 
 from __future__ import annotations
@@ -95,6 +102,64 @@ def fit_source_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
     weights /= weights.sum()
     log.debug("ensemble weights: %s", dict(zip(sources, weights.round(3), strict=True)))
     return {s: float(w) for s, w in zip(sources, weights, strict=True)}
+
+
+SUBSET_SLACK = 0.005  # an ensemble may lose half a point to the best link of its subset
+RANK_SHARPNESS = (0.5, 1.0, 2.0, 4.0)  # decades of weight between successive ranks
+
+
+def ranked_weights(scores: Mapping[str, float], decades: float) -> dict[str, float]:
+    """Weights falling by 10**decades from one source to the next by score (best first)."""
+    order = sorted(scores, key=lambda s: (-scores[s], s))
+    raw = {s: 10.0 ** (-decades * rank) for rank, s in enumerate(order)}
+    total = sum(raw.values())
+    return {s: w / total for s, w in raw.items()}
+
+
+def subset_deficits(spec: TaskSpec, weights: Mapping[str, float],
+                    outputs: Mapping[str, np.ndarray], exact: np.ndarray,
+                    singles: Mapping[str, float], subsets: list[frozenset[str]],
+                    min_share: float) -> tuple[float, float]:
+    """(mean agreement over the subsets, worst shortfall of a subset's ensemble below its
+    best single link) of `weights` on these frames, pooled as shipped."""
+    from links_tflite.ensemble import combine_outputs
+
+    values, worst = [], 0.0
+    for subset in subsets:
+        value = mean_agreement(spec, combine_outputs(spec, weights,
+                                                     {s: outputs[s] for s in subset},
+                                                     min_share=min_share), exact)
+        values.append(value)
+        worst = max(worst, max(singles[s] for s in subset) - value)
+    return float(np.mean(values)), worst
+
+
+def calibrated_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact: np.ndarray,
+                       seed: int = 0, min_share: float = 0.0,
+                       slack: float = SUBSET_SLACK) -> dict[str, float]:
+    """Weights fit on calibration frames (`fit_source_weights`), then checked there on every
+    (profiled) subset: among the learned weights, the learned weights times rank weights of
+    growing sharpness, and the rank weights alone, the best on average of those whose every
+    subset is within `slack` of its best single link (else the one closest to that)."""
+    learned = fit_source_weights(spec, outputs, exact, seed=seed)
+    if len(learned) < 2 or POOLING[spec.kind] == "heaviest_source":
+        return learned
+    singles = {s: mean_agreement(spec, outputs[s], exact) for s in outputs}
+    subsets, _ = profiled_subsets(sorted(outputs), seed)
+    candidates = [learned]
+    for decades in RANK_SHARPNESS:
+        ranked = ranked_weights(singles, decades)
+        mixed = {s: learned[s] * ranked[s] for s in learned}
+        total = sum(mixed.values()) or 1.0
+        candidates += [{s: w / total for s, w in mixed.items()}, ranked]
+    scored = [(subset_deficits(spec, w, outputs, exact, singles, subsets, min_share), i)
+              for i, w in enumerate(candidates)]
+    within = [(mean, -i) for (mean, worst), i in scored if worst <= slack]
+    closest = min(scored, key=lambda item: (item[0][1], item[1]))[1]
+    chosen = -max(within)[1] if within else closest
+    if chosen:
+        log.debug("ensemble weights sharpened (candidate %d): %s", chosen, candidates[chosen])
+    return candidates[chosen]
 
 
 def profiled_subsets(sources: list[str], seed: int = 0,

@@ -8,6 +8,7 @@ back to dynamic-range, then float16, and the manifest records which it got.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8", "dynamic_range", "float16")
 # A sequence link's files must decode like its float original on this share of tokens.
 SEQUENCE_FLOOR = 0.97
+# ... unless, on rows it did not fit, it agrees with the target model within this of the float
+# link (its differences from the float link are then near-ties, not lost agreement).
+AGREEMENT_SLACK = 0.01
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Exported:
     quantization: str
     ops: tuple[str, ...]
     size_bytes: int
+    fallback: str = ""  # why the quantizations before `quantization` failed ("" for int8)
 
 
 def _quiet_tensorflow() -> Any:
@@ -127,17 +132,28 @@ def convert(model: Any, path: Path, quantization: str,
     return Exported(path=path, quantization=quantization, ops=ops, size_bytes=len(flatbuffer))
 
 
+def first_line(exc: Exception, limit: int = 200) -> str:
+    """An exception's first line (converter errors run to pages), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def convert_link(model: Any, path: Path, representative: Representative,
                  order: tuple[str, ...] = QUANTIZATIONS,
                  converter: Callable[..., Exported] = convert) -> Exported:
-    """int8 first; on failure the next quantization in `order`, for this link only."""
-    failures = []
+    """int8 first; on failure the next quantization in `order`, for this link only. Why the
+    earlier ones failed travels with the result (`Exported.fallback`), not as a warning."""
+    failures: list[str] = []
     for quantization in order:
         try:
-            return converter(model, path, quantization, representative)
+            exported = converter(model, path, quantization, representative)
         except Exception as exc:  # the converter raises many kinds
-            log.warning("%s: %s conversion failed: %s", path.name, quantization, exc)
-            failures.append(f"{quantization}: {exc}")
+            log.debug("%s: %s conversion failed: %s", path.name, quantization, exc)
+            failures.append(f"{quantization}: {first_line(exc)}")
+            continue
+        if failures:
+            exported = dataclasses.replace(exported, fallback="; ".join(failures))
+        return exported
     raise RuntimeError(f"{path.name}: no quantization worked ({'; '.join(failures)})")
 
 
@@ -152,16 +168,23 @@ class ExportedLink:
     parts: dict[str, str]  # role -> quantization
     ops: tuple[str, ...]
     size_bytes: int
+    fallback: str = ""  # why a part is not int8 ("" where every part is)
 
 
 def export_link(trained: TrainedLink, target: TaskSpec, bundle_dir: Path, stem: str,
                 converter: Callable[..., Exported] = convert,
-                sequence_floor: float = SEQUENCE_FLOOR) -> ExportedLink:
+                sequence_floor: float = SEQUENCE_FLOOR,
+                check: tuple[np.ndarray, np.ndarray] | None = None,
+                slack: float = AGREEMENT_SLACK) -> ExportedLink:
     """Convert every part of a trained link to `links/<stem>[.<role>].tflite` under the bundle,
     each int8 first with its own op-check fallback. A sequence link is also decoded through
     its files on `trained.check_inputs`: below `sequence_floor` agreement with the float link
-    (errors compound over the steps), its decoder step falls back to the next quantization."""
+    (errors compound over the steps), its decoder step falls back to the next quantization,
+    unless `check` (source outputs, the target model's outputs on rows the link did not fit)
+    shows the files agree with the target model within `slack` of the float link: a weak
+    link's near-tied tokens flip under int8 between tokens that are equally wrong."""
     start = dict.fromkeys((p.role for p in trained.parts), 0)
+    reasons: list[str] = []
     while True:
         files: dict[str, str] = {}
         exported: dict[str, Exported] = {}
@@ -181,8 +204,17 @@ def export_link(trained: TrainedLink, target: TaskSpec, bundle_dir: Path, stem: 
         used = QUANTIZATIONS.index(exported["decoder"].quantization)
         if same >= sequence_floor or used + 1 >= len(QUANTIZATIONS):
             break
-        log.warning("%s: %s decoder agrees %.3f with the float link (< %.2f); falling back",
-                    stem, exported["decoder"].quantization, same, sequence_floor)
+        lost = ""
+        if check is not None:
+            files_score = mean_agreement(target, runner(check[0]), check[1])
+            float_score = mean_agreement(target, trained.predict(check[0]), check[1])
+            if files_score >= float_score - slack:
+                break
+            lost = (f" and agrees {files_score:.3f} with the target on calibration frames "
+                    f"(float link {float_score:.3f})")
+        reasons.append(f"decoder {exported['decoder'].quantization}: decodes {same:.3f} like "
+                       f"the float link (< {sequence_floor:.2f}){lost}")
+        log.debug("%s: %s", stem, reasons[-1])
         start["decoder"] = used + 1
     parts = {role: e.quantization for role, e in exported.items()}
     return ExportedLink(
@@ -192,4 +224,6 @@ def export_link(trained: TrainedLink, target: TaskSpec, bundle_dir: Path, stem: 
         parts=parts,
         ops=tuple(sorted({op for e in exported.values() for op in e.ops})),
         size_bytes=sum(e.size_bytes for e in exported.values()),
+        fallback="; ".join([*reasons, *(f"{role} {e.fallback}" for role, e in exported.items()
+                                        if e.fallback)]),
     )

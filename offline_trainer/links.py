@@ -31,13 +31,17 @@ from offline_trainer.seq_links import (
 )
 from offline_trainer.workloads.builders import presence_box_loss, presence_box_targets
 
-# Loss per target task kind: soft-label cross-entropy for labels, squared error for numbers,
+# Loss per target task kind: soft-label cross-entropy for labels, absolute error for numbers,
 # and for a box, whether there is one (cross-entropy) and where (squared error, if there is).
+# Numbers are scored `within_tolerance`: the absolute error fits the conditional median,
+# which lands where most frames are; the squared error fits the conditional mean, which a
+# heavy tail (city's person counts) drags away from them, the more so the better it is fit
+# (more data: worse agreement, benchmarks/results/evaluation-city.md before this change).
 LOSS: dict[str, Any] = {
     "single_label": "categorical_crossentropy",
     "multi_label": "binary_crossentropy",
     "localization": presence_box_loss,
-    "regression": "mse",
+    "regression": "mae",
 }
 
 
@@ -51,6 +55,16 @@ class LinkTraining:
     seq_learning_rate: float = 1e-2
     sizes: SeqSizes = field(default_factory=SeqSizes)
     representative_rows: int = 300
+    # Early stopping: training stops once the loss on the calibration frames (training frames
+    # the link does not fit) has not improved for `patience` epochs; the best epoch's weights
+    # are kept. `epochs` stays the cap.
+    patience: int = 8
+    min_delta: float = 1e-3  # a smaller drop of the calibration loss is no improvement
+    # Keras's per-epoch and per-step overhead dominates links this small: each Keras epoch
+    # runs `passes_per_epoch` shuffled passes over the rows, `steps_per_execution` batches
+    # per call into the graph; `epochs` and `patience` still count passes.
+    passes_per_epoch: int = 4
+    steps_per_execution: int = 32
 
 
 def architecture(source: TaskSpec, target: TaskSpec) -> str:
@@ -73,7 +87,7 @@ def build_vec2vec(source: TaskSpec, target: TaskSpec, training: LinkTraining) ->
     outputs = keras.layers.Activation(target.activation)(logits)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.RMSprop(training.learning_rate),
-                  loss=LOSS[target.kind])
+                  loss=LOSS[target.kind], steps_per_execution=training.steps_per_execution)
     return model
 
 
@@ -90,16 +104,50 @@ def activated(target: TaskSpec, model: Any, batch: Any) -> np.ndarray:
     return gate_box(values) if target.kind == "localization" else values
 
 
-def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining) -> None:
-    """Fit a vector-target link. Regression targets (counts, masses: any scale) are learnt
-    standardised, then the scale is folded back into the logits layer, so the exported file
-    still outputs the model's own units."""
+Validation = tuple[Any, np.ndarray] | None
+
+
+def _repeated(value: Any, times: int) -> Any:
+    if value is None or times == 1:
+        return value
+    if isinstance(value, list | tuple):
+        return [np.concatenate([v] * times) for v in value]
+    return np.concatenate([value] * times)
+
+
+def fit_rows(model: Any, x: Any, y: np.ndarray, training: LinkTraining, validation: Any = None,
+             sample_weight: np.ndarray | None = None) -> None:
+    """`model.fit` for `training.epochs` passes over the rows, `passes_per_epoch` passes per
+    Keras epoch; with `validation` (a Keras validation_data tuple) it stops once the
+    validation loss has not improved for `patience` passes and keeps the best weights."""
+    import keras
+
+    passes = max(1, min(training.passes_per_epoch, training.epochs))
+    callbacks = []
+    if validation is not None and training.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=max(1, -(-training.patience // passes)),
+            min_delta=training.min_delta, restore_best_weights=True))
+    model.fit(_repeated(x, passes), _repeated(y, passes),
+              sample_weight=_repeated(sample_weight, passes),
+              epochs=max(1, -(-training.epochs // passes)), batch_size=training.batch_size,
+              verbose=0, shuffle=True, validation_data=validation, callbacks=callbacks)
+
+
+def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining,
+             validation: Validation = None) -> None:
+    """Fit a vector-target link, stopping early on `validation` (inputs, target outputs)
+    where given. Regression targets (counts, masses: any scale) are learnt standardised, then
+    the scale is folded back into the logits layer, so the exported file still outputs the
+    model's own units."""
     y = training_targets(target, y)
     mean, std = np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
     if target.kind == "regression":
         mean, std = y.mean(axis=0), y.std(axis=0) + 1e-6
-    model.fit(x, (y - mean) / std, epochs=training.epochs, batch_size=training.batch_size,
-              verbose=0, shuffle=True)
+    checked = None
+    if validation is not None and len(validation[1]):
+        checked = (validation[0], (training_targets(target, validation[1]) - mean) / std)
+    fit_rows(model, x, (y - mean) / std, training, checked)
     if target.kind == "regression":
         logits = model.get_layer("logits")
         kernel, bias = logits.get_weights()
@@ -107,9 +155,10 @@ def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: Link
 
 
 def train_vec2vec(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
-                  training: LinkTraining) -> Any:
+                  training: LinkTraining, validation: Validation = None) -> Any:
     model = build_vec2vec(source, target, training)
-    fit_link(model, target, x.astype(np.float32), y, training)
+    checked = None if validation is None else (validation[0].astype(np.float32), validation[1])
+    fit_link(model, target, x.astype(np.float32), y, training, checked)
     return model
 
 
@@ -140,15 +189,18 @@ class TrainedLink:
 
 
 def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
-               training: LinkTraining) -> TrainedLink:
-    """Train g: source output -> target output on aligned rows (x, y) of a recording."""
+               training: LinkTraining, validation: Validation = None) -> TrainedLink:
+    """Train g: source output -> target output on aligned rows (x, y) of a recording,
+    stopping early on `validation` (source, target outputs of other rows) where given."""
     import keras
 
     kind = architecture(source, target)
     keras.utils.set_random_seed(training.seed)
     rows = np.random.default_rng(training.seed).permutation(len(x))[: training.representative_rows]
+    if validation is not None and len(validation[0]) == 0:
+        validation = None
     if kind == "vec2vec":
-        model = train_vec2vec(source, target, x, y, training)
+        model = train_vec2vec(source, target, x, y, training, validation)
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [x[rows]])],
                            lambda batch: activated(target, model, batch.astype(np.float32)),
                            x[rows])
@@ -157,16 +209,23 @@ def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
         if target.kind not in LOSS:
             raise NotImplementedError(f"seq2vec cannot predict a {target.kind} target")
         model = build_seq2vec(source, target, LOSS[target.kind], training.seq_learning_rate,
-                              training.sizes)
-        fit_link(model, target, inputs, y, training)
+                              training.sizes, training.steps_per_execution)
+        fit_link(model, target, inputs, y, training,
+                 None if validation is None else (as_source(source, validation[0]),
+                                                  validation[1]))
         return TrainedLink(kind, [ExportPart("link", logits_model(model), [inputs[rows]])],
                            lambda batch: activated(target, model, as_source(source, batch)),
                            x[rows])
-    parts = build_decoder(source, target, training.seq_learning_rate, training.sizes)
+    parts = build_decoder(source, target, training.seq_learning_rate, training.sizes,
+                          training.steps_per_execution)
     teacher, mask = teacher_inputs(y)
-    parts.trainer.fit([inputs, teacher], np.rint(y).astype(np.int32), sample_weight=mask,
-                      epochs=training.epochs, batch_size=training.batch_size, verbose=0,
-                      shuffle=True)
+    checked = None
+    if validation is not None:
+        val_teacher, val_mask = teacher_inputs(validation[1])
+        checked = ([as_source(source, validation[0]), val_teacher],
+                   np.rint(validation[1]).astype(np.int32), val_mask)
+    fit_rows(parts.trainer, [inputs, teacher], np.rint(y).astype(np.int32), training, checked,
+             sample_weight=mask)
     _, recorded = keras_decode(parts, source, target, x[rows], record=True)
     return TrainedLink(
         kind,

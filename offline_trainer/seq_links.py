@@ -57,7 +57,7 @@ def source_encoder(source: TaskSpec, sizes: SeqSizes) -> Any:
 
 
 def build_seq2vec(source: TaskSpec, target: TaskSpec, loss: Any, learning_rate: float,
-                  sizes: SeqSizes) -> Any:
+                  sizes: SeqSizes, steps_per_execution: int = 1) -> Any:
     """Token ids -> the target's vector output (softmax/sigmoid/linear by its kind)."""
     import keras
 
@@ -69,7 +69,8 @@ def build_seq2vec(source: TaskSpec, target: TaskSpec, loss: Any, learning_rate: 
     logits = keras.layers.Dense(link_width(target), name="logits")(hidden)
     outputs = keras.layers.Activation(target.activation)(logits)
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                  steps_per_execution=steps_per_execution)
     return model
 
 
@@ -83,7 +84,7 @@ class Seq2SeqParts:
 
 
 def build_decoder(source: TaskSpec, target: TaskSpec, learning_rate: float,
-                  sizes: SeqSizes) -> Seq2SeqParts:
+                  sizes: SeqSizes, steps_per_execution: int = 1) -> Seq2SeqParts:
     """vec2seq or seq2seq (by the source's kind): encoder + attention LSTM decoder."""
     import keras
 
@@ -106,7 +107,8 @@ def build_decoder(source: TaskSpec, target: TaskSpec, learning_rate: float,
     logits, _, _ = decode(teacher, h0, c0, memory)
     trainer = keras.Model([source_in, teacher], logits)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    steps_per_execution=steps_per_execution)
 
     token = keras.Input((1,), dtype="int32", name="token")
     h_in = keras.Input((sizes.units,), name="h")

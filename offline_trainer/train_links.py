@@ -1,11 +1,20 @@
-"""Recording -> bundle: train every pairwise link, quantize it, fit the ensembles, profile
-them, write the bundle.
+"""Recording -> bundle: train every pairwise link, quantize it, keep those that beat their
+target's prior, fit the ensembles, profile them, write the bundle.
 
+The recording's frames are split three ways (seeded): the training fraction is cut into the
+frames the links fit on and a calibration slice (`CALIBRATION_SHARE` of it, never fit on),
+and the rest is held out. On the calibration frames, through the exported files:
+- every link stops training early (its loss there stops improving);
+- a link is kept only if it beats its target's prior (the constant predictor fit on the
+  training frames, `links_tflite.prior`) by `PRIOR_MARGIN`: one that does not is left out of
+  the bundle (neither loaded, run nor charged by the agent), and listed in the manifest's
+  `dropped_links` with its figures;
+- the ensembles' weights are fit (`offline_trainer.ensembles.calibrated_weights`).
 Every link's architecture follows the two models' output formats (vec2vec, seq2vec, vec2seq,
-seq2seq). The ensembles' weights are fit on the training frames through the exported files;
-all agreement figures are measured on held-out frames of the recording (never trained on),
-through the exported files and the LiteRT interpreter, with the same ensemble code the agent
-runs (`links_tflite.ensemble.combine_outputs`).
+seq2seq). All agreement figures of the profile, the priors' included, are measured on the
+held-out frames (never trained or calibrated on), through the exported files and the LiteRT
+interpreter, with the same ensemble code the agent runs
+(`links_tflite.ensemble.combine_outputs`).
 """
 
 from __future__ import annotations
@@ -15,14 +24,14 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from links_tflite.agreement import mean_agreement
+from links_tflite.agreement import agreement, mean_agreement
 from links_tflite.bundle import PROFILE, Profile, link_name, write_manifest
 from links_tflite.ensemble import (
     LEARNED,
@@ -31,13 +40,20 @@ from links_tflite.ensemble import (
     combine_outputs,
     open_link_files,
 )
+from links_tflite.prior import clamp, fit_prior, output_range, prior_outputs
 from links_tflite.recording import Recording, RecordingError
-from offline_trainer.ensembles import fit_source_weights, profiled_subsets, subset_case
+from links_tflite.tasks import TaskSpec
+from offline_trainer.ensembles import calibrated_weights, profiled_subsets, subset_case
 from offline_trainer.export import export_link
-from offline_trainer.links import LinkTraining, train_link
+from offline_trainer.links import LinkTraining, architecture, train_link
+from offline_trainer.probe import probe_scores
 from offline_trainer.zoo import measure_delay_ms
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_SHARE = 0.2  # of the training frames: what links are checked on, not fit on
+PRIOR_MARGIN = 0.01  # a link ships only if it beats its target's prior by this much...
+PRIOR_STANDARD_ERRORS = 1.0  # ... and by this many standard errors of the per-frame gain
 
 
 @dataclass(frozen=True)
@@ -51,20 +67,51 @@ class LinkResult:
     parts: dict[str, str]  # role -> quantization (link, or encoder and decoder)
     ops: tuple[str, ...]
     size_bytes: int
+    fallback: str  # why a part is not int8 ("" where every part is)
     delay_ms: float
     agreement: float  # the exported link vs the target model's exact output, held-out
     float_agreement: float  # the float Keras link vs the exact output, held-out
     int8_vs_float: float  # the exported link vs its float original, held-out
     held_out_outputs: np.ndarray  # the exported link's outputs (activated) on held-out frames
     held_out_float: np.ndarray  # the float Keras link's outputs on the same frames
-    train_outputs: np.ndarray  # the exported link's outputs on the training frames
+    calibration_outputs: np.ndarray  # the exported link's outputs on the calibration frames
+    calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
+    exported: bool = True  # False: the float link did not beat the prior, no file was made
+    probed_out: bool = False  # True: not even trained, a linear probe did not beat the prior
+
+    @property
+    def calibration_agreement(self) -> float:
+        return float(self.calibration_scores.mean())
+
+
+@dataclass(frozen=True)
+class TargetPrior:
+    """A target's constant predictor, its range (regression) and its agreement."""
+
+    output: np.ndarray
+    bounds: tuple[np.ndarray, np.ndarray] | None
+    calibration_scores: np.ndarray  # per calibration frame: what a link must beat
+    held_out: float
+
+    @property
+    def calibration(self) -> float:
+        return float(self.calibration_scores.mean())
+
+    def to_manifest(self) -> dict[str, list[float]]:
+        entry = {"output": [float(v) for v in self.output]}
+        if self.bounds is not None:
+            entry["low"] = [float(v) for v in self.bounds[0]]
+            entry["high"] = [float(v) for v in self.bounds[1]]
+        return entry
 
 
 @dataclass(frozen=True)
 class TrainReport:
-    links: list[LinkResult]
+    links: list[LinkResult]  # the links shipped
     weights: dict[str, dict[str, float]]  # target -> source -> learned ensemble weight
     profile: Profile
+    dropped: list[LinkResult] = field(default_factory=list)  # not better than the prior
+    priors: dict[str, TargetPrior] = field(default_factory=dict)
 
 
 def split_rows(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,22 +123,85 @@ def split_rows(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
+def calibration_split(train: np.ndarray, seed: int,
+                      share: float = CALIBRATION_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows cut into (rows the links fit on, calibration rows), seeded. With
+    fewer than 2 training rows both are the training rows (nothing can be set aside)."""
+    if len(train) < 2:
+        return train, train
+    order = np.random.default_rng(seed + 1).permutation(len(train))
+    cut = max(1, min(len(train) - 1, round(len(train) * share)))
+    return np.sort(train[order[cut:]]), np.sort(train[order[:cut]])
+
+
+def target_prior(spec: TaskSpec, y: np.ndarray, train: np.ndarray, calibration: np.ndarray,
+                 held_out: np.ndarray, seed: int = 0) -> TargetPrior:
+    """The target's prior fit on the training frames, scored on calibration and held out."""
+    output = fit_prior(spec, y[train], seed)
+    return TargetPrior(
+        output=output,
+        bounds=output_range(y[train]) if spec.kind == "regression" else None,
+        calibration_scores=agreement(spec, prior_outputs(output, len(calibration)),
+                                     y[calibration]),
+        held_out=mean_agreement(spec, prior_outputs(output, len(held_out)), y[held_out]),
+    )
+
+
 def linkable_pairs(recording: Recording) -> list[tuple[str, str]]:
     """Every ordered pair: each (source, target) format has an architecture."""
     return list(itertools.permutations(recording.models, 2))
 
 
 def train_one_link(recording: Recording, source: str, target: str, train: np.ndarray,
-                   held_out: np.ndarray, bundle_dir: Path, training: LinkTraining) -> LinkResult:
+                   held_out: np.ndarray, bundle_dir: Path, training: LinkTraining,
+                   prior: TargetPrior | None = None) -> LinkResult:
+    """One link fit on the training rows less the calibration slice (`calibration_split`),
+    stopped early there, exported, and scored there and on the held-out rows. A regression
+    link's outputs are clamped to the range the target produced on the training rows.
+    Given its target's `prior`, a float link that does not beat it on the calibration rows
+    is not exported (`exported` False; its figures are the float link's)."""
     tasks = recording.tasks
     x, y = recording.outputs[source], recording.outputs[target]
     spec = tasks[target]
-    trained = train_link(tasks[source], spec, x[train], y[train], training)
-    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}")
+    fit, calibration = calibration_split(train, training.seed)
+    if prior is not None:
+        probed = probe_scores(tasks[source], spec, x[fit], y[fit], x[calibration],
+                              y[calibration])
+        if probed is not None and probed.mean() <= prior.calibration:
+            held = probe_scores(tasks[source], spec, x[fit], y[fit], x[held_out], y[held_out],
+                                minimum=0)
+            figure = float(held.mean()) if held is not None else float("nan")
+            nothing = np.zeros((0,), np.float32)
+            return LinkResult(
+                source=source, target=target, file="", decoder="",
+                architecture=architecture(tasks[source], spec), quantization="", parts={},
+                ops=(), size_bytes=0, fallback="", delay_ms=0.0, agreement=figure,
+                float_agreement=figure, int8_vs_float=1.0, held_out_outputs=nothing,
+                held_out_float=nothing, calibration_outputs=nothing, calibration_scores=probed,
+                exported=False, probed_out=True)
+    trained = train_link(tasks[source], spec, x[fit], y[fit], training,
+                         (x[calibration], y[calibration]))
+    bounds = output_range(y[train]) if spec.kind == "regression" else None
+    floating = clamp(trained.predict(x[held_out]), bounds)
+    if prior is not None:
+        calibrated = clamp(trained.predict(x[calibration]), bounds)
+        scores = agreement(spec, calibrated, y[calibration])
+        if not beats_prior(scores, prior):
+            float_agreement = mean_agreement(spec, floating, y[held_out])
+            return LinkResult(
+                source=source, target=target, file="", decoder="",
+                architecture=trained.architecture, quantization="", parts={}, ops=(),
+                size_bytes=0, fallback="", delay_ms=0.0, agreement=float_agreement,
+                float_agreement=float_agreement, int8_vs_float=1.0,
+                held_out_outputs=floating, held_out_float=floating,
+                calibration_outputs=calibrated, calibration_scores=scores, exported=False)
+    exported = export_link(trained, spec, bundle_dir, f"{source}__{target}",
+                           check=(x[calibration], y[calibration]))
     runner = open_link_files(spec, bundle_dir / exported.file,
-                             bundle_dir / exported.decoder if exported.decoder else None)
+                             bundle_dir / exported.decoder if exported.decoder else None,
+                             bounds=bounds)
     shipped = runner(x[held_out])
-    floating = trained.predict(x[held_out])
+    calibrated = runner(x[calibration])
     return LinkResult(
         source=source,
         target=target,
@@ -102,32 +212,46 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
         parts=exported.parts,
         ops=exported.ops,
         size_bytes=exported.size_bytes,
+        fallback=exported.fallback,
         delay_ms=measure_delay_ms(runner, x[held_out][0]),
         agreement=mean_agreement(spec, shipped, y[held_out]),
         float_agreement=mean_agreement(spec, floating, y[held_out]),
         int8_vs_float=mean_agreement(spec, shipped, floating),
         held_out_outputs=shipped,
         held_out_float=floating,
-        train_outputs=runner(x[train]),
+        calibration_outputs=calibrated,
+        calibration_scores=agreement(spec, calibrated, y[calibration]),
     )
 
 
-def fit_ensembles(recording: Recording, results: list[LinkResult], train: np.ndarray,
+def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MARGIN,
+                standard_errors: float = PRIOR_STANDARD_ERRORS) -> bool:
+    """Whether a link is worth shipping, from its per-frame agreement on the calibration
+    frames: its mean gain over the target's prior there is at least `margin` plus
+    `standard_errors` standard errors of that mean (a small slice's luck is not a gain)."""
+    gain = scores - prior.calibration_scores
+    spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+    return float(gain.mean()) >= margin + standard_errors * spread
+
+
+def fit_ensembles(recording: Recording, results: list[LinkResult], calibration: np.ndarray,
                   seed: int) -> dict[str, dict[str, float]]:
-    """Learned per-source weights for every target, on the training frames."""
+    """Per-source weights for every target, fit on the calibration frames (which the links
+    did not train on)."""
     return {
-        target: fit_source_weights(
+        target: calibrated_weights(
             recording.tasks[target],
-            {r.source: r.train_outputs for r in results if r.target == target},
-            recording.outputs[target][train],
-            seed=seed,
+            {r.source: r.calibration_outputs for r in results if r.target == target},
+            recording.outputs[target][calibration],
+            seed=seed, min_share=MIN_SHARE,
         )
         for target in recording.models
     }
 
 
 def profile_ensembles(recording: Recording, results: list[LinkResult], held_out: np.ndarray,
-                      weights: dict[str, dict[str, float]], seed: int = 0) -> Profile:
+                      weights: dict[str, dict[str, float]], seed: int = 0,
+                      priors: dict[str, float] | None = None) -> Profile:
     """The held-out profile: pairwise agreement, and the shipped ensemble for every subset of
     each target's sources (sampled beyond MAX_ENUMERATED_SOURCES), with the paper's case."""
     pairwise: dict[str, dict[str, float]] = {m: {} for m in recording.models}
@@ -164,6 +288,7 @@ def profile_ensembles(recording: Recording, results: list[LinkResult], held_out:
         held_out_frames=len(held_out),
         subset_details=details,
         subsets_sampled=sampled,
+        priors=dict(priors or {}),
     )
 
 
@@ -181,9 +306,22 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
                  **({"decoder": r.decoder} if r.decoder else {}),
                  "architecture": r.architecture,
                  "output": "tokens" if r.decoder else "logits",
-                 "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops)}
+                 "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops),
+                 **({"fallback": r.fallback} if r.fallback else {})}
                 for r in report.links
             ],
+            "dropped_links": [
+                {"source": r.source, "target": r.target, "architecture": r.architecture,
+                 "reason": ("not trained: a linear probe from the source did not beat the "
+                            "prior on calibration frames" if r.probed_out else
+                            f"not better than the prior by {PRIOR_MARGIN} + "
+                            f"{PRIOR_STANDARD_ERRORS:g} standard error on calibration frames"),
+                 "calibration_agreement": r.calibration_agreement,
+                 "prior_calibration_agreement": report.priors[r.target].calibration,
+                 "held_out_agreement": r.agreement}
+                for r in report.dropped
+            ],
+            "priors": {m: p.to_manifest() for m, p in report.priors.items()},
             "ensembles": [
                 {"target": m, "method": LEARNED, "pooling": POOLING[recording.tasks[m].kind],
                  "sources": sorted(report.weights[m]), "weights": report.weights[m],
@@ -218,25 +356,42 @@ def load_for_training(recording_path: Path, train_fraction: float,
 
 def train_bundle_report(recording_path: Path, out: Path, train_fraction: float = 0.7,
                         training: LinkTraining | None = None,
-                        models: tuple[str, ...] = ()) -> TrainReport:
+                        models: tuple[str, ...] = (), keep_all: bool = False) -> TrainReport:
     """The whole `mlink-train links` step (on `models` only, where given); returns links,
-    ensemble weights and profile."""
+    ensemble weights and profile. `keep_all` ships every link, those not better than their
+    target's prior included (test bundles that need links into every target)."""
     training = training or LinkTraining()
     recording = load_for_training(recording_path, train_fraction, models)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
     pairs = linkable_pairs(recording)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    _, calibration = calibration_split(train, training.seed)
+    priors = {m: target_prior(spec, recording.outputs[m], train, calibration, held_out,
+                              training.seed)
+              for m, spec in recording.tasks.items()}
     try:
         results = [
-            train_one_link(recording, s, t, train, held_out, staging, training)
+            train_one_link(recording, s, t, train, held_out, staging, training,
+                           None if keep_all else priors[t])
             for s, t in tqdm(pairs, desc="links", unit="link")
         ]
-        weights = fit_ensembles(recording, results, train, training.seed)
-        report = TrainReport(results, weights,
-                             profile_ensembles(recording, results, held_out, weights,
-                                               training.seed))
+        # the exported file is checked again: quantization may cost the margin
+        ships = [r.exported and (keep_all or beats_prior(r.calibration_scores, priors[r.target]))
+                 for r in results]
+        kept = [r for r, ok in zip(results, ships, strict=True) if ok]
+        dropped = [r for r, ok in zip(results, ships, strict=True) if not ok]
+        for r in dropped:
+            for file in (r.file, r.decoder):
+                if file:
+                    (staging / file).unlink()
+        weights = fit_ensembles(recording, kept, calibration, training.seed)
+        profile = profile_ensembles(recording, kept, held_out, weights, training.seed,
+                                    {m: p.held_out for m, p in priors.items()})
+        report = TrainReport(kept, weights, profile, dropped, priors)
         meta = {"train_fraction": train_fraction, "train_frames": len(train),
+                "calibration_frames": len(calibration),
+                "links_shipped": "all" if keep_all else "better than the prior",
                 "seed": training.seed, "epochs": training.epochs}
         write_bundle(recording, report, staging, out, meta)
     finally:
@@ -246,28 +401,47 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
 
 
 def train_bundle(recording_path: Path, out: Path, train_fraction: float = 0.7,
-                 training: LinkTraining | None = None) -> list[LinkResult]:
+                 training: LinkTraining | None = None, keep_all: bool = False) -> list[LinkResult]:
     """As train_bundle_report, returning the per-link results."""
-    return train_bundle_report(recording_path, out, train_fraction, training).links
+    return train_bundle_report(recording_path, out, train_fraction, training,
+                               keep_all=keep_all).links
 
 
-def summary_table(results: list[LinkResult]) -> str:
+def summary_table(results: list[LinkResult], dropped: list[LinkResult] = ()) -> str:
+    """One row per link (agreement held out; `calib` on the calibration frames); links not
+    better than their target's prior are marked `dropped`."""
     header = (f"{'link':<26}{'arch':<9}{'quant':<15}{'agreement':>10}{'float':>8}"
-              f"{'q~float':>9}{'KiB':>8}{'ms':>8}")
+              f"{'q~float':>9}{'calib':>7}{'KiB':>8}{'ms':>8}")
     rows = [
         f"{link_name(r.source, r.target):<26}{r.architecture:<9}{r.quantization:<15}"
         f"{r.agreement:>10.3f}{r.float_agreement:>8.3f}{r.int8_vs_float:>9.3f}"
-        f"{r.size_bytes / 1024:>8.1f}{r.delay_ms:>8.3f}"
-        for r in results
+        f"{r.calibration_agreement:>7.3f}{r.size_bytes / 1024:>8.1f}{r.delay_ms:>8.3f}"
+        f"{'' if shipped else '  probed out' if r.probed_out else '  dropped'}"
+        for r, shipped in [*((r, True) for r in results), *((r, False) for r in dropped)]
     ]
     return "\n".join([header, *rows])
 
 
+def quantization_summary(results: list[LinkResult]) -> str:
+    """One line: how many links are int8, and each fallback with its reason."""
+    fallbacks = [r for r in results if r.quantization != "int8"]
+    line = f"int8: {len(results) - len(fallbacks)} of {len(results)} shipped links"
+    if fallbacks:
+        line += "; not int8: " + "; ".join(
+            f"{link_name(r.source, r.target)} {r.quantization} ({r.fallback or 'no reason'})"
+            for r in fallbacks)
+    return line
+
+
 def ensemble_summary(report: TrainReport) -> str:
     """Per target: weights, the full-set ensemble vs its best link, and the subset cases."""
-    lines = [f"{'target':<14}{'subsets':>8}{'full set':>10}{'best link':>10}  cases / weights"]
+    lines = [f"{'target':<14}{'prior':>7}{'subsets':>8}{'full set':>10}{'best link':>10}  "
+             "cases / weights"]
     for target, table in report.profile.ensembles.items():
+        prior = report.profile.priors.get(target, float("nan"))
         if not table:
+            lines.append(f"{target:<14}{prior:>7.3f}{0:>8}{'-':>10}{'-':>10}  no link beats "
+                         "the prior: the prior serves it")
             continue
         full = max(table, key=len)
         details = report.profile.subset_details.get(target, {})
@@ -277,7 +451,7 @@ def ensemble_summary(report: TrainReport) -> str:
             cases[case] = cases.get(case, 0) + 1
         weights = ", ".join(f"{s} {w:.2f}" for s, w in sorted(report.weights[target].items()))
         counted = ", ".join(f"{k} {v}" for k, v in sorted(cases.items()) if k != "single")
-        lines.append(f"{target:<14}{len(table):>8}{table[full]:>10.3f}"
+        lines.append(f"{target:<14}{prior:>7.3f}{len(table):>8}{table[full]:>10.3f}"
                      f"{details.get(full, {}).get('best_single', float('nan')):>10.3f}  "
                      f"{counted or '-'} | {weights}")
     return "\n".join(lines)

@@ -79,8 +79,10 @@ def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
     root = tmp_path_factory.mktemp("digits")
     build_zoo("digits", root, seed=0)
     linked_recording(root / "recording.npz", root / "recording-linked.npz", LINKED_MODELS)
+    # every link ships (keep_all), those not better than their target's prior included (the
+    # links into inkbox): the agent's tests need links into every target
     links = train_bundle(root / "recording-linked.npz", root / "bundle", 0.7,
-                         LinkTraining(epochs=60))
+                         LinkTraining(epochs=60), keep_all=True)
     return DigitsBuild(root=root, links=links)
 
 
@@ -129,5 +131,5 @@ def city_build(city_zoo: Path) -> CityBuild:
 
     recording = linked_recording(city_zoo / "recording.npz",
                                  city_zoo / "recording-linked.npz", CITY_LINKED_MODELS)
-    train_bundle(recording, city_zoo / "bundle", 0.7, LinkTraining(epochs=40))
+    train_bundle(recording, city_zoo / "bundle", 0.7, LinkTraining(epochs=40), keep_all=True)
     return CityBuild(root=city_zoo)

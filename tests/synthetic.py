@@ -4,7 +4,9 @@ Each frame has a hidden digit class d; the models see it differently:
 - `digit` (single_label, 10): a noisy soft one-hot of d;
 - `parity` (single_label, 2): d % 2;
 - `spelled` (sequence): the letters of d's English name ("seven" -> s e v e n), as token ids;
-- `reversed` (sequence): the same letters reversed.
+- `reversed` (sequence): the same letters reversed;
+- `noise` (single_label, 3): drawn independently of d (60% class 0): nothing predicts it
+  better than its prior.
 The vocabulary is PAD (0), BOS (1), then the letters; TaskSpec.labels holds it.
 """
 
@@ -42,12 +44,14 @@ def make_recording(n: int = 240, seed: int = 0,
         "parity": np.eye(2, dtype=np.float32)[digits % 2],
         "spelled": np.stack([spell(NAMES[d]) for d in digits]),
         "reversed": np.stack([spell(NAMES[d][::-1]) for d in digits]),
+        "noise": np.eye(3, dtype=np.float32)[rng.choice(3, n, p=[0.6, 0.2, 0.2])],
     }
     all_tasks = {
         "digit": TaskSpec("single_label", 10),
         "parity": TaskSpec("single_label", 2),
         "spelled": sequence_task(),
         "reversed": sequence_task(),
+        "noise": TaskSpec("single_label", 3),
     }
     return Recording(
         workload="synthetic-spelling",

@@ -50,6 +50,15 @@ def test_regression_within_tolerance() -> None:
     assert side_figures(spec, pred, exact)["MAE"] == pytest.approx((0.4 + 0.6 + 0.5) / 3)
 
 
+def test_multi_output_regression_all_within_tolerance() -> None:
+    """Two outputs, one off: half credit by default, none under all_within_tolerance."""
+    pred = np.array([[1.0, 5.0], [1.0, 2.2]])
+    exact = np.array([[1.2, 2.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(agreement(TaskSpec("regression", 2), pred, exact), [0.5, 1.0])
+    strict = TaskSpec("regression", 2, measure="all_within_tolerance")
+    np.testing.assert_array_equal(agreement(strict, pred, exact), [0.0, 1.0])
+
+
 def test_sequence_is_one_minus_token_error_rate() -> None:
     spec = TaskSpec("sequence", 0, vocab_size=20, max_len=6)
     exact = np.array([[5, 6, 7, 8, 0, 0], [5, 6, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])

@@ -77,3 +77,47 @@ def test_sequence_target_needs_a_listed_decoder(tmp_path: Path) -> None:
     rewrite(root, {"models": models, "links": [*manifest["links"], link]})
     with pytest.raises(BundleError, match=r"a__s.decoder.tflite' is not listed"):
         load_bundle(root)
+
+
+def test_priors_load_and_are_served(tmp_path: Path) -> None:
+    root = rewrite(make_bundle(tmp_path / "b"), {"priors": {
+        "a": {"output": [0.3, 0.7]}, "b": {"output": [0.1, 0.1, 0.5, 0.5]}}})
+    bundle = load_bundle(root)
+    assert bundle.priors["a"].bounds is None
+    served = EnsemblePredictor(bundle).prior("a")
+    assert served.value.tolist() == pytest.approx([0.3, 0.7]) and served.sources == ()
+    assert EnsemblePredictor(load_bundle(make_bundle(tmp_path / "old"))).bundle.priors == {}
+    with pytest.raises(LookupError, match="no prior for 'a'"):
+        EnsemblePredictor(load_bundle(tmp_path / "old")).prior("a")
+
+
+@pytest.mark.parametrize(("priors", "message"), [
+    ({"zzz": {"output": [1.0]}}, r"priors.zzz: unknown model 'zzz'"),
+    ({"a": {"output": [1.0]}}, r"priors.a.output: expected a list of 2 numbers"),
+    ({"a": [0.5, 0.5]}, r"priors.a: expected an object with an 'output'"),
+    ({"a": {"output": [0.5, "x"]}}, r"priors.a.output: expected numbers"),
+    ({"a": {"output": [0.5, float("nan")]}}, r"priors.a.output: numbers must be finite"),
+    ({"a": {"output": [0.5, 0.5], "low": [0.0], "high": [1.0]}},
+     r"priors.a: only a regression target has a range"),
+    ([1], r"priors: expected an object by model"),
+])
+def test_bad_priors_are_refused(tmp_path: Path, priors: object, message: str) -> None:
+    root = rewrite(make_bundle(tmp_path / "b"), {"priors": priors})
+    with pytest.raises(BundleError, match=message):
+        load_bundle(root)
+
+
+def test_a_regression_range_is_checked_and_clamps_links(tmp_path: Path) -> None:
+    from links_tflite.tasks import TaskSpec
+
+    root = make_bundle(tmp_path / "b")
+    manifest = json.loads((root / "manifest.json").read_text())
+    models = {**manifest["models"], "n": {"task": TaskSpec("regression", 2).to_dict()}}
+    rewrite(root, {"models": models, "priors": {
+        "n": {"output": [1.0, 2.0], "low": [0.0, 1.0], "high": [3.0, 0.5]}}})
+    with pytest.raises(BundleError, match=r"priors.n: low must not exceed high"):
+        load_bundle(root)
+    rewrite(root, {"models": models, "priors": {
+        "n": {"output": [1.0, 2.0], "low": [0.0, 1.0], "high": [3.0, 4.0]}}})
+    bounds = load_bundle(root).priors["n"].bounds
+    assert bounds is not None and bounds[1].tolist() == [3.0, 4.0]

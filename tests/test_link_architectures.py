@@ -99,3 +99,16 @@ def test_decoder_quality_gate_falls_back_for_that_part_only(recording, tmp_path:
     assert exported.parts == {"encoder": "int8", "decoder": "float16"}
     assert exported.quantization == "float16"
     assert float_compute_ops(MultiTensorRunner(tmp_path / exported.file)) == []
+
+
+def test_decoder_near_ties_do_not_cost_int8(recording, tmp_path: Path) -> None:
+    """Where the int8 files agree with the target model as well as the float link on rows the
+    link did not fit, a decoder below the floor (differing from the float link only where
+    it cannot tell tokens apart) stays int8."""
+    tasks, outputs = recording.tasks, recording.outputs
+    trained = train_link(tasks["digit"], tasks["spelled"], outputs["digit"][TRAIN],
+                         outputs["spelled"][TRAIN], LinkTraining(epochs=2))
+    check = (outputs["digit"][TEST], trained.predict(outputs["digit"][TEST]))
+    exported = export_link(trained, tasks["spelled"], tmp_path, "digit__spelled",
+                           sequence_floor=1.01, check=check, slack=1.0)
+    assert exported.parts == {"encoder": "int8", "decoder": "int8"} and not exported.fallback

@@ -19,11 +19,24 @@ def test_defaults_follow_the_kind() -> None:
         ({"kind": "single_label", "dim": 1}, "at least 2"),
         ({"kind": "sequence", "dim": 0}, "vocab_size"),
         ({"kind": "regression", "dim": 1, "tolerance": -1.0}, "tolerance"),
+        ({"kind": "regression", "dim": 2, "measure": "anything"},
+         r"measure: 'anything' is not a regression measure; one of within_tolerance, "
+         r"all_within_tolerance"),
+        ({"kind": "single_label", "dim": 2, "measure": "iou"}, "one of argmax_equal"),
     ],
 )
 def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:
     with pytest.raises(TaskSpecError, match=message):
         TaskSpec(**kwargs)
+
+
+def test_every_kind_defaults_to_its_first_measure() -> None:
+    from links_tflite.tasks import DEFAULT_MEASURE, MEASURES
+
+    assert {kind: names[0] for kind, names in MEASURES.items()} == DEFAULT_MEASURE
+    assert TaskSpec("regression", 2).measure == DEFAULT_MEASURE["regression"]
+    assert TaskSpec("regression", 2, measure="all_within_tolerance").measure == \
+        "all_within_tolerance"
 
 
 def test_round_trip_and_unknown_keys() -> None:

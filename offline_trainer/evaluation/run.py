@@ -119,8 +119,12 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
     recording = full.select_models(models)
     recording_path = recording.save(settings.out / "recording.npz")
     bundle, stamp = ensure_bundle(settings, recording_path, models)
-    profile = load_bundle(bundle).profile
+    loaded = load_bundle(bundle)
+    profile = loaded.profile
     largest = {link_name(s, t): v for t, row in profile.pairwise.items() for s, v in row.items()}
+    # links not better than their prior are not shipped; their held-out figure still counts
+    largest.update({link_name(d["source"], d["target"]): float(d["held_out_agreement"])
+                    for d in loaded.manifest.get("dropped_links", [])})
     fractions = fraction_table(recording, settings.fractions,
                                LinkTraining(epochs=settings.epochs, seed=settings.seed),
                                settings.out / "fractions.json", stamp, largest)
