@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from agent.config import BudgetConfig, ConfigError, load_config
+from agent.config import AgentConfig, BudgetConfig, ConfigError, load_config
 from agent.publisher import PublishError
 from agent.recorder import record_to_file
 from agent.scheduler import Agent
-from agent.selection import POLICIES, SelectionError, get_policy
+from agent.selection import POLICIES, Problem, SelectionError, get_policy
 from links_tflite import package_version
 from links_tflite.bundle import BundleError
 from links_tflite.interpreter import InterpreterUnavailable
@@ -87,16 +87,24 @@ def parse_budget(text: str) -> BudgetConfig:
         raise ConfigError(errors, "--budget") from None
 
 
+def measured_problem(config: AgentConfig) -> tuple[Agent, Problem]:
+    """The agent for `config` with every model's and link's cost measured on the source's
+    first frame, and its selection problem under the config's budget (what `select` prints;
+    the demo picks its budget from it). Close the agent when done."""
+    agent = Agent.from_config(config)
+    first = next(agent.source.frames(), None)
+    if first is None:
+        agent.close()
+        raise RecordingError(f"source {config.source.type!r} yielded no frame")
+    agent.measure(first)
+    return agent, agent.problem()
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.budget is not None:
         config = config.model_copy(update={"budget": parse_budget(args.budget)})
-    agent = Agent.from_config(config)
-    first = next(agent.source.frames(), None)
-    if first is None:
-        raise RecordingError(f"source {config.source.type!r} yielded no frame")
-    agent.measure(first)
-    problem = agent.problem()
+    agent, problem = measured_problem(config)
     report: dict[str, object] = {"budget": problem.budget, "policies": {}}
     policies: dict[str, object] = {}
     for name in POLICIES:

@@ -1,6 +1,7 @@
 """The main job, end to end on one machine: train the digits zoo and its links, start a local
-Mosquitto, run the agent under a memory budget that fits about half of the models, subscribe
-like a user would, and score what arrived against the models' exact outputs."""
+Mosquitto, run the agent under the largest memory budget at which MLink predicts at least
+three of the seven models, subscribe like a user would, score what arrived against the
+models' exact outputs, and draw agreement and budget use per model (`demo.png`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import json
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agent.cli import measured_problem
+from agent.config import load_config
+from agent.selection import Selection, SelectionError, get_policy
 from devtools.broker import LocalBroker
 from devtools.subscriber import Collector
 from links_tflite.agreement import mean_agreement
@@ -25,7 +30,8 @@ from offline_trainer.zoo import agent_config_text, build_zoo
 log = logging.getLogger(__name__)
 
 WORKLOAD = "digits"
-BUDGET_SHARE = 0.5  # of the summed measured model memory
+POLICY = "exact"
+PREDICTED_AT_LEAST = 3  # models the demo's budget leaves to be predicted
 
 
 def _agent(args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
@@ -47,14 +53,73 @@ def ensure_bundle(out: Path) -> None:
     print(summary_table(results))
 
 
-def measured_budget(out: Path, port: int, recipes: list | None = None) -> float:
-    """Half the summed model memory as this box measures it (via `mlink-agent select`)."""
+def predicting_budget(out: Path, port: int, recipes: list | None = None,
+                      least: int = PREDICTED_AT_LEAST) -> tuple[float, Selection]:
+    """The largest memory budget, in steps of 5% of the models' memory as this box measures
+    it, at which `exact` predicts at least `least` models — what MLink exists for — and its
+    selection. Where none does, half the models' memory."""
     probe = out / "agent-probe.toml"
     recipes = get_workload(WORKLOAD).recipes() if recipes is None else recipes
-    probe.write_text(agent_config_text(WORKLOAD, recipes, port))
-    costs = json.loads(_agent(["select", "--config", str(probe), "--json"], 300).stdout)["costs"]
-    total = sum(c["memory_mb"] or 0.0 for c in costs["models"].values())
-    return max(total * BUDGET_SHARE, 1e-3)
+    probe.write_text(agent_config_text(WORKLOAD, recipes, port, policy=POLICY))
+    agent, problem = measured_problem(load_config(probe))
+    try:
+        total = sum(c.get("memory_mb") for c in problem.model_costs.values())
+        fallback: tuple[float, Selection] | None = None
+        for percent in range(95, 0, -5):
+            budget = max(total * percent / 100, 1e-3)
+            try:
+                selection = get_policy(POLICY).select(replace(problem,
+                                                              budget={"memory_mb": budget}))
+            except SelectionError:
+                continue
+            if percent == 50:
+                fallback = (budget, selection)
+            if len(selection.predicted) >= least:
+                return budget, selection
+        if fallback is None:
+            raise RuntimeError(f"no memory budget fits a model of {WORKLOAD}")
+        return fallback
+    finally:
+        agent.close()
+
+
+def memory_use(row: dict[str, Any], costs: dict[str, Any]) -> float:
+    """What a model's output took of the memory budget: the model where it ran, the links
+    from its sources where it was predicted."""
+    if row["provenance"] == "executed":
+        return float(costs["models"][row["model"]]["memory_mb"] or 0.0)
+    return sum(float(costs["links"].get(f"{s}->{row['model']}", {}).get("memory_mb") or 0.0)
+               for s in str(row.get("sources", "")).split(",") if s)
+
+
+def plot(table: list[dict[str, Any]], costs: dict[str, Any], budget_mb: float,
+         path: Path) -> Path:
+    """Agreement and memory use per model, coloured by provenance, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"executed": "tab:blue", "predicted": "tab:orange"}
+    models = [row["model"] for row in table]
+    colour = [colours.get(row["provenance"], "tab:gray") for row in table]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(models, [row.get("agreement", 0.0) for row in table], color=colour)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("agreement with the model's own output")
+    use = [memory_use(row, costs) for row in table]
+    right.bar(models, use, color=colour)
+    right.set_ylabel("memory taken of the budget (MB)")
+    right.set_title(f"budget {budget_mb:.2f} MB, used {sum(use):.2f} MB")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=45)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    left.legend(handles, list(colours), loc="lower left")
+    figure.suptitle(f"MLink Edge demo: {WORKLOAD}, what a subscriber received")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def score(collected: list[dict[str, Any]], stream: Recording) -> list[dict[str, Any]]:
@@ -98,18 +163,19 @@ def run_demo(out: Path, seed: int = 0) -> list[dict[str, Any]]:
     stream = Recording.load(out / "stream.npz")
     with LocalBroker() as broker:
         print(f"[3/4] local Mosquitto on 127.0.0.1:{broker.port}; measuring costs")
-        budget = measured_budget(out, broker.port)
+        budget, selection = predicting_budget(out, broker.port)
         config = out / "agent-demo.toml"
         config.write_text(agent_config_text(WORKLOAD, get_workload(WORKLOAD).recipes(),
-                                            broker.port, budget))
+                                            broker.port, budget, policy=POLICY))
         collector = Collector("127.0.0.1", broker.port, "mlink", f"{WORKLOAD}-demo").start()
-        print(f"[4/4] agent on {len(stream)} frames under {budget:.2f} MB")
+        print(f"[4/4] agent on {len(stream)} frames under {budget:.2f} MB: runs "
+              f"{', '.join(sorted(selection.active))}; predicts "
+              f"{', '.join(selection.predicted)}")
         _agent(["run", "--config", str(config)], 600)
         collector.wait_for_outputs(len(stream) * len(stream.tasks), timeout_s=10)
         collector.stop()
     status = collector.status or {}
     table = score(collector.snapshot(), stream)
-    print(format_table(table, status.get("fps"), budget))
     if status.get("selection"):
         print(f"selection: {json.dumps(status['selection'])}")
     overhead = status.get("overhead")
@@ -117,4 +183,7 @@ def run_demo(out: Path, seed: int = 0) -> list[dict[str, Any]]:
         print(f"per frame: executed models {overhead['models_ms_per_frame']:.3f} ms, the "
               f"agent's own work {overhead['agent_ms_per_frame']:.3f} ms (these digit models "
               "take microseconds; benchmarks/results/selection.md has edge-size figures)")
+    if status.get("costs"):
+        print(f"picture: {plot(table, status['costs'], budget, out / 'demo.png')}")
+    print(format_table(table, status.get("fps"), budget))
     return table
