@@ -60,7 +60,7 @@ from links_tflite.bundle import MANIFEST, BundleError, load_bundle, safe_relativ
 log = logging.getLogger(__name__)
 
 SETTABLE_SECTIONS = ("budget", "selection", "profiling", "publish")
-COMMANDS = ("reprofile", "reselect", "bundle")
+COMMANDS = ("reprofile", "reselect", "bundle", "forget")
 MAX_REQUEST_BYTES = 64 * 1024
 TRANSACTION = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -239,15 +239,23 @@ class StateStore:
                                                       allow_nan=False).encode())
         self.version, self.transaction, self.overrides = version, transaction, overrides
 
-    def effective(self, file_config: AgentConfig) -> AgentConfig:
-        """The file config with the persisted remote changes and the pushed bundle."""
+    def effective(self, file_config: AgentConfig, overrides: bool = True) -> AgentConfig:
+        """The file config with the persisted remote changes (unless `overrides` is false)
+        and the pushed bundle. Every load says which settings of the file the remote ones
+        override, so that an operator editing the file knows why an edit has no effect."""
         config = file_config
-        if self.overrides:
+        if self.overrides and overrides:
             try:
                 config = apply_patch(file_config, self.overrides)
             except RequestError as exc:
                 log.error("the remotely set config no longer fits the config file (%s); "
                           "using the file's values", exc)
+            else:
+                covered = changed_paths(file_config, config)
+                if covered:
+                    log.warning("the remotely set config (version %d) overrides the config "
+                                "file at %s; cmd/forget drops it", self.version,
+                                ", ".join(covered))
         pushed = self.current_bundle()
         if pushed is not None:
             config = config.model_copy(
@@ -627,10 +635,7 @@ class Control:
         try:
             fresh = self.store.effective(load_config(self.config_path))
             current = self.agent.config
-            patch = settable_view(fresh)
-            patch["models"] = {k: v for k, v in patch["models"].items()
-                               if k in {m.id for m in current.models}}
-            new = apply_patch(current, patch)
+            new = self._settable_from(fresh)
             ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state", "control")
                        if getattr(fresh, k) != getattr(current, k)]
             shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
@@ -638,12 +643,7 @@ class Control:
                 ignored.append("models (other than enabled)")
             if ignored:
                 log.warning("reload: changes to %s need a restart", ", ".join(ignored))
-            if changed_paths(current, new):
-                self.agent.reconfigure(new)
-                self.version = min(max(self.version, self.store.version) + 1, MAX_VERSION)
-                self.store.save(self.version, None, self.store.overrides)
-                self.agent.publish_status("running")
-            self.publish_state()
+            self._settle(new, None, self.store.overrides)
             log.info("reloaded %s (version %d)", self.config_path, self.version)
         except (ConfigError, RequestError, OSError) as exc:
             log.error("reload of %s refused, the config in force stays: %s",
@@ -652,6 +652,44 @@ class Control:
             log.exception("reload failed; the config in force stays")
         finally:
             self.agent.notifier.ready(f"reloaded: version {self.version}")
+
+    def _settable_from(self, config: AgentConfig) -> AgentConfig:
+        """The config in force with the settable part of `config` (its models that exist)."""
+        current = self.agent.config
+        patch = settable_view(config)
+        patch["models"] = {k: v for k, v in patch["models"].items()
+                           if k in {m.id for m in current.models}}
+        return apply_patch(current, patch)
+
+    def _settle(self, new: AgentConfig, transaction: str | None,
+                overrides: dict[str, Any]) -> list[str]:
+        """Put `new` in force where it differs (a new version, persisted with `overrides`,
+        the status published once), and the config state in any case; the paths changed."""
+        changed = changed_paths(self.agent.config, new)
+        if changed:
+            self.agent.reconfigure(new)
+            self.version = min(max(self.version, self.store.version) + 1, MAX_VERSION)
+            self.store.save(self.version, transaction, overrides)
+            self.agent.publish_status("running")
+        elif overrides != self.store.overrides:
+            self.store.save(self.version, transaction, overrides)
+        self.publish_state()
+        return changed
+
+    def _forget(self, transaction: str | None) -> dict[str, Any]:
+        """cmd/forget: drop the remotely set config; the config file's settings apply again
+        (a pushed bundle stays: push another to change it)."""
+        if self.config_path is None:
+            raise RequestError([("", "this agent runs without a config file to return to")])
+        try:
+            fresh = self.store.effective(load_config(self.config_path), overrides=False)
+        except ConfigError as exc:
+            raise RequestError([("", f"the config file cannot be read now: {exc}")]) from None
+        dropped = sorted(_flatten(self.store.overrides)) if self.store.overrides else []
+        changed = self._settle(self._settable_from(fresh), transaction, {})
+        log.info("cmd/forget: dropped the remote settings %s; changed %s",
+                 ", ".join(dropped) or "(none)", ", ".join(changed) or "nothing")
+        return {"dropped": dropped, "changed": changed, "version": self.version}
 
     # -- cmd/<name> ----------------------------------------------------------------------------
     def _handle_command(self, message: mqtt.MQTTMessage) -> None:
@@ -666,6 +704,8 @@ class Control:
                     result = self.agent.reselect()
                 elif name == "bundle":
                     result = self._bundle(request)
+                elif name == "forget":
+                    result = self._forget(transaction)
                 else:
                     raise RequestError([("command", f"unknown command {name!r} "
                                                     f"(known: {', '.join(COMMANDS)})")])

@@ -202,3 +202,37 @@ def test_archives_are_checked_member_by_member_before_anything_is_written(
     with pytest.raises(BundleError, match=message):
         unpack_bundle(archive, staging, limit)
     assert list(tmp_path.rglob("*")) == [staging], "something was written before the refusal"
+
+
+def test_forget_drops_the_remote_settings_and_says_so_at_every_load(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A remote setting overrides the file until cmd/forget: every load logs which paths it
+    covers; forget puts the file's values back under a new version and clears the store."""
+    import json
+    import logging
+
+    from agent.control import Control
+    from tests.test_fuzz_control import TOPICS, Rig
+
+    rig = Rig(tmp_path)
+    config_file = tmp_path / "agent.toml"
+    rig.control = Control(rig.agent, rig.publisher, rig.store, config_file)  # type: ignore[arg-type]
+    set_ = rig.send(TOPICS.config_set, json.dumps({
+        "transaction": "t1", "version": 1, "selection": {"policy": "all"},
+        "budget": {"memory_mb": 1.0}}).encode())
+    assert set_["status"] == "ok", set_
+    with caplog.at_level(logging.WARNING, logger="agent.control"):  # as at the next start
+        StateStore(rig.state).effective(load_config(config_file))
+    assert "overrides the config file at budget.memory_mb, selection.policy" in caplog.text
+    reply = rig.send(TOPICS.command("forget"), b'{"transaction": "f1"}')
+    assert reply["status"] == "ok", reply
+    assert reply["result"] == {"dropped": ["budget.memory_mb", "selection.policy"],
+                               "changed": ["budget.memory_mb", "selection.policy"],
+                               "version": 2}
+    file_config = load_config(config_file)
+    assert rig.agent.config.selection.policy == file_config.selection.policy
+    assert rig.agent.config.budget == file_config.budget
+    assert StateStore(rig.state).overrides == {} and StateStore(rig.state).version == 2
+    assert rig.publisher.retained[TOPICS.config_state]["version"] == 2
+    again = rig.send(TOPICS.command("forget"), b"{}")
+    assert again["result"] == {"dropped": [], "changed": [], "version": 2}
