@@ -233,6 +233,8 @@ class Agent:
                 self._reselect.set()
         targets = selection.predicted if selection.uses_links else ()
         self.ensembles.prepare(selection.active, targets)
+        if self.selection is not None:  # every re-selection, whatever asked for it
+            self.counters.reselections += 1
         self.selection = selection
 
     def reselect(self) -> Selection:
@@ -246,7 +248,6 @@ class Agent:
                 log.error("no selection possible: %s", exc)
                 selection = Selection(self.config.selection.policy, frozenset(),
                                       tuple(self.models), {}, 0.0, True)
-            self.counters.reselections += 1
             self.apply(selection)
             return selection
 

@@ -82,6 +82,7 @@ def test_failed_model_is_predicted_and_comes_back(digits_fixture, models, tmp_pa
     assert status["models"]["parity"]["state"] == "failed"
     assert agent.executor.health["parity"].last_kind == kind
     assert status["counters"]["model_errors"] == 1  # excluded: not called again meanwhile
+    assert status["counters"]["reselections"] == 1  # the failure's, not only periodic ones
     assert "parity" not in status["selection"]["active"]
     if mode == "hang":
         assert status["counters"]["timeouts"] == 1
