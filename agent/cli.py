@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                                                    "names can be used (files, bundle, source, "
                                                    "state dir), 1 if not")
     check.add_argument("config")
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to the configured broker (login, TLS) and log out")
     select = sub.add_parser("select", help="measure costs on this box and print, for every "
                                           "policy, the chosen set, its expected agreement and "
                                           "its use of the budget (the loop does not run)")
@@ -168,6 +170,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         problems = preflight(config)
+        if args.connect and not problems:
+            from agent.publisher import try_connect
+
+            refused = try_connect(config.mqtt, config.device_id)
+            if refused is not None:
+                problems = [("mqtt", refused)]
         if problems:
             raise ConfigError(problems, args.config)
     except ConfigError as exc:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sqlite3
 import ssl
 import threading
@@ -119,6 +120,58 @@ def _encode(payload: Any) -> bytes:
     if isinstance(payload, str):
         return payload.encode("utf-8")
     return dumps(payload)
+
+
+def secure(client: mqtt.Client, config: MqttConfig) -> None:
+    """Login and TLS from `[mqtt]`; the password is read now, never kept in the config."""
+    if config.username is not None:
+        client.username_pw_set(config.username, config.password())
+    tls = config.tls
+    if tls is None:
+        return
+    try:
+        client.tls_set(
+            ca_certs=str(tls.ca_file) if tls.ca_file else None,
+            certfile=str(tls.cert_file) if tls.cert_file else None,
+            keyfile=str(tls.key_file) if tls.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise PublishError(f"mqtt.tls: cannot load the certificates: {exc}") from None
+    client.tls_insecure_set(not tls.verify_hostname)
+
+
+def try_connect(config: MqttConfig, device_id: str, timeout_s: float = 5.0) -> str | None:
+    """Connect and disconnect once with `[mqtt]`'s login and TLS, as a client of its own (it
+    publishes nothing, so it neither shows the box online nor takes its client id): None when
+    the broker accepted, else why not."""
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"mlink-check-{device_id}-{os.getpid()}",
+                         protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311)
+    answered = threading.Event()
+    outcome: list[str | None] = []
+
+    def on_connect(_client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                   _properties: Any) -> None:
+        outcome.append(f"refused: {reason_code}" if reason_code.is_failure else None)
+        answered.set()
+
+    client.on_connect = on_connect
+    where = f"{config.host}:{config.port}"
+    try:
+        secure(client, config)
+        client.connect(config.host, config.port, config.keepalive_s)
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {where} failed: {getattr(exc, 'verify_message', None) or exc}"
+    except (OSError, PublishError) as exc:
+        return f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}"
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            return f"no answer from the broker at {where} within {timeout_s:.0f}s"
+        return None if outcome[0] is None else f"the broker at {where} {outcome[0]}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 class Publisher:
@@ -233,21 +286,7 @@ class Publisher:
             self._client.subscribe(topic_filter, qos=1)
 
     def _secure(self) -> None:
-        """Login and TLS from `[mqtt]`; the password is read now, never kept in the config."""
-        if self.config.username is not None:
-            self._client.username_pw_set(self.config.username, self.config.password())
-        tls = self.config.tls
-        if tls is None:
-            return
-        try:
-            self._client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise PublishError(f"mqtt.tls: cannot load the certificates: {exc}") from None
-        self._client.tls_insecure_set(not tls.verify_hostname)
+        secure(self._client, self.config)
 
     def connect(self, timeout_s: float = 10.0) -> None:
         """Connect, retrying an unreachable broker until `timeout_s`; a refused login or a

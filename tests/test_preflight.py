@@ -70,3 +70,27 @@ def test_a_corrupt_bundle_is_named(box: Path, digits_build) -> None:
     (bundle / "manifest.json").write_text("{not json")
     problems = dict(preflight(load_config(box)))
     assert "manifest.json" in problems["bundle.path"]
+
+
+@pytest.mark.broker
+def test_connect_logs_in_to_the_configured_broker(box: Path, tmp_path: Path, capsys) -> None:
+    """`--connect` uses the config's login: the right password passes, a wrong one is named;
+    the check publishes nothing on the box's topics."""
+    from devtools.broker import LocalBroker
+    from tests.broker_security import password_file
+
+    passwords = password_file(tmp_path / "passwords", {"box": "right"})
+    secret = box.parent / "pw"
+    text = box.read_text().replace("# password_credential",
+                                   'username = "box"\npassword_file = "pw"\n#')
+    with LocalBroker(anonymous=False, extra_config=f"password_file {passwords}\n") as broker:
+        box.write_text(text.replace("port = 1883", f"port = {broker.port}"))
+        secret.write_text("right")
+        assert agent_main(["validate-config", "--connect", str(box)]) == 0
+        secret.write_text("wrong")
+        assert agent_main(["validate-config", "--connect", str(box)]) == 1
+    err = capsys.readouterr().err
+    assert "mqtt: the broker at 127.0.0.1" in err and "refused" in err
+    box.write_text(text.replace("port = 1883", "port = 1"))
+    assert agent_main(["validate-config", "--connect", str(box)]) == 1
+    assert "cannot connect to 127.0.0.1:1" in capsys.readouterr().err
