@@ -243,6 +243,9 @@ class ModelConfig(Strict):
     task: TaskConfig | None = None
     timeout_ms: float = Field(5000.0, ge=0.0, le=3_600_000.0)
     load_timeout_s: float = Field(120.0, gt=0.0, le=3600.0)
+    required: bool = Field(True, description="the model's file must exist when the agent "
+                                             "starts; false: start without it (excluded, "
+                                             "retried like a failed model)")
 
     @model_validator(mode="after")
     def _adapter_fields(self) -> ModelConfig:
@@ -330,6 +333,14 @@ class AgentConfig(Strict):
     @property
     def enabled_models(self) -> list[ModelConfig]:
         return [m for m in self.models if m.enabled]
+
+
+def missing_model_files(config: AgentConfig) -> list[tuple[str, str]]:
+    """(path, message) for each enabled, required model whose file is not there."""
+    return [(f"models.{i}.path", f"{m.path}: no such file (model {m.id!r}; set "
+                                 f"`required = false` to start without it)")
+            for i, m in enumerate(config.models)
+            if m.enabled and m.required and m.path is not None and not m.path.is_file()]
 
 
 def _error_path(loc: tuple[Any, ...]) -> str:

@@ -33,7 +33,7 @@ def check_models(config: AgentConfig) -> Problems:
     for i, model in enumerate(config.models):
         if not model.enabled:
             continue
-        if model.path is not None:
+        if model.path is not None and model.required:  # `required = false`: may come later
             problems += _readable_file(model.path, f"models.{i}.path", f"model file of "
                                                                         f"{model.id!r}")
         if model.entry is not None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, ConfigError, load_config
+from agent.config import AgentConfig, ConfigError, load_config, missing_model_files
 from agent.control import Control, RequestError, StateStore
 from agent.outbox import Outbox
 from agent.publisher import Publisher
@@ -156,6 +156,9 @@ def run(config_path: str | Path, frames: int | None = None,
     whether every output was acknowledged before exit."""
     config_path = Path(config_path)
     file_config = load_config(config_path)
+    missing = missing_model_files(file_config)
+    if missing:
+        raise ConfigError(missing, str(config_path))
     assert file_config.state.dir is not None
     store = StateStore(file_config.state.dir)
     config = store.effective(file_config)

@@ -74,8 +74,6 @@ def digits_build(tmp_path_factory: pytest.TempPathFactory) -> DigitsBuild:
     from offline_trainer.train_links import train_bundle
     from offline_trainer.zoo import build_zoo
 
-    if os.environ.get("REL_DEBUG_DIGITS"):  # TEMPORARY, not to commit
-        return DigitsBuild(root=Path(os.environ["REL_DEBUG_DIGITS"]), links=[])
     root = tmp_path_factory.mktemp("digits")
     build_zoo("digits", root, seed=0)
     linked_recording(root / "recording.npz", root / "recording-linked.npz", LINKED_MODELS)

@@ -123,3 +123,29 @@ def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
     finally:
         publisher.close(1)
         watcher.stop()
+
+
+def test_a_reply_the_broker_drops_us_for_is_sent_again_once_then_dropped(tmp_path: Path) -> None:
+    """The issue's stall at the transport: a publication Mosquitto answers by dropping the
+    connection (a topic of 300 levels) was taken back at every reconnect and sent again, about
+    once a second, forever, and nothing else went out. Now it is sent again once, then
+    dropped and counted; the outputs flow."""
+    with LocalBroker() as broker:
+        watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w3")
+        outbox = Outbox(tmp_path / "outbox.sqlite")
+        publisher = Publisher(MqttConfig(port=broker.port, client_id="dropped"), DEVICE, outbox)
+        publisher.connect(10)
+        try:
+            publisher.respond(f"mlink/{DEVICE}/reply/" + "/".join(["l"] * 300), {"x": 1})
+            wait_until(lambda: publisher.responses_dropped == 1, 30, "the reply dropped")
+            for i in range(50):
+                publisher.publish(publisher.topics.output("digit"), {"i": i})
+            assert publisher.drain(20)
+            assert watcher.wait_for(50) == set(range(50))
+            connects = publisher.connects
+            time.sleep(3)
+            assert publisher.connects == connects <= 3, "no reconnect loop"
+            assert publisher.health()["responses_dropped"] == 1
+        finally:
+            publisher.close(1)
+            watcher.stop()

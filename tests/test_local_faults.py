@@ -12,7 +12,10 @@ from agent.outbox import Outbox, OutboxError
 from tests.test_config import GOOD
 
 
-def _config(tmp_path: Path, state: Path) -> Path:
+def _config(tmp_path: Path, state: Path, model_file: bool = True) -> Path:
+    if model_file:  # present (its content matters only once the agent loads it)
+        (tmp_path / "models").mkdir(exist_ok=True)
+        (tmp_path / "models" / "digit.tflite").write_bytes(b"")
     path = tmp_path / "agent.toml"
     path.write_text(GOOD + f'[state]\ndir = "{state}"\n')
     return path
@@ -67,3 +70,16 @@ def test_a_folder_of_non_images(tmp_path: Path, capsys: pytest.CaptureFixture[st
     np.save(folder / "d.npy", np.zeros((8, 8)))  # one good file: the others are skipped
     source = open_source(load_config(path).source)
     assert [f.frame_id for f in source.frames()] == [3]
+
+
+def test_a_missing_model_file_refuses_the_start_unless_not_required(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.config import load_config, missing_model_files
+
+    path = _config(tmp_path, tmp_path / "state", model_file=False)
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "models.0.path" in err and "digit.tflite: no such file" in err, err
+    path.write_text(path.read_text().replace('input = "image"\n',
+                                             'input = "image"\nrequired = false\n', 1))
+    assert missing_model_files(load_config(path)) == []

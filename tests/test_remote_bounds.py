@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -246,3 +248,30 @@ def test_requests_beyond_the_rate_are_dropped_and_counted(tmp_path: Path) -> Non
     assert stats["rate_limited"] == 20
     assert stats["rate_limited_by_topic"] == {TOPICS.command("reselect"): 5,
                                               TOPICS.command("<unknown>"): 15}
+
+
+_LEAVES = (st.none() | st.booleans() | st.integers(-(2**53), 2**53)
+           | st.floats(allow_nan=False, allow_infinity=False, width=64).filter(
+               lambda f: abs(f) <= 2**53) | st.text(max_size=8))
+_VALUES = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None, database=None, derandomize=True)
+@given(payload=st.binary(max_size=300) | st.text(alphabet='[]{}"\\:,0123456789.eE-+ aNInfity',
+                                                 max_size=120).map(str.encode))
+def test_parse_json_only_ever_refuses_with_a_message(payload: bytes) -> None:
+    try:
+        parse_json(payload, 1000)
+    except LimitError as exc:
+        assert exc.errors and all(message for _, message in exc.errors)
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(value=_VALUES)
+def test_parse_json_reads_what_json_writes_within_the_bounds(value: Any) -> None:
+    text = json.dumps(value)
+    depth = text.count("[") + text.count("{")  # an upper bound of the nesting
+    if depth <= MAX_DEPTH and len(text) <= 10_000 and all(
+            len(token) <= 40 for token in text.replace(",", " ").replace(":", " ").split()):
+        assert parse_json(text, 10_000) == value
