@@ -390,9 +390,10 @@ def test_a_refused_change_puts_the_whole_state_back(service) -> None:
     svc, publisher = service
     agent = svc.agent
     before = agent.state()
+    # a delay no model meets (a tiny Python model's memory can measure 0 on a busy heap)
     impossible = agent.config.model_copy(update={"budget": agent.config.budget.model_copy(
-        update={"memory_mb": 1e-6}), "selection": agent.config.selection.model_copy(
-        update={"policy": "standalone"})})
+        update={"memory_mb": None, "delay_ms": 1e-9}), "selection": agent.config.selection
+        .model_copy(update={"policy": "standalone"})})
     with pytest.raises(RequestError, match="budget"):
         svc.reconfigure(impossible)
     after = agent.state()
