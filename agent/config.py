@@ -161,6 +161,9 @@ class BundleConfig(Strict):
 
 
 class _Paced(Strict):
+    id: Identifier | None = Field(
+        None, description="the camera's (feed's) name in outputs and status; required in "
+                          "[[sources]]")
     fps: float = Field(0.0, ge=0.0, le=10_000.0, description="0 = as fast as possible")
     loop: bool = False
 
@@ -202,8 +205,115 @@ class ImagesSourceConfig(_Paced):
     scale: float = Field(1.0 / 255.0, gt=0.0)
 
 
+Size = tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le=8192)]]
+
+
+class ViewConfig(Strict):
+    """A modality made from each decoded frame: `size` [height, width] (unset: the stream's),
+    RGB or `grayscale`, float32 pixel values times `scale`. Made once per frame, whatever
+    the number of models reading it."""
+
+    size: Size | None = None
+    grayscale: bool = False
+    scale: float = Field(1.0 / 255.0, gt=0.0, le=1e6)
+
+
+class _Decoded(_Paced):
+    """What the `video` and `camera` sources share: the frame as the primary modality
+    (`modality`, `size`, `grayscale`, `scale`) and `views` (more modalities, other sizes);
+    `fps` keeps at most that many frames per second of stream time (0: every frame); a live
+    stream that drops is opened again after `reconnect_s`, doubling up to `reconnect_max_s`."""
+
+    modality: Identifier = "image"
+    size: Size | None = None
+    grayscale: bool = False
+    scale: float = Field(1.0 / 255.0, gt=0.0, le=1e6)
+    views: dict[Identifier, ViewConfig] = Field(default_factory=dict, max_length=16)
+    reconnect_s: float = Field(0.5, gt=0.0, le=600.0)
+    reconnect_max_s: float = Field(30.0, gt=0.0, le=3600.0)
+    open_timeout_s: float = Field(10.0, gt=0.0, le=600.0,
+                                  description="opening, and each read, of the stream")
+
+    @model_validator(mode="after")
+    def _views_differ_from_primary(self) -> _Decoded:
+        if self.modality in self.views:
+            raise ValueError(f"views: {self.modality!r} is already the primary modality")
+        return self
+
+
+URL_PATTERN = r"^(rtsp|rtsps|rtmp|http|https|srt|udp|tcp)://[^\s]{1,2040}$"
+OPTION_KEY = r"^[a-z0-9_]{1,64}$"
+
+
+class VideoSourceConfig(_Decoded):
+    """A video file (`path`) or a live stream (`url`: rtsp://, http://, ...), decoded by PyAV
+    (the `video` extra). A file ends, or starts again with `loop`; `realtime` reads it at its
+    own pace instead of as fast as the agent takes frames. `options`: FFmpeg input options
+    (RTSP goes over TCP unless `rtsp_transport` says otherwise)."""
+
+    type: Literal["video"]
+    path: Path | None = None
+    url: Annotated[str, Field(pattern=URL_PATTERN)] | None = None
+    realtime: bool = False
+    options: dict[Annotated[str, Field(pattern=OPTION_KEY)],
+                  Annotated[str, Field(max_length=256)]] = Field(default_factory=dict,
+                                                                 max_length=32)
+
+    @model_validator(mode="after")
+    def _file_or_url(self) -> VideoSourceConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give `path` (a video file) or `url` (a live stream), not both")
+        if self.url is not None and (self.loop or self.realtime):
+            raise ValueError("`loop` and `realtime` apply to a file, not to a live stream")
+        return self
+
+
+class CameraSourceConfig(_Decoded):
+    """A V4L2 camera (`device` = /dev/videoN), read through FFmpeg's v4l2 input by PyAV;
+    optionally the capture `capture_size` [height, width], `capture_fps` and `input_format`
+    (e.g. mjpeg, yuyv422) asked of the device."""
+
+    type: Literal["camera"]
+    device: Annotated[Path, Field(description="an absolute device path")]
+    capture_size: Size | None = None
+    capture_fps: int | None = Field(None, ge=1, le=1000)
+    input_format: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _absolute(cls, device: Path) -> Path:
+        if not device.is_absolute():
+            raise ValueError("the camera device must be an absolute path such as /dev/video0")
+        return device
+
+
+class _TextRecords(_Paced):
+    """A file, or a folder's files matching `pattern` in name order; one record a line, a line
+    longer than `max_line_bytes` skipped and counted."""
+
+    path: Path
+    pattern: str = Field("*", max_length=256)
+    max_line_bytes: int = Field(65_536, ge=16, le=16 * 1024 * 1024)
+
+
+class LinesSourceConfig(_TextRecords):
+    """One text record (a `str`) a line, as the modality `modality`."""
+
+    type: Literal["lines"]
+    modality: Identifier = "text"
+
+
+class JsonlSourceConfig(_TextRecords):
+    """One JSON object (a `dict`) a line, as the modality `modality`; a malformed line is
+    counted and skipped."""
+
+    type: Literal["jsonl"]
+    modality: Identifier = "record"
+
+
 SourceConfig = Annotated[
-    ReplaySourceConfig | CitySourceConfig | DigitsSourceConfig | ImagesSourceConfig,
+    ReplaySourceConfig | CitySourceConfig | DigitsSourceConfig | ImagesSourceConfig
+    | VideoSourceConfig | CameraSourceConfig | LinesSourceConfig | JsonlSourceConfig,
     Field(discriminator="type"),
 ]
 
@@ -307,7 +417,9 @@ class AgentConfig(Strict):
     device_id: Identifier
     mqtt: MqttConfig = MqttConfig()
     bundle: BundleConfig
-    source: SourceConfig
+    source: SourceConfig | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=64,
+                                        description="several cameras, each with an `id`")
     models: list[ModelConfig] = Field(min_length=1)
     budget: BudgetConfig = BudgetConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -326,6 +438,29 @@ class AgentConfig(Strict):
                 raise ValueError(f"duplicate model id {model.id!r}")
             seen.add(model.id)
         return models
+
+    @model_validator(mode="after")
+    def _one_source_table(self) -> AgentConfig:
+        if (self.source is None) == (not self.sources):
+            raise ValueError("give one [source] table or [[sources]] tables, not both")
+        seen: set[str] = set()
+        for i, source in enumerate(self.sources):
+            if source.id is None:
+                raise ValueError(f"sources.{i}: every one of [[sources]] needs an `id`")
+            if source.id in seen:
+                raise ValueError(f"sources.{i}: duplicate source id {source.id!r}")
+            seen.add(source.id)
+        return self
+
+    @property
+    def source_configs(self) -> list[Any]:
+        """`[source]`, or the `[[sources]]`, as one list."""
+        return [self.source] if self.source is not None else list(self.sources)
+
+    @property
+    def source_type(self) -> str:
+        """The source's type, or the sources' joined by `+`."""
+        return "+".join(dict.fromkeys(s.type for s in self.source_configs))
 
     @model_validator(mode="after")
     def _some_enabled(self) -> AgentConfig:
@@ -367,7 +502,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     return config.model_copy(
         update={
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
-            "source": _resolve_source(config.source, resolve),
+            "source": None if config.source is None else _resolve_source(config.source, resolve),
+            "sources": [_resolve_source(s, resolve) for s in config.sources],
             "models": [m.model_copy(update={"path": None if m.path is None else resolve(m.path)})
                        for m in config.models],
             "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
@@ -389,7 +525,7 @@ def _resolve_mqtt(mqtt: MqttConfig, resolve: Any) -> MqttConfig:
 
 
 def _resolve_source(source: Any, resolve: Any) -> Any:
-    if hasattr(source, "path"):
+    if getattr(source, "path", None) is not None:
         return source.model_copy(update={"path": resolve(source.path)})
     return source
 

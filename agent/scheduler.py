@@ -50,7 +50,7 @@ from agent.profiling import OnlineAgreement, subsets_to_score
 from agent.publisher import Publisher
 from agent.runner import Runner
 from agent.selection import Problem, Selection, SelectionError, get_policy
-from agent.sources import Frame, Source, open_source
+from agent.sources import Frame, Source, open_sources
 from links_tflite.bundle import Bundle, LinkEntry, Profile, link_name, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 from links_tflite.tasks import decode
@@ -175,7 +175,8 @@ class Agent:
         self.bundle = load_bundle(config.bundle.path)
         check_models_in_bundle(config, self.bundle)
         self.models: dict[str, ModelAdapter] = {m.id: make_model(m) for m in config.enabled_models}
-        self.source: Source = open_source(config.source)
+        self.source: Source = open_sources(config)
+        self.cameras = self.source.cameras
         missing = {m.input_modality for m in self.models.values()} - set(self.source.modalities)
         if missing:
             raise ConfigError([("models", f"inputs {sorted(missing)} not offered by the source "
@@ -284,6 +285,7 @@ class Agent:
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
+        self.source.close()
 
     def _load(self, model_id: str) -> None:
         model = self.models[model_id]
@@ -588,7 +590,9 @@ class Agent:
         numbers = np.asarray(value, dtype=np.float64).reshape(-1).tolist()
         return {
             "frame_id": frame.frame_id,
+            "camera": self.cameras[frame.camera],
             "ts": frame.ts,
+            "stream_ts": frame.stream_ts,
             "model": model_id,
             "value": numbers,
             "decoded": decode(self.bundle.models[model_id], numbers),
@@ -762,6 +766,7 @@ class Agent:
                 "published": self.publisher.published if self.publisher else 0,
             },
             "outbox_depth": self.publisher.pending if self.publisher else 0,
+            "sources": self.source.stats(),
         }
 
     def publish_status(self, state: str) -> None:
@@ -775,7 +780,7 @@ class Agent:
         frames = self.source.frames()
         first = next(frames, None)
         if first is None:
-            raise RuntimeError(f"source {self.config.source.type!r} yielded no frame")
+            raise RuntimeError(f"source {self.config.source_type!r} yielded no frame")
         self.measure(first)
         self.apply(self.select())
         return itertools.chain([first], frames)

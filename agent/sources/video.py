@@ -1,0 +1,98 @@
+"""`video`: a video file, or a live stream at a URL (RTSP, HTTP, ...), decoded by PyAV.
+
+A file is read in the agent's loop, every frame (or `fps` per second of its own time), as fast
+as the agent takes them, or at the file's own pace with `realtime`; at its end it stops, or
+starts again with `loop`. A URL is a live stream: a `LiveReader` thread decodes it as it comes
+and the agent takes the newest frame (the ones it had no time for are counted as dropped);
+when the stream drops it is opened again with back-off. Each frame carries the wall clock
+(`ts`) and the stream's presentation time (`stream_ts`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agent.sources.base import Frame, Source
+from agent.sources.decode import (
+    Decimator,
+    LiveReader,
+    StreamCounters,
+    convert,
+    decoded,
+    live_frames,
+    open_container,
+    views_of,
+)
+
+
+def ffmpeg_options(url: str, options: dict[str, str]) -> dict[str, str]:
+    """RTSP over TCP unless said otherwise: interleaved in the one connection, no UDP ports
+    to open, no packet loss to conceal."""
+    if url.startswith(("rtsp://", "rtsps://")):
+        return {"rtsp_transport": "tcp", **options}
+    return dict(options)
+
+
+class VideoSource(Source):
+    type: ClassVar[str] = "video"
+
+    def __init__(self, config: Any, opener: Any = open_container) -> None:
+        super().__init__(config)
+        self.views = views_of(config)
+        self.modalities = tuple(v.name for v in self.views)
+        self.live = config.url is not None
+        self.target = config.url if self.live else str(config.path)
+        if not self.live and not Path(self.target).is_file():
+            raise FileNotFoundError(f"{self.target}: no such video file")
+        options = ffmpeg_options(self.target, dict(config.options))
+        self._open = lambda: opener(self.target, None, options, config.open_timeout_s)
+        self.reader: LiveReader | None = None
+        self.counters = StreamCounters()
+        if self.live:
+            self.reader = LiveReader(self.cameras[0], self._open, config.fps,
+                                     config.reconnect_s, config.reconnect_max_s)
+            self.counters = self.reader.counters
+            self.reader.start()  # a URL that cannot be opened is an error now, naming it
+        else:
+            self._open().close()  # so is a file that is not a video
+
+    def frames(self) -> Iterator[Frame]:
+        if self.reader is not None:
+            return live_frames(self.reader, self.views)
+        return self._file_frames()
+
+    def _file_frames(self) -> Iterator[Frame]:
+        ids = itertools.count()
+        decimator = Decimator(self.config.fps)
+        while True:
+            container = self._open()
+            started: tuple[float, float] | None = None  # (wall, stream) at the first frame
+            try:
+                for stream_ts, frame in decoded(container):
+                    self.counters.decoded += 1
+                    if not decimator.due(stream_ts):
+                        self.counters.skipped += 1
+                        continue
+                    if self.config.realtime and stream_ts is not None:
+                        if started is None:
+                            started = (time.monotonic(), stream_ts)
+                        delay = started[0] + (stream_ts - started[1]) - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    yield Frame(frame_id=next(ids), ts=time.time(), stream_ts=stream_ts,
+                                modalities=convert(frame, self.views))
+            finally:
+                container.close()
+            if not self.config.loop:
+                return
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {self.cameras[0]: self.counters.to_dict()}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.stop()

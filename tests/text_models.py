@@ -1,0 +1,45 @@
+"""Python entry-point models (`adapter = "python"`) over text lines and JSON records, for the
+`lines` and `jsonl` sources' end-to-end tests: plain functions of one record, whose outputs
+are related (shouting reviews are angry; big orders go express more often), so that links
+between them have something to learn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _one_hot(flag: bool) -> np.ndarray:
+    return np.asarray([0.0, 1.0] if flag else [1.0, 0.0], dtype=np.float32)
+
+
+def shouting(text: str) -> np.ndarray:
+    """single_label (calm, shouting): most letters upper case."""
+    letters = [c for c in text if c.isalpha()]
+    return _one_hot(bool(letters) and sum(c.isupper() for c in letters) > 0.6 * len(letters))
+
+
+def exclaims(text: str) -> np.ndarray:
+    """single_label (no, yes): ends with an exclamation mark."""
+    return _one_hot(text.rstrip().endswith("!"))
+
+
+def words(text: str) -> np.ndarray:
+    """regression: number of words / 10."""
+    return np.asarray([len(text.split()) / 10.0], dtype=np.float32)
+
+
+def bulk(record: dict[str, Any]) -> np.ndarray:
+    """single_label (small, bulk): 10 items or more."""
+    return _one_hot(int(record["qty"]) >= 10)
+
+
+def express(record: dict[str, Any]) -> np.ndarray:
+    """single_label (standard, express)."""
+    return _one_hot(bool(record["express"]))
+
+
+def total(record: dict[str, Any]) -> np.ndarray:
+    """regression: quantity x price / 100."""
+    return np.asarray([record["qty"] * record["price"] / 100.0], dtype=np.float32)
