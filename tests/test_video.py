@@ -61,7 +61,7 @@ def test_file_frames_carry_stream_time_views_and_pacing(clip: Path, tmp_path: Pa
     assert [f.frame_id for f in frames] == list(range(40))
     image, small = frames[5].modalities["image"], frames[5].modalities["small"]
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0 and image.std() > 0.05
+    assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05
     assert small.shape == (8, 8) and small.max() > 1.0  # raw 0..255 grey, scale 1
     assert all(abs(f.ts - time.time()) < 60 for f in frames)  # the wall clock
     assert not np.array_equal(frames[0].modalities["image"], frames[20].modalities["image"])
