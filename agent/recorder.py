@@ -49,17 +49,18 @@ def input_array(values: list[Any]) -> np.ndarray:
     return np.stack([np.asarray(v) for v in values])
 
 
-def read_frames(config: AgentConfig, frames: int) -> tuple[list[Frame], tuple[str, ...]]:
-    """The first `frames` frames of the configured source(s), and the camera names."""
+def read_frames(config: AgentConfig, frames: int
+                ) -> tuple[list[Frame], tuple[str, ...], tuple[str, ...]]:
+    """The first `frames` frames of the configured source(s), the camera names and the
+    modalities every frame carries."""
     source = open_sources(config)
     try:
         seen = list(itertools.islice(source.frames(), frames))
-        cameras = source.cameras
     finally:
         source.close()
     if not seen:
         raise RuntimeError(f"source {config.source_type!r} yielded no frame")
-    return seen, cameras
+    return seen, source.cameras, source.modalities
 
 
 def record(config: AgentConfig, frames: int, with_frames: bool = False,
@@ -67,13 +68,13 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False,
     """All enabled models on the first `frames` frames of the source, with measured costs;
     with `inputs_only`, the frames alone."""
     if inputs_only:
-        seen, cameras = read_frames(config, frames)
+        seen, cameras, modalities = read_frames(config, frames)
         return _recording(config, seen, cameras, {}, {}, {},
                           {name: input_array([f.modalities[name] for f in seen])
-                           for name in seen[0].modalities})
+                           for name in modalities})
     tasks = declared_tasks(config)
     models = {m.id: make_model(m) for m in config.enabled_models}
-    seen, cameras = read_frames(config, frames)
+    seen, cameras, _ = read_frames(config, frames)
     warmup, runs = config.profiling.warmup_runs, config.profiling.delay_runs
     configure_heap()  # each model's memory measured on its own, not on the last one's
     warmed = warm_up_runtime([m.path for m in config.enabled_models

@@ -160,3 +160,29 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
     agent.close()
     assert served >= 100  # predicted on (almost) every one of the 150 records
     assert agree / served >= 0.6
+
+
+def test_many_sources_take_turns_and_keep_their_camera(tmp_path: Path) -> None:
+    short = tmp_path / "short.txt"
+    short.write_text("one\ntwo\nthree\n")
+    data = {"device_id": "t", "bundle": {"path": "b"},
+            "sources": [{"type": "lines", "path": str(REVIEWS), "id": "reviews"},
+                        {"type": "lines", "path": str(short), "id": "short"},
+                        {"type": "jsonl", "path": str(ORDERS), "id": "orders",
+                         "modality": "text"}],
+            "models": [{"id": "m", "adapter": "python", "entry": "tests.text_models:words",
+                        "input": "text"}]}
+    many = open_sources(validate(data, tmp_path))
+    assert many.cameras == ("reviews", "short", "orders") and many.modalities == ("text",)
+    frames = list(many.frames())
+    assert len(frames) == 150 + 3 + 150
+    assert len({f.frame_id for f in frames}) == len(frames)
+    by_camera = {c: [f for f in frames if f.camera == c] for c in range(3)}
+    assert [f.modalities["text"] for f in by_camera[1]] == ["one", "two", "three"]
+    assert all(isinstance(f.modalities["text"], dict) for f in by_camera[2])
+    assert set(many.stats()) == {"reviews", "short", "orders"}
+    # in turn: each of the first frames comes from another camera than the one before
+    assert [f.camera for f in frames[:3]] != [frames[0].camera] * 3
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt"):
+        open_sources(validate({**data, "sources": [*data["sources"], {
+            "type": "lines", "path": str(tmp_path / "missing.txt"), "id": "x"}]}, tmp_path))

@@ -5,7 +5,8 @@ Source i's frames carry camera `offset_i + c` (its cameras follow the earlier so
 `cameras`) and frame id `source_frame_id * n + i`, unique across the sources as long as each
 source's ids are. Each source keeps at most one frame waiting: a file or generated source
 waits for the loop; a live one keeps its newest frame (its own `dropped` count says how many
-the loop had no time for). A source that fails ends the stream with its error.
+the loop had no time for). A source that fails ends the stream with its error. The modalities
+offered are those every source offers: each model reads its input on every camera's frames.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class ManySources(Source):
     def __init__(self, sources: list[Source]) -> None:
         super().__init__(None)
         self.sources = sources
-        self.modalities = tuple(sorted({m for s in sources for m in s.modalities}))
+        # what every camera offers: a model reads its input on every frame, whatever camera
+        self.modalities = tuple(sorted(set.intersection(*(set(s.modalities) for s in sources))))
         self._offsets = [sum(len(s.cameras) for s in sources[:i]) for i in range(len(sources))]
         self._cond = threading.Condition()
         self._stop = threading.Event()
