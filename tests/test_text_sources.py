@@ -75,7 +75,7 @@ def test_jsonl_records_are_objects_and_malformed_lines_are_counted(tmp_path: Pat
 
 def test_record_inputs_only_from_text(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text(text_config("lines", REVIEWS, "text", ("words",), memory_mb=None))
+    config.write_text(text_config("lines", REVIEWS, "text", ("exclaims",), memory_mb=None))
     out = tmp_path / "inputs.npz"
     assert agent_main(["record", "--config", str(config), "--frames", "20", "--out", str(out),
                        "--inputs-only"]) == 0
@@ -86,27 +86,27 @@ def test_record_inputs_only_from_text(tmp_path: Path) -> None:
     assert recording.cameras == ["reviews"]
 
 
+# Per source kind, a model holding BALLAST_MB (left out by the budget, so predicted) and a
+# light one it is predicted from: two links to train.
 MODELS = {
     "lines": {"shouting": ("Shouting", {"kind": "single_label", "dim": 2,
                                         "labels": ["calm", "shouting"]}),
-              "exclaims": ("Exclaims", {"kind": "single_label", "dim": 2,
-                                        "labels": ["no", "yes"]}),
-              "words": ("words", {"kind": "regression", "dim": 1, "tolerance": 0.15})},
-    "jsonl": {"bulk": ("Bulk", {"kind": "single_label", "dim": 2,
-                                "labels": ["small", "bulk"]}),
-              "express": ("Express", {"kind": "single_label", "dim": 2,
+              "exclaims": ("exclaims", {"kind": "single_label", "dim": 2,
+                                        "labels": ["no", "yes"]})},
+    "jsonl": {"express": ("Express", {"kind": "single_label", "dim": 2,
                                       "labels": ["standard", "express"]}),
-              "total": ("total", {"kind": "regression", "dim": 1, "tolerance": 0.5})},
+              "bulk": ("bulk", {"kind": "single_label", "dim": 2,
+                                "labels": ["small", "bulk"]})},
 }
 
 
 def text_config(kind: str, path: Path, modality: str, models: tuple[str, ...] | None = None,
-                memory_mb: float | None = 9.0) -> str:
+                memory_mb: float | None = 20.0) -> str:
     chosen = MODELS["lines" if modality == "text" else "jsonl"]
     lines = ['device_id = "text-box"', "[bundle]", 'path = "bundle"', "[source]",
              f'id = "{"reviews" if kind == "lines" else "orders"}"', f'type = "{kind}"',
              f'path = "{path}"', f'modality = "{modality}"', "[selection]",
-             'policy = "activation"']
+             'policy = "activation"', "[profiling]", "warmup_runs = 1", "delay_runs = 5"]
     if memory_mb is not None:
         lines += ["[budget]", f"memory_mb = {memory_mb}"]
     for model_id in models or tuple(chosen):
@@ -140,11 +140,13 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
     assert rec.inputs[modality].dtype.kind == "U"  # text, or JSON text: no pickling
     assert all(c["memory_mb"] is not None for c in rec.costs.values())
     assert train_main(["links", str(recording), "--out", str(tmp_path / "bundle"),
-                       "--epochs", "40", "--train-fraction", "0.6"]) == 0
+                       "--epochs", "20", "--train-fraction", "0.6"]) == 0
 
     agent = Agent(load_config(config))
     frames = agent.start()
-    assert agent.selection is not None and agent.selection.predicted, agent.selection
+    ballasted = "shouting" if kind == "lines" else "express"
+    assert agent.selection is not None and agent.selection.predicted == (ballasted,), \
+        agent.selection
     agree, served = 0, 0
     for frame in frames:
         for payload in agent.process(frame):
@@ -155,10 +157,9 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
             exact = exact_output(MODELS[kind][model_id][0], frame.modalities[modality])
             value = np.asarray(payload["value"])
             served += 1
-            agree += (int(np.argmax(value) == np.argmax(exact)) if exact.size > 1
-                      else int(abs(value[0] - exact[0]) <= 0.5))
+            agree += int(np.argmax(value) == np.argmax(exact))
     agent.close()
-    assert served >= 100  # predicted on (almost) every one of the 150 records
+    assert served == 150  # predicted on every record
     assert agree / served >= 0.6
 
 

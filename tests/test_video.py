@@ -19,7 +19,7 @@ import pytest
 from agent.broker import free_port, port_open
 from agent.config import ConfigError, validate
 from agent.sources import open_source, open_sources
-from agent.sources.decode import VideoError
+from agent.sources.decode import LiveReader, VideoError, open_container
 from links_tflite.interpreter import TFLiteRunner
 from offline_trainer.zoo import agent_config_text
 
@@ -74,6 +74,25 @@ def test_file_frames_carry_stream_time_views_and_pacing(clip: Path, tmp_path: Pa
     assert len({f.frame_id for f in taken}) == 14  # ids go on across loops
     stats = paced.stats()["gate"]
     assert stats["skipped"] >= 3 * stats["decoded"] // 4 - 4 and stats["dropped"] == 0
+
+
+def test_live_reader_newest_frame_wins_and_reopens(clip: Path) -> None:
+    """A stream that comes faster than it is taken: the newest frame wins, the overwritten
+    ones are counted, and a stream that ends is opened again (here a file, read as live)."""
+    reader = LiveReader("clip", lambda: open_container(str(clip)), 0.0, 1.0, 1.0)
+    reader.start()
+    counters = reader.counters
+    try:
+        first = reader.take()
+        assert first is not None
+        wait_for(lambda: counters.disconnects == 1, 10, "the end of the clip")
+        newest = reader.take()  # within the 1 s back-off: nothing newer comes meanwhile
+        assert newest is not None and newest[1] == pytest.approx(3.9)  # the clip's last frame
+        assert counters.decoded == 40 and counters.dropped >= 30
+        wait_for(lambda: counters.reconnects >= 1, 10, "opened again")
+    finally:
+        reader.stop()
+    assert reader.take() is None  # stopped: a waiting loop returns at once
 
 
 def test_bad_inputs_are_clear_errors(clip: Path, tmp_path: Path) -> None:
@@ -236,6 +255,7 @@ def test_rtsp_stream_reconnects_after_the_server_restarts(city_build, tmp_path: 
         server.start()
         wait_for(lambda: stats()["reconnects"] >= 1, 20, "a reconnection")
         wait_for(lambda: agent.counters.frames >= before + 10, 20, "frames after it")
+        assert stats()["disconnects"] == 1 and stats()["failed_opens"] >= 1
         agent.stop_event.set()
         agent.source.close()
         runner.join(timeout=10)

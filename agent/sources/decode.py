@@ -132,7 +132,8 @@ class StreamCounters:
     decoded: int = 0  # frames the decoder produced
     skipped: int = 0  # left out to keep to the target fps
     dropped: int = 0  # kept, then overwritten by a newer one before the agent took it
-    disconnects: int = 0  # the stream failed or ended
+    disconnects: int = 0  # the stream, once open, failed or ended
+    failed_opens: int = 0  # attempts to open it again that failed
     reconnects: int = 0  # opened again after a disconnect
 
     def to_dict(self) -> dict[str, int]:
@@ -169,9 +170,11 @@ class LiveReader:
     def _run(self, container: Any) -> None:
         delay = self.reconnect_s
         while not self._stop.is_set():
+            opened = container is not None
             try:
                 if container is None:
                     container = self.opener()
+                    opened = True
                     self.counters.reconnects += 1
                     log.info("%s: reconnected", self.name)
                 for stream_ts, frame in decoded(container):
@@ -197,7 +200,10 @@ class LiveReader:
                 container = None
             if self._stop.is_set():
                 return
-            self.counters.disconnects += 1
+            if opened:
+                self.counters.disconnects += 1
+            else:
+                self.counters.failed_opens += 1
             log.warning("%s: %s; opening it again in %.1f s", self.name, reason, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self.reconnect_max_s)
