@@ -210,24 +210,28 @@ Size = tuple[Annotated[int, Field(ge=1, le=8192)], Annotated[int, Field(ge=1, le
 
 class ViewConfig(Strict):
     """A modality made from each decoded frame: `size` [height, width] (unset: the stream's),
-    RGB or `grayscale`, float32 pixel values times `scale`. Made once per frame, whatever
-    the number of models reading it."""
+    RGB or `grayscale`, float32 values = pixel (0..255) x `scale` + `offset` (e.g. [-1, 1]:
+    scale = 2/255, offset = -1). Made once per frame, whatever the number of models reading
+    it."""
 
     size: Size | None = None
     grayscale: bool = False
     scale: float = Field(1.0 / 255.0, gt=0.0, le=1e6)
+    offset: float = Field(0.0, ge=-1e6, le=1e6)
 
 
 class _Decoded(_Paced):
     """What the `video` and `camera` sources share: the frame as the primary modality
-    (`modality`, `size`, `grayscale`, `scale`) and `views` (more modalities, other sizes);
-    `fps` keeps at most that many frames per second of stream time (0: every frame); a live
-    stream that drops is opened again after `reconnect_s`, doubling up to `reconnect_max_s`."""
+    (`modality`, `size`, `grayscale`, `scale`, `offset`: as a view's) and `views` (more
+    modalities, other sizes); `fps` keeps at most that many frames per second of stream time
+    (0: every frame); a live stream that drops is opened again after `reconnect_s`, doubling
+    up to `reconnect_max_s`."""
 
     modality: Identifier = "image"
     size: Size | None = None
     grayscale: bool = False
     scale: float = Field(1.0 / 255.0, gt=0.0, le=1e6)
+    offset: float = Field(0.0, ge=-1e6, le=1e6)
     views: dict[Identifier, ViewConfig] = Field(default_factory=dict, max_length=16)
     reconnect_s: float = Field(0.5, gt=0.0, le=600.0)
     reconnect_max_s: float = Field(30.0, gt=0.0, le=3600.0)

@@ -54,7 +54,8 @@ def config(tmp_path: Path, source: dict | None = None, sources: list | None = No
 def test_file_frames_carry_stream_time_views_and_pacing(clip: Path, tmp_path: Path) -> None:
     source = open_sources(config(tmp_path, {
         "type": "video", "path": str(clip), "size": [32, 32],
-        "views": {"small": {"size": [8, 8], "grayscale": True, "scale": 1.0}}}))
+        "views": {"small": {"size": [8, 8], "grayscale": True, "scale": 1.0},
+                  "signed": {"size": [32, 32], "scale": 2 / 255, "offset": -1.0}}}))
     frames = list(source.frames())
     assert len(frames) == 40  # 4 s at 10 fps, every frame
     assert [f.stream_ts for f in frames] == pytest.approx([i / 10 for i in range(40)])
@@ -63,6 +64,7 @@ def test_file_frames_carry_stream_time_views_and_pacing(clip: Path, tmp_path: Pa
     assert image.shape == (32, 32, 3) and image.dtype == np.float32
     assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05
     assert small.shape == (8, 8) and small.max() > 1.0  # raw 0..255 grey, scale 1
+    np.testing.assert_allclose(frames[5].modalities["signed"], image * 2 - 1, atol=1e-5)
     assert all(abs(f.ts - time.time()) < 60 for f in frames)  # the wall clock
     assert not np.array_equal(frames[0].modalities["image"], frames[20].modalities["image"])
 
@@ -95,7 +97,9 @@ def test_live_reader_newest_frame_wins_and_reopens(clip: Path) -> None:
     assert reader.take() is None  # stopped: a waiting loop returns at once
 
 
-def test_bad_inputs_are_clear_errors(clip: Path, tmp_path: Path) -> None:
+def test_bad_inputs_are_clear_errors(clip: Path, tmp_path: Path, capsys) -> None:
+    from agent.cli import main as agent_main
+
     missing = tmp_path / "nope.mp4"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         open_sources(config(tmp_path, {"type": "video", "path": str(missing)}))
@@ -113,6 +117,15 @@ def test_bad_inputs_are_clear_errors(clip: Path, tmp_path: Path) -> None:
         open_sources(config(tmp_path, sources=[
             {"type": "video", "path": str(clip), "id": "a"},
             {"type": "video", "path": str(missing), "id": "b"}]))
+    # and on the command line: one line naming it, exit status 2
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(f'device_id = "t"\n[bundle]\npath = "b"\n[source]\ntype = "video"\n'
+                           f'url = "{url}"\nopen_timeout_s = 2\n[[models]]\nid = "m"\n'
+                           'path = "m.tflite"\ninput = "image"\n'
+                           'task = { kind = "regression", dim = 1 }\n')
+    assert agent_main(["record", "--config", str(config_file), "--frames", "1", "--out",
+                       str(tmp_path / "r.npz")]) == 2
+    assert f"mlink-agent: {url}: cannot open" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("source", "sources", "path", "message"), [

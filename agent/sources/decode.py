@@ -73,14 +73,15 @@ def decoded(container: Any) -> Iterator[tuple[float | None, Any]]:
 @dataclass
 class View:
     """A modality made from each decoded frame: `size` (height, width) or the stream's,
-    RGB (H, W, 3) or grey (H, W), float32 pixel values times `scale`. Resize and colour
-    conversion are one swscale pass, through one reformatter kept for the view (a new one per
-    frame costs a third more CPU: benchmarks/results/decode.md)."""
+    RGB (H, W, 3) or grey (H, W), float32 pixel values (0..255) x `scale` + `offset`. Resize
+    and colour conversion are one swscale pass, through one reformatter kept for the view (a
+    new one per frame costs a third more CPU: benchmarks/results/decode.md)."""
 
     name: str
     size: tuple[int, int] | None = None
     grayscale: bool = False
     scale: float = 1.0 / 255.0
+    offset: float = 0.0
     _reformatter: Any = field(default=None, repr=False, compare=False)
 
     def convert(self, frame: Any) -> np.ndarray:
@@ -91,14 +92,16 @@ class View:
                                             format="gray" if self.grayscale else "rgb24")
         out = pixels.to_ndarray().astype(np.float32)
         out *= np.float32(self.scale)
+        if self.offset:
+            out += np.float32(self.offset)
         return out
 
 
 def views_of(config: Any) -> tuple[View, ...]:
     """The source's primary modality, then its `[...views.<name>]`."""
     primary = View(config.modality, tuple(config.size) if config.size else None,
-                   config.grayscale, config.scale)
-    extra = (View(name, tuple(v.size) if v.size else None, v.grayscale, v.scale)
+                   config.grayscale, config.scale, config.offset)
+    extra = (View(name, tuple(v.size) if v.size else None, v.grayscale, v.scale, v.offset)
              for name, v in config.views.items())
     return (primary, *extra)
 

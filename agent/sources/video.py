@@ -68,7 +68,9 @@ class VideoSource(Source):
     def _file_frames(self) -> Iterator[Frame]:
         ids = itertools.count()
         decimator = Decimator(self.config.fps)
-        while True:
+        before = -1
+        while before != self.counters.decoded:  # a file with no frame does not loop forever
+            before = self.counters.decoded
             container = self._open()
             started: tuple[float, float] | None = None  # (wall, stream) at the first frame
             try:
