@@ -129,6 +129,7 @@ def exact_output(entry: str, record: object) -> np.ndarray:
 def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: Path) -> None:
     from agent.scheduler import Agent
     from offline_trainer.cli import main as train_main
+    from tests.contract import validate as check_schema
 
     config = tmp_path / "agent.toml"
     config.write_text(text_config(kind, path, modality))
@@ -148,9 +149,11 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
     assert agent.selection is not None and agent.selection.predicted == (ballasted,), \
         agent.selection
     agree, served = 0, 0
+    camera = "reviews" if kind == "lines" else "orders"
     for frame in frames:
         for payload in agent.process(frame):
-            assert payload["camera"] == ("reviews" if kind == "lines" else "orders")
+            check_schema("output", payload)
+            assert payload["camera"] == camera
             if payload["provenance"] != "predicted":
                 continue
             model_id = str(payload["model"])
@@ -159,6 +162,10 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
             served += 1
             agree += int(np.argmax(value) == np.argmax(exact))
     agent.close()
+    status = agent.status("stopped")
+    check_schema("status", status)
+    skipped = {"lines": 0, "jsonl": 2}[kind]  # orders.jsonl: one cut short, one an array
+    assert status["sources"][camera]["malformed"] == skipped
     assert served == 150  # predicted on every record
     assert agree / served >= 0.6
 
