@@ -289,3 +289,18 @@ def test_camera_source_opens_a_device_through_v4l2(tmp_path: Path) -> None:
         open_source(config(tmp_path, {"type": "camera", "device": str(fake),
                                       "capture_size": [480, 640], "capture_fps": 30,
                                       "open_timeout_s": 2}).source)
+
+
+def test_readme_two_camera_config_is_valid(tmp_path: Path) -> None:
+    """The README's "Your own models on your cameras" config, as printed there."""
+    from agent.config import load_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Your own models on your cameras"):]
+    text = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert text is not None
+    path = tmp_path / "agent.toml"
+    path.write_text(text.group(1))
+    loaded = load_config(path)
+    assert [s.id for s in loaded.sources] == ["gate", "yard"]
+    assert [s.type for s in loaded.sources] == ["video", "camera"]
