@@ -631,7 +631,8 @@ class Control:
             patch["models"] = {k: v for k, v in patch["models"].items()
                                if k in {m.id for m in current.models}}
             new = apply_patch(current, patch)
-            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state", "control")
+            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "sources", "state",
+                                  "control")
                        if getattr(fresh, k) != getattr(current, k)]
             shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
             if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:
