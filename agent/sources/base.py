@@ -4,7 +4,7 @@ A modality's value is what the models reading it take: an array for images and t
 `str` for a text line, a `dict` for a JSON record. `camera` is the index of the camera (or
 feed) in `Source.cameras`, which names them; `ts` is the wall clock (or, for the generated
 workloads and replays, the stream's own clock) and `stream_ts` the stream's timestamp where
-the stream has one (a video's presentation time, a line's number)."""
+the stream has one (a video's presentation time), else None."""
 
 from __future__ import annotations
 
