@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", type=Path, required=True, help="recording file (.npz)")
     rec.add_argument("--with-frames", action="store_true",
                      help="store the frames too, so the recording can be replayed as a source")
+    rec.add_argument("--inputs-only", action="store_true",
+                     help="store the frames alone and run no model (replayable later)")
     watch = sub.add_parser("watch", help="live view of the agents' outputs and status")
     watch.add_argument("--config", help="take broker, prefix and device from this config")
     watch.add_argument("--host", default=None, help="broker host (default 127.0.0.1)")
@@ -97,7 +99,7 @@ def measured_problem(config: AgentConfig) -> tuple[Agent, Problem]:
     first = next(agent.source.frames(), None)
     if first is None:
         agent.close()
-        raise RecordingError(f"source {config.source.type!r} yielded no frame")
+        raise RecordingError(f"source {config.source_type!r} yielded no frame")
     agent.measure(first)
     return agent, agent.problem()
 
@@ -147,8 +149,10 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.frames < 1:
         print("mlink-agent: --frames must be at least 1", file=sys.stderr)
         return 2
-    recording = record_to_file(load_config(args.config), args.frames, args.out, args.with_frames)
-    print(f"{args.out}: {len(recording)} frames of {', '.join(recording.models)}")
+    recording = record_to_file(load_config(args.config), args.frames, args.out, args.with_frames,
+                               args.inputs_only)
+    what = ", ".join(recording.models) or "inputs " + ", ".join(sorted(recording.inputs))
+    print(f"{args.out}: {len(recording)} frames of {what}")
     for model_id, cost in recording.costs.items():
         print(f"  {model_id}: {cost}")
     return 0

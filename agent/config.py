@@ -296,7 +296,9 @@ class AgentConfig(Strict):
     device_id: Identifier
     mqtt: MqttConfig = MqttConfig()
     bundle: BundleConfig
-    source: SourceConfig
+    source: SourceConfig | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=64,
+                                        description="several cameras, each with an `id`")
     models: list[ModelConfig] = Field(min_length=1)
     budget: BudgetConfig = BudgetConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -315,6 +317,29 @@ class AgentConfig(Strict):
                 raise ValueError(f"duplicate model id {model.id!r}")
             seen.add(model.id)
         return models
+
+    @model_validator(mode="after")
+    def _one_source_table(self) -> AgentConfig:
+        if (self.source is None) == (not self.sources):
+            raise ValueError("give one [source] table or [[sources]] tables, not both")
+        seen: set[str] = set()
+        for i, source in enumerate(self.sources):
+            if source.id is None:
+                raise ValueError(f"sources.{i}: every one of [[sources]] needs an `id`")
+            if source.id in seen:
+                raise ValueError(f"sources.{i}: duplicate source id {source.id!r}")
+            seen.add(source.id)
+        return self
+
+    @property
+    def source_configs(self) -> list[Any]:
+        """`[source]`, or the `[[sources]]`, as one list."""
+        return [self.source] if self.source is not None else list(self.sources)
+
+    @property
+    def source_type(self) -> str:
+        """The source's type, or the sources' joined by `+`."""
+        return "+".join(dict.fromkeys(s.type for s in self.source_configs))
 
     @model_validator(mode="after")
     def _some_enabled(self) -> AgentConfig:
@@ -364,7 +389,8 @@ def _resolve_paths(config: AgentConfig, base_dir: Path) -> AgentConfig:
     return config.model_copy(
         update={
             "bundle": config.bundle.model_copy(update={"path": resolve(config.bundle.path)}),
-            "source": _resolve_source(config.source, resolve),
+            "source": None if config.source is None else _resolve_source(config.source, resolve),
+            "sources": [_resolve_source(s, resolve) for s in config.sources],
             "models": [m.model_copy(update={"path": None if m.path is None else resolve(m.path)})
                        for m in config.models],
             "state": config.state.model_copy(update={"dir": resolve(state_dir(config, base_dir))}),
@@ -386,7 +412,7 @@ def _resolve_mqtt(mqtt: MqttConfig, resolve: Any) -> MqttConfig:
 
 
 def _resolve_source(source: Any, resolve: Any) -> Any:
-    if hasattr(source, "path"):
+    if getattr(source, "path", None) is not None:
         return source.model_copy(update={"path": resolve(source.path)})
     return source
 

@@ -27,8 +27,11 @@ class Strict(BaseModel):
 
 
 class Paced(Strict):
-    """The base of a source's config: its pace. Each source's config adds `type` (the source
-    plugin's name, a Literal) and its own fields."""
+    """The base of a source's config: its name and its pace. Each source's config adds `type`
+    (the source plugin's name, a Literal) and its own fields."""
 
+    id: Identifier | None = Field(
+        None, description="the camera's (feed's) name in outputs and status; required in "
+                          "[[sources]]")
     fps: float = Field(0.0, ge=0.0, le=10_000.0, description="0 = as fast as possible")
     loop: bool = False

@@ -636,7 +636,8 @@ class Control:
             fresh = self.store.effective(load_config(self.config_path))
             current = self.agent.config
             new = self._settable_from(fresh)
-            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "state", "control")
+            ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "sources", "state",
+                                  "control")
                        if getattr(fresh, k) != getattr(current, k)]
             shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
             if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:

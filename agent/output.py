@@ -3,13 +3,15 @@
 `Output` is what the loop computes (executed or predicted); `Payloads` turns a frame's outputs
 into the messages published on `models/<id>/output`, once, where the `[publish]` settings
 apply: outputs of models not published become no message (and no `decoded` is built for
-them), `decoded` is built only when published, and `seq` counts the messages.
+them), `decoded` is built only when published, and `seq` counts the messages. Each message
+names the camera (feed) that saw the frame and carries the stream's timestamp (`stream_ts`,
+null where the source has none).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,9 +39,11 @@ class Output:
 
 
 class Payloads:
-    """Makes the messages of a frame's outputs; `seq` increases by one per message."""
+    """Makes the messages of a frame's outputs; `seq` increases by one per message.
+    `cameras` names the cameras by index (a frame's `camera`): the source's `cameras`."""
 
-    def __init__(self) -> None:
+    def __init__(self, cameras: Sequence[str] = ("0",)) -> None:
+        self.cameras = tuple(cameras)
         self._seq = itertools.count(1)
 
     def make(self, frame: Frame, outputs: Iterable[Output], settings: PublishConfig,
@@ -53,7 +57,9 @@ class Payloads:
         numbers = np.asarray(output.value, dtype=np.float64).reshape(-1).tolist()
         payload: dict[str, object] = {
             "frame_id": frame.frame_id,
+            "camera": self.cameras[frame.camera],
             "ts": frame.ts,
+            "stream_ts": frame.stream_ts,
             "model": output.model,
             "value": numbers,
         }

@@ -64,11 +64,16 @@ def check_bundle(config: AgentConfig) -> Problems:
 
 
 def check_source(config: AgentConfig) -> Problems:
-    try:
-        open_source(config.source)
-    except (OSError, ValueError, RuntimeError, RecordingError) as exc:
-        return [("source", f"{config.source.type} source cannot open: {exc}")]
-    return []
+    """Each source opened, then closed at once (a live stream's reader thread, a device)."""
+    paths = ["source"] if config.source is not None else [
+        f"sources.{i}" for i in range(len(config.sources))]
+    problems: Problems = []
+    for path, source_config in zip(paths, config.source_configs, strict=True):
+        try:
+            open_source(source_config).close()
+        except (OSError, ValueError, RuntimeError, RecordingError) as exc:
+            problems.append((path, f"{source_config.type} source cannot open: {exc}"))
+    return problems
 
 
 def check_state_dir(config: AgentConfig) -> Problems:

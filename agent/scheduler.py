@@ -15,6 +15,10 @@ predict the others through the link ensembles, publishing every model's output.
   models not activated are unloaded.
 - the outputs (agent.output): each frame's `Output`s, turned into the published messages
   once, where the `[publish]` settings apply.
+- the source (agent.sources): `[source]`, or the `[[sources]]` read together; each frame
+  names its camera, and every output carries the camera's name and the stream's timestamp;
+  what the source counts (dropped frames, reconnections, malformed records) is the status's
+  `sources` section. The agent closes it on `close()`.
 - the status builder (agent.status).
 
 Where every model with a timeout runs on the runner thread, a frame's calls and its
@@ -41,7 +45,7 @@ from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
 from agent.publisher import Publisher
 from agent.selection import Problem, Selection, SelectionError, get_policy
-from agent.sources import Frame, Source, open_source
+from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
 from agent.status import Counters, Overhead, Sections, StatusBuilder
 from agent.window import ProfilingWindow
@@ -101,7 +105,7 @@ class Agent:
         self.window = window
         self.ensembles = ensembles
         self.publisher = publisher
-        self.payloads = payloads or Payloads()
+        self.payloads = payloads or Payloads(source.cameras)
         self.status_builder = status_builder or StatusBuilder()
         self.counters = Counters()
         self.overhead = Overhead()
@@ -121,9 +125,10 @@ class Agent:
         bundle = load_bundle(config.bundle.path)
         check_models_in_bundle(config, bundle)
         models: dict[str, ModelAdapter] = {m.id: make_model(m) for m in config.enabled_models}
-        source = open_source(config.source)
+        source = open_sources(config)
         missing = {m.input_modality for m in models.values()} - set(source.modalities)
         if missing:
+            source.close()  # a live source's reader thread, a device
             raise ConfigError([("models", f"inputs {sorted(missing)} not offered by the source "
                                           f"(it has {list(source.modalities)})")])
         probe = make_probe(config.profiling.memory_probe)
@@ -160,8 +165,10 @@ class Agent:
                 if link.source in self.models and link.target in self.models]
 
     def close(self) -> None:
-        """End the runner's thread (an abandoned one ends when its hung call returns)."""
+        """End the runner's thread (an abandoned one ends when its hung call returns) and
+        release the source (a live stream's reader thread, a device)."""
         self.executor.close()
+        self.source.close()
 
     def _fail(self, model_id: str, failure: ModelFailure) -> None:
         self.executor.fail(model_id, failure)
@@ -459,6 +466,7 @@ class Agent:
                        "probe": probe.name, "probe_details": probe.details()},
                 models=self.executor.status(active),
                 profiling=self.window.to_dict(self.overhead.loop_ms),
+                sources=self.source.stats(),
             )
             return self.status_builder.build(
                 state, sections, self.counters, self.overhead, self.publisher,
@@ -476,7 +484,7 @@ class Agent:
         frames = self.source.frames()
         first = next(frames, None)
         if first is None:
-            raise RuntimeError(f"source {self.config.source.type!r} yielded no frame")
+            raise RuntimeError(f"source {self.config.source_type!r} yielded no frame")
         self.last_frame = first
         self.measure(first)
         self.apply(self.select())

@@ -175,6 +175,7 @@ def run(config_path: str | Path, frames: int | None = None,
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after this frame", signum)
         agent.stop_event.set()
+        agent.source.close()  # a live source waiting for a frame returns now
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -81,6 +81,8 @@ class Sections:
     costs: dict[str, object]
     models: dict[str, dict[str, object]]
     profiling: dict[str, object]
+    # per camera (feed) name, what its source counted (agent.sources: Source.stats)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class StatusBuilder:
@@ -126,5 +128,6 @@ class StatusBuilder:
             "config_version": config_version,
             "bundle": str(bundle),
             "delivery": publisher.health() if publisher is not None else None,
+            "sources": sections.sources,
             **{name: section() for name, section in self.extras.items()},
         }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything MLink Edge needs on a Debian/Ubuntu machine, idempotently:
-# the Python virtual environment (.venv, with the trainer and dev extras) and the Mosquitto
-# broker and clients from Debian's packages `mosquitto` and `mosquitto-clients`. System
+# the Python virtual environment (.venv, with the trainer, dev and video extras), the Mosquitto
+# broker and clients from Debian's packages `mosquitto` and `mosquitto-clients`, and for the
+# video tests ffmpeg (makes the clips) and GStreamer's RTSP server (serves one live). System
 # packages are installed when running as root (or with passwordless sudo); otherwise it says
 # exactly what to run.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${EXTRAS:-trainer,dev}"
+EXTRAS="${EXTRAS:-trainer,dev,video}"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@";
@@ -50,6 +51,18 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
 fi
 if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/dev/null 2>&1; then
   missing+=(mosquitto-clients)
+fi
+# The video tests: ffmpeg makes their H.264 clips; GStreamer's RTSP server, driven by Debian's
+# Python through python3-gi, serves one as a live stream (tests/rtsp_server.py).
+if ! command -v ffmpeg >/dev/null 2>&1; then
+  missing+=(ffmpeg)
+fi
+if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ("qtdemux", "h264parse", "rtph264pay"))' \
+     >/dev/null 2>&1; then
+  missing+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good
+            gstreamer1.0-plugins-bad)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"

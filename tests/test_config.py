@@ -51,7 +51,7 @@ def test_good_config_and_relative_paths(tmp_path: Path) -> None:
          "greater than 0"),
         (lambda t: t.replace('id = "digit"', 'id = "../evil"'), "models.0.id", "pattern"),
         (lambda t: t.replace('path = "stream.npz"', ""), "source.replay.path", "required"),
-        (lambda t: t.replace('type = "replay"', 'type = "camera"'), "source", "tag"),
+        (lambda t: t.replace('type = "replay"', 'type = "webcam"'), "source", "tag"),
         (lambda t: t + '[[models]]\nid = "digit"\npath = "x"\ninput = "image"\n', "models",
          "duplicate model id"),
     ],

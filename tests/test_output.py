@@ -30,6 +30,16 @@ def test_every_output_becomes_a_valid_message_with_its_decoded_value() -> None:
     assert digit["sources"] == ["digit"] and digit["frame_id"] == 7
     for payload in payloads:
         validate("output", payload)
+        assert payload["camera"] == "0" and payload["stream_ts"] is None  # one unnamed source
+
+
+def test_a_message_names_its_frame_s_camera_and_carries_its_stream_time() -> None:
+    frame = Frame(frame_id=3, ts=2.0, modalities={}, camera=1, stream_ts=0.4)
+    payloads = Payloads(("gate", "yard")).make(frame, OUTPUTS, PublishConfig(), SPECS)
+    assert {p["camera"] for p in payloads} == {"yard"}
+    assert {p["stream_ts"] for p in payloads} == {0.4}
+    for payload in payloads:
+        validate("output", payload)
 
 
 def test_unpublished_models_make_no_message_and_decoding_is_only_done_when_on(

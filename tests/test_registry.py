@@ -35,7 +35,8 @@ def test_a_plugin_is_registered_once_under_its_name() -> None:
 
 
 def test_plugin_packages_are_found_by_importing_them() -> None:
-    assert set(SOURCES) == {"replay", "city", "digits", "images"}
+    assert set(SOURCES) == {"replay", "city", "digits", "images", "video", "camera", "lines",
+                            "jsonl"}  # agent/sources/many.py, decode.py... register nothing
     assert set(ADAPTERS) == {"tflite", "python", "onnx"}
     assert set(POLICIES) == {"activation", "exact", "standalone", "all"}
     assert set(PROBES) == {"rss", "pss", "nvml", "jetson"}
@@ -49,7 +50,11 @@ def test_the_configs_choices_are_the_registries() -> None:
     assert choices(ModelConfig, "adapter") == set(ADAPTERS)
     assert choices(SelectionConfig, "policy") == set(POLICIES)
     assert choices(ProfilingConfig, "memory_probe") == {"auto", *PROBES}
-    source_configs = set(typing.get_args(AgentConfig.model_fields["source"].annotation))
+    # `[source]` (or None when `[[sources]]` are given) and each of `[[sources]]`
+    one, none = typing.get_args(AgentConfig.model_fields["source"].annotation)
+    (each,) = typing.get_args(AgentConfig.model_fields["sources"].annotation)
+    assert none is type(None) and one == each
+    source_configs = set(typing.get_args(typing.get_args(one)[0]))
     assert source_configs == {plugin.config_class for plugin in SOURCES.values()}
     for name, plugin in SOURCES.items():  # each source's config names it
         assert typing.get_args(plugin.config_class.model_fields["type"].annotation) == (name,)

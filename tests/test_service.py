@@ -359,6 +359,12 @@ class RecordingPublisher:
                 retain: bool = False) -> None:
         self.sent.append((topic, payload))
 
+    def health(self) -> dict[str, object]:
+        """The status's `delivery`: nothing is ever refused here."""
+        return {"state": "ok", "problems": [], "connected": True, "refused": {},
+                "refused_waiting": 0, "responses_dropped": 0, "disk_full": False,
+                "unstored": 0}
+
     def statuses(self) -> list[dict]:
         return [p for t, p in self.sent if t == self.topics.status]  # type: ignore[misc]
 
@@ -416,3 +422,5 @@ def test_control_actions_publish_the_status_once_or_leave_it_to_control(service)
     assert set(result) == {"selection", "costs"}
     (status,) = publisher.statuses()
     assert status["config_version"] == 4 and status["selection"]["policy"] == "all"
+    validate("status", status)
+    assert status["sources"] == {} and status["delivery"]["state"] == "ok"

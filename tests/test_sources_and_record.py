@@ -23,7 +23,8 @@ def source_config(tmp_path: Path, source: dict) -> object:
 
 
 def test_registry_names() -> None:
-    assert set(SOURCES) == {"replay", "city", "digits", "images"}
+    assert set(SOURCES) == {"replay", "city", "digits", "images", "video", "camera", "lines",
+                            "jsonl"}
 
 
 def test_city_source_streams_consecutive_seconds(tmp_path: Path) -> None:

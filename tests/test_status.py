@@ -6,6 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+from jsonschema import ValidationError
+
 from agent.status import Counters, Overhead, Sections, StatusBuilder
 from tests.contract import validate
 
@@ -42,6 +45,20 @@ def test_status_without_a_publisher() -> None:
     assert status["counters"]["published"] == 0  # type: ignore[index]
     assert "outbox_dropped" not in status["counters"]  # type: ignore[operator]
     assert status["profile_age_s"] is None and status["bundle"] == "/b"
+    assert status["sources"] == {}  # a source that counts nothing
+
+
+def test_status_carries_what_each_camera_s_source_counted() -> None:
+    counted = {"gate": {"decoded": 40, "skipped": 0, "dropped": 3, "disconnects": 1,
+                        "failed_opens": 2, "reconnects": 1},
+               "reviews": {"records": 150, "too_long": 1, "not_utf8": 0, "malformed": 2}}
+    sections = Sections(**{**vars(SECTIONS), "sources": counted})
+    status = StatusBuilder().build("running", sections, Counters(), Overhead(), None,
+                                   config_version=0, bundle=Path("/b"), measured_at=None)
+    validate("status", status)
+    assert status["sources"] == counted
+    with pytest.raises(ValidationError):  # a count is a whole number, never negative
+        validate("status", {**status, "sources": {"gate": {"dropped": -1}}})
 
 
 def test_status_reports_the_outbox_and_the_config_version() -> None:

@@ -1,4 +1,10 @@
-"""The source interface: frames in stream order, each with its modalities."""
+"""The source interface: frames in stream order, each with its modalities.
+
+A modality's value is what the models reading it take: an array for images and tensors, a
+`str` for a text line, a `dict` for a JSON record. `camera` is the index of the camera (or
+feed) in `Source.cameras`, which names them; `ts` is the wall clock (or, for the generated
+workloads and replays, the stream's own clock) and `stream_ts` the stream's timestamp where
+the stream has one (a video's presentation time), else None."""
 
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ from agent.registry import Registry
 class Frame:
     frame_id: int
     ts: float
-    modalities: dict[str, np.ndarray]
+    modalities: dict[str, Any]
     camera: int = 0
     # What the generator knows (workload sources only): used to score and to test drift.
     ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
+    stream_ts: float | None = None
 
 
 class Source:
@@ -34,8 +41,21 @@ class Source:
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The names of the cameras (feeds) whose index a frame's `camera` is."""
+        return (getattr(self.config, "id", None) or "0",)
+
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per camera name, what the source counted (frames dropped, reconnections,
+        malformed records...); empty where it counts nothing."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the source holds open (threads, devices, connections)."""
 
 
 def paced(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:

@@ -287,6 +287,11 @@ class CitySource(Source):
         super().__init__(config)
         self.generator = CityGenerator(config.seed, config.cameras)
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        prefix = f"{self.config.id}-" if self.config.id else ""
+        return tuple(prefix + site.name for site in SITES[: self.config.cameras])
+
     def _frames(self) -> Iterator[Frame]:
         index = start_index(self.config.start_day, self.config.start_hour, self.config.cameras)
         while True:

@@ -30,6 +30,12 @@ class ReplaySource(Source):
             raise ValueError(f"{config.path}: the recording holds no frames (no inputs/* arrays)")
         self.modalities = tuple(sorted(self.recording.inputs))
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        rec = self.recording
+        count = 1 if rec.camera_ids is None or not len(rec) else int(rec.camera_ids.max()) + 1
+        return tuple(rec.cameras[i] if i < len(rec.cameras) else str(i) for i in range(count))
+
     def _frames(self) -> Iterator[Frame]:
         rec = self.recording
         while True:
