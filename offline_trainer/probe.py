@@ -3,11 +3,12 @@
 Before a link is trained, a ridge regression (closed form, numpy, milliseconds) on the
 source's outputs (a sequence source: its bag of tokens) and random ReLU features of them maps
 them to what the link would learn, and is scored on the calibration frames against the
-target's prior. Where it does not beat the prior, the link is skipped: training it costs seconds and it would be
-dropped anyway. The probe is a fixed random layer and a linear read-out, so it is only
-trusted where such a read-out is a fair test: label and box targets (regression targets are
-scored within a tolerance, where a least-squares fit of a skewed output misleads; sequence
-targets need a decoder), and on at least `MIN_CHECK_FRAMES` calibration frames.
+target's prior. Where it does not beat the prior, the link is skipped: training it costs
+seconds and it would be dropped anyway. The probe is a fixed random layer and a linear
+read-out, so it is only trusted where such a read-out is a fair test: label and box targets
+(regression targets are scored within a tolerance, where a least-squares fit of a skewed
+output misleads; sequence targets need a decoder), and on at least `MIN_CHECK_FRAMES`
+calibration frames.
 """
 
 from __future__ import annotations
