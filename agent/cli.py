@@ -71,8 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.service import run
 
     counters, drained = run(args.config, args.frames)
-    log.info("done: %d frames at %.1f fps, %d executed and %d predicted outputs",
-             counters.frames, counters.fps(), counters.executed, counters.predicted)
+    log.info("done: %d frames at %.1f fps, %d executed, %d predicted and %d prior outputs",
+             counters.frames, counters.fps(), counters.executed, counters.predicted,
+             counters.prior)
     return 0 if drained else 1
 
 

@@ -21,7 +21,7 @@ from agent.config import PublishConfig
 from agent.sources import Frame
 from links_tflite.tasks import TaskSpec, decode
 
-Provenance = Literal["executed", "predicted"]
+Provenance = Literal["executed", "predicted", "prior"]
 
 
 @dataclass(frozen=True)

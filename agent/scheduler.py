@@ -341,22 +341,44 @@ class Agent:
         assert self.selection is not None
         outputs = [Output(m, r.output, "executed", (m,), 1.0, r.latency_ms)
                    for m, r in sorted(executed.items())]
-        if not self.selection.uses_links:
-            return outputs
         sources = {m: executed[m].output for m in self.selection.active if m in executed}
         for target in self.selection.predicted:
-            if target in executed or not sources:
+            if target in executed:
                 continue
-            start = time.perf_counter()
-            try:
-                prediction = self.ensembles.predict(target, sources, self.profile)
-            except LookupError as exc:
-                log.debug("frame %s: %s", frame.frame_id, exc)
-                continue
-            latency = (time.perf_counter() - start) * 1e3
-            outputs.append(Output(target, prediction.value, "predicted", prediction.sources,
-                                  prediction.est_agreement, latency))
+            output = self._predicted(frame, target, sources) if self.selection.uses_links \
+                else None
+            output = output or self._prior(target)
+            if output is not None:
+                outputs.append(output)
         return outputs
+
+    def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray]
+                   ) -> Output | None:
+        """The target predicted through its links from the present sources, unless its
+        prior agrees better than the ensemble of those sources (or no link reads them)."""
+        if not sources:
+            return None
+        prior = self.bundle.profile.priors.get(target)
+        if prior is not None and target in self.bundle.priors and prior >= \
+                self.profile.ensemble_agreement(target, frozenset(sources)):
+            return None
+        start = time.perf_counter()
+        try:
+            prediction = self.ensembles.predict(target, sources, self.profile)
+        except LookupError as exc:
+            log.debug("frame %s: %s", frame.frame_id, exc)
+            return None
+        latency = (time.perf_counter() - start) * 1e3
+        return Output(target, prediction.value, "predicted", prediction.sources,
+                      prediction.est_agreement, latency)
+
+    def _prior(self, target: str) -> Output | None:
+        """The bundle's constant predictor for the target, free (none in older bundles)."""
+        try:
+            prediction = self.ensembles.prior(target, self.bundle.profile)
+        except LookupError:
+            return None
+        return Output(target, prediction.value, "prior", (), prediction.est_agreement, 0.0)
 
     def process(self, frame: Frame) -> list[dict[str, object]]:
         """One frame: the messages of every published model's output, executed or
@@ -439,7 +461,8 @@ class Agent:
             made = self._messages(frame, executed)
         outputs, payloads = made
         self.counters.executed += sum(o.executed for o in outputs)
-        self.counters.predicted += sum(not o.executed for o in outputs)
+        self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
+        self.counters.prior += sum(o.provenance == "prior" for o in outputs)
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()

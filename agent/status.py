@@ -17,6 +17,7 @@ class Counters:
     frames: int = 0
     executed: int = 0
     predicted: int = 0
+    prior: int = 0  # outputs served by the bundle's prior
     model_errors: int = 0
     timeouts: int = 0
     frame_errors: int = 0
@@ -101,6 +102,7 @@ class StatusBuilder:
         counts: dict[str, object] = {
             "executed": counters.executed,
             "predicted": counters.predicted,
+            "prior": counters.prior,
             "model_errors": counters.model_errors,
             "timeouts": counters.timeouts,
             "frame_errors": counters.frame_errors,

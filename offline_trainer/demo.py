@@ -100,7 +100,7 @@ def plot(table: list[dict[str, Any]], costs: dict[str, Any], budget_mb: float,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"executed": "tab:blue", "predicted": "tab:orange"}
+    colours = {"executed": "tab:blue", "predicted": "tab:orange", "prior": "tab:green"}
     models = [row["model"] for row in table]
     colour = [colours.get(row["provenance"], "tab:gray") for row in table]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

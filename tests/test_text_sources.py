@@ -154,8 +154,8 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
         for payload in agent.process(frame):
             check_schema("output", payload)
             assert payload["camera"] == camera
-            if payload["provenance"] != "predicted":
-                continue
+            if payload["provenance"] not in ("predicted", "prior"):  # links, or the prior
+                continue                                                 # where none beats it
             model_id = str(payload["model"])
             exact = exact_output(MODELS[kind][model_id][0], frame.modalities[modality])
             value = np.asarray(payload["value"])
@@ -166,7 +166,7 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
     check_schema("status", status)
     skipped = {"lines": 0, "jsonl": 2}[kind]  # orders.jsonl: one cut short, one an array
     assert status["sources"][camera]["malformed"] == skipped
-    assert served == 150  # predicted on every record
+    assert served == 150  # served on every record
     assert agree / served >= 0.6
 
 
