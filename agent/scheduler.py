@@ -355,12 +355,15 @@ class Agent:
     def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray]
                    ) -> Output | None:
         """The target predicted through its links from the present sources, unless its
-        prior agrees better than the ensemble of those sources (or no link reads them)."""
+        prior agrees at least as well as the ensemble of those sources (or no link reads
+        them). Both figures are the bundle's, measured on the same held-out frames: the
+        online figures are live, the prior's is not, and comparing the two would serve a
+        stale constant after a drift."""
         if not sources:
             return None
         prior = self.bundle.profile.priors.get(target)
         if prior is not None and target in self.bundle.priors and prior >= \
-                self.profile.ensemble_agreement(target, frozenset(sources)):
+                self.bundle.profile.ensemble_agreement(target, frozenset(sources)):
             return None
         start = time.perf_counter()
         try:

@@ -2,7 +2,8 @@
 
 Every method is the agent (`agent.scheduler.Agent`, LiteRT, no TensorFlow in the path) with
 an activated set, optionally behind a frame filter:
-- `standalone`: the cheapest models first while they fit, no links (the rest get nothing);
+- `standalone`: the cheapest models first while they fit, no links (the rest get their prior
+  where the bundle has one, as the agent serves it, else nothing);
 - `mlink-activation` / `mlink-exact`: the agent's selection policies under the budget;
 - `filtering`: every model, but only on the frames the filter lets through; the others reuse
   the last processed frame's outputs;
