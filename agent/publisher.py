@@ -45,7 +45,12 @@ from agent.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
 
-WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
+WINDOW = 400  # outbox messages handed to paho and not yet acknowledged, at most (paho puts
+# 20 of them on the wire at a time, Mosquitto's default receive maximum, and sends the next
+# as each PUBACK comes in, without waiting for the sender thread)
+WAKE_ACKS = WINDOW // 2  # PUBACKs that wake the sender (else the next output or 0.5 s does)
+WAKE_EVERY_S = 0.005  # the sender wakes at most this often: each wake-up is 1-3 SQLite
+# transactions, so at full rate it stores and sends hundreds of rows per wake-up, not a few
 REFUSED_RETRY_S = (5.0, 60.0)  # refused outputs are sent again after this, doubling to max
 DEGRADED_FOR_S = 120.0  # health stays `degraded` this long after the last refusal
 MAX_TRACKED_TOPICS = 256  # topics remembered for "logged once per topic"
@@ -261,7 +266,7 @@ class Publisher:
             self._wake.set()
             return
         self._acked_mids.append(mid)
-        if len(self._inflight) >= WINDOW:  # else applied at the next wake-up, with the outputs
+        if len(self._acked_mids) >= WAKE_ACKS:  # else applied at the next wake-up
             self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -442,9 +447,14 @@ class Publisher:
 
     def _send_loop(self) -> None:
         assert self.outbox is not None
+        woke = 0.0
         while not self._closing:
             self._wake.wait(0.5)
+            pause = woke + WAKE_EVERY_S - time.monotonic()
+            if pause > 0:  # let outputs and PUBACKs gather: one transaction for them all
+                time.sleep(pause)
             self._wake.clear()
+            woke = time.monotonic()
             try:
                 self._store_staged()
                 if not self.connected:
@@ -598,7 +608,7 @@ class Publisher:
         batch = [m for m in self.outbox.after(self._cursor, room) if m.id not in busy]
         self.outbox.mark_sent([m.id for m in batch if not m.sent])
         self._hand_over(batch)
-        if self._acked_mids and len(self._inflight) >= WINDOW:
+        if len(self._acked_mids) >= WAKE_ACKS:
             self._wake.set()
 
     def _hand_over(self, batch: list[Message]) -> None:
