@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -136,7 +137,7 @@ class Phases:
 
     def __init__(self, broker: LocalBroker, acl: Path, state: Path, restarts: int,
                  outage_s: float, every_s: float, deny_s: float, full_s: float,
-                 tmpfs: bool) -> None:
+                 tmpfs: bool, flowing: Callable[[], bool]) -> None:
         self.broker, self.acl, self.state = broker, acl, state
         # the full disk first: later, the outbox's file has free pages from its peak to reuse
         plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
@@ -147,6 +148,9 @@ class Phases:
         self.every_s = every_s
         self.next_at = time.monotonic() + 2 * every_s
         self.current: tuple[str, float] | None = None  # phase, ends at
+        # a phase begins once outputs arrive again (the agent may still be waiting to
+        # reconnect: paho's delay doubles up to 30 s)
+        self.flowing = flowing
 
     def step(self) -> None:
         now = time.monotonic()
@@ -158,7 +162,7 @@ class Phases:
             self.current = None
             self.next_at = now + self.every_s
             return
-        if not self.plan or now < self.next_at:
+        if not self.plan or now < self.next_at or not self.flowing():
             return
         kind, length = self.plan.pop(0)
         print(f"soak: {kind} for {length:g} s", file=sys.stderr, flush=True)
@@ -219,7 +223,8 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     process = psutil.Process(agent.pid)
     peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
-    phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs)
+    phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
+                    lambda: time.monotonic() - counter.last < 0.5)
     while agent.poll() is None:
         try:
             peak_rss = max(peak_rss, process.memory_info().rss)
@@ -233,6 +238,8 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     print(f"soak: the agent ended after {elapsed:.0f} s", file=sys.stderr, flush=True)
     reader.join(10)
     log = "".join(log_lines)
+    (work / "agent.log").write_text(log)
+    print(f"soak: the agent's log is {work / 'agent.log'}", file=sys.stderr, flush=True)
     match = re.search(r"done: (\d+) frames at ([\d.]+) fps", log)
     done_frames = int(match.group(1)) if match else 0
     fps = float(match.group(2)) if match else 0.0
