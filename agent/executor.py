@@ -3,7 +3,9 @@ health and its back-off after a failure.
 
 A model that raises, outlives its `timeout_ms`, or returns NaN or the wrong shape fails: it is
 excluded (`Health.failed`), and measured again once its back-off has ended (`[selection]
-retry_after_s`, doubling up to `retry_max_s`). Models with a timeout run on a `Runner` thread,
+retry_after_s`, doubling up to `retry_max_s`); one whose call hung is retried only once that
+call has returned (the status says `waiting_for_hung_call` meanwhile), on the first frame
+after. Models with a timeout run on a `Runner` thread,
 a frame's calls in one handoff (`run_models`; agent.runner says why). Every call's time and
 every load's memory go into the cost book.
 """
@@ -52,6 +54,7 @@ class Health:
     backoff_s: float = 0.0
     last_error: str | None = None
     last_kind: str | None = None
+    waiting_logged: bool = False  # said once that its retry waits for its hung call
 
     @property
     def failed(self) -> bool:
@@ -246,8 +249,9 @@ class ModelExecutor:
             except Exception:
                 log.exception("model %s: unload after a failure failed", model_id)
                 self.models[model_id] = self.make(self.models[model_id].config)
-        log.warning("model %s failed (%s): %s; excluded, retry in %.1f s", model_id,
-                    failure.kind, failure, backoff)
+        log.warning("model %s failed (%s): %s; excluded, retry in %.1f s%s", model_id,
+                    failure.kind, failure, backoff,
+                    " once its hung call has returned" if self.waiting(model_id) else "")
         return health
 
     def retry_due(self, frame: Frame) -> tuple[dict[str, np.ndarray], list[ModelFailure]]:
@@ -260,10 +264,14 @@ class ModelExecutor:
             health = self.health_of(model_id)
             if health.retry_at is None or now < health.retry_at:
                 continue
-            abandoned = self.abandoned.get(model_id)
-            if abandoned is not None and abandoned.busy:  # the hung call has not returned yet
-                health.retry_at = now + self.backoff.retry_after_s
+            if self.waiting(model_id):  # retried on the frame after the hung call returns
+                if not health.waiting_logged:
+                    health.waiting_logged = True
+                    log.warning("model %s: back-off over, waiting for its hung call to return "
+                                "before retrying", model_id)
                 continue
+            self.abandoned.pop(model_id, None)
+            health.waiting_logged = False
             try:
                 output, _ = self.run(model_id, frame)
             except ModelFailure as failure:
@@ -274,6 +282,13 @@ class ModelExecutor:
             health.failures, health.retry_at = 0, None
             back[model_id] = output
         return back, failures
+
+    def waiting(self, model_id: str) -> bool:
+        """Whether the model's abandoned (hung) call is still running: it is not retried
+        meanwhile, on the old adapter nor a fresh one, so a model that hangs holds at most
+        one thread however often it would be retried."""
+        abandoned = self.abandoned.get(model_id)
+        return abandoned is not None and abandoned.busy
 
     def status(self, active: Iterable[str]) -> dict[str, dict[str, object]]:
         """Each model's state for the status: failed, active or predicted."""
@@ -290,5 +305,6 @@ class ModelExecutor:
                 "last_error": health.last_error,
                 "retry_in_s": None if health.retry_at is None
                 else round(max(0.0, health.retry_at - now), 3),
+                "waiting_for_hung_call": health.failed and self.waiting(model_id),
             }
         return report

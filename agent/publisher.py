@@ -45,11 +45,17 @@ from agent.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
 
-WINDOW = 100  # outbox messages handed to paho and not yet acknowledged, at most
+WINDOW = 400  # outbox messages handed to paho and not yet acknowledged, at most (paho puts
+# 20 of them on the wire at a time, Mosquitto's default receive maximum, and sends the next
+# as each PUBACK comes in, without waiting for the sender thread)
+WAKE_ACKS = WINDOW // 2  # PUBACKs that wake the sender (else the next output or 0.5 s does)
+WAKE_EVERY_S = 0.005  # the sender wakes at most this often: each wake-up is 1-3 SQLite
+# transactions, so at full rate it stores and sends hundreds of rows per wake-up, not a few
 REFUSED_RETRY_S = (5.0, 60.0)  # refused outputs are sent again after this, doubling to max
 DEGRADED_FOR_S = 120.0  # health stays `degraded` this long after the last refusal
 MAX_TRACKED_TOPICS = 256  # topics remembered for "logged once per topic"
 STAGED_MAX = 10_000  # outputs accepted but not yet on disk; beyond it publish() waits
+HOLD_AT = 0.9  # the loop skips frames while the outbox holds this share of its cap
 POSSIBLE_DUPLICATE = "possible_duplicate"  # the mark on outputs sent again from the outbox
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
@@ -226,6 +232,8 @@ class Publisher:
         self.unstored = 0  # outputs dropped because they could not be stored
         self._unapplied_acks: list[int] = []  # acknowledged rows whose delete failed
         self._storing = 0  # outputs taken from `_staged` by the sender, not yet in the outbox
+        self.frames_skipped: dict[str, int] = {}  # by reason: outbox_full, disk_full
+        self._holding: str | None = None  # why the loop skips frames now
 
     # -- paho callbacks: record and signal only ---------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
@@ -261,7 +269,7 @@ class Publisher:
             self._wake.set()
             return
         self._acked_mids.append(mid)
-        if len(self._inflight) >= WINDOW:  # else applied at the next wake-up, with the outputs
+        if len(self._acked_mids) >= WAKE_ACKS:  # else applied at the next wake-up
             self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -394,12 +402,39 @@ class Publisher:
         if recent or self._refused_rows:
             problems.append("the broker refuses publications (see refused)")
         if self.disk_full:
-            problems.append("disk_full: the outbox cannot be written; outputs wait in memory")
+            problems.append("disk_full: the outbox cannot be written; the loop skips frames")
+        elif self._holding == "outbox_full":
+            problems.append("outbox_full: outputs wait for the broker; the loop skips frames")
         return {"state": "degraded" if problems else "ok", "problems": problems,
                 "connected": self.connected, "refused": dict(self.refused),
                 "refused_waiting": len(self._refused_rows),
                 "responses_dropped": self.responses_dropped,
-                "disk_full": self.disk_full, "unstored": self.unstored}
+                "disk_full": self.disk_full, "unstored": self.unstored,
+                "frames_skipped": dict(self.frames_skipped)}
+
+    def hold_frame(self) -> bool:
+        """Back-pressure, asked by the loop before each frame: True (counted by reason) while
+        the frame's outputs could not be kept, so that the loop skips it rather than make
+        outputs the outbox would drop: the disk is full (`disk_full`), or the outbox holds
+        HOLD_AT of its cap (`outbox_full`: the broker is away or slower than the loop)."""
+        reason = None
+        if self.outbox is not None:
+            if self.disk_full:
+                reason = "disk_full"
+            elif self.pending >= HOLD_AT * self.outbox.max_messages:
+                reason = "outbox_full"
+        if reason != self._holding:
+            if reason is None:
+                log.warning("back-pressure over: frames are processed again (%d skipped so "
+                            "far)", sum(self.frames_skipped.values()))
+            else:
+                log.warning("back-pressure (%s, %d outputs waiting): the loop skips frames, "
+                            "counted in status.delivery.frames_skipped", reason, self.pending)
+            self._holding = reason
+        if reason is None:
+            return False
+        self.frames_skipped[reason] = self.frames_skipped.get(reason, 0) + 1
+        return True
 
     def _send_direct(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
         info = self._client.publish(topic, data, qos=qos, retain=retain)
@@ -442,9 +477,14 @@ class Publisher:
 
     def _send_loop(self) -> None:
         assert self.outbox is not None
+        woke = 0.0
         while not self._closing:
             self._wake.wait(0.5)
+            pause = woke + WAKE_EVERY_S - time.monotonic()
+            if pause > 0:  # let outputs and PUBACKs gather: one transaction for them all
+                time.sleep(pause)
             self._wake.clear()
+            woke = time.monotonic()
             try:
                 self._store_staged()
                 if not self.connected:
@@ -598,7 +638,7 @@ class Publisher:
         batch = [m for m in self.outbox.after(self._cursor, room) if m.id not in busy]
         self.outbox.mark_sent([m.id for m in batch if not m.sent])
         self._hand_over(batch)
-        if self._acked_mids and len(self._inflight) >= WINDOW:
+        if len(self._acked_mids) >= WAKE_ACKS:
             self._wake.set()
 
     def _hand_over(self, batch: list[Message]) -> None:

@@ -528,8 +528,11 @@ class Agent:
         for frame in frames:
             if self.stop_event.is_set():
                 break
+            # back-pressure: a frame whose outputs could not be kept is skipped, and counted
+            held = self.publisher is not None and self.publisher.hold_frame()
+            self.counters.frames_skipped += held
             try:
-                payloads = self.process(frame)
+                payloads = [] if held else self.process(frame)
             except Exception:  # the loop never stops for one frame
                 self.counters.frame_errors += 1
                 log.exception("frame %s failed", frame.frame_id)

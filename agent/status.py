@@ -22,6 +22,7 @@ class Counters:
     timeouts: int = 0
     frame_errors: int = 0
     reselections: int = 0
+    frames_skipped: int = 0  # back-pressure: not processed, their outputs could not be kept
     started: float = field(default_factory=time.monotonic)
 
     def fps(self) -> float:
@@ -107,6 +108,7 @@ class StatusBuilder:
             "timeouts": counters.timeouts,
             "frame_errors": counters.frame_errors,
             "reselections": counters.reselections,
+            "frames_skipped": counters.frames_skipped,
             "published": publisher.published if publisher else 0,
         }
         if outbox is not None:

@@ -1,28 +1,35 @@
-"""Soak: the agent at full speed on the city stream for a fixed number of frames while the
-broker is restarted several times; every output is counted by (frame, model) at a subscriber
-with a persistent session.
+"""Soak: the agent at full speed on the city stream for a fixed number of frames through
+phases of trouble: the broker restarted several times, then an ACL that denies the outputs
+for a while (PUBACK 135), then the state dir's disk full for a while (a tmpfs filled with a
+ballast file; needs root, else skipped). Every output is counted by (frame, model) at a
+subscriber with a persistent session, and the agent's last status is read for what it
+counted: frames skipped by back-pressure, outputs unstored or dropped.
 
     .venv/bin/mlink-train zoo --workload city --out build/soak
     .venv/bin/mlink-train links build/soak/recording.npz --out build/soak/bundle \
         --train-fraction 0.7
-    .venv/bin/python benchmarks/soak.py --build build/soak [--frames 30000] [--restarts 4]
+    .venv/bin/python benchmarks/soak.py --build build/soak [--frames 40000] [--restarts 4]
 
 Writes benchmarks/results/soak.md (and prints it): frames, outputs published, received,
-duplicates, lost (must be 0), the agent's peak RSS and the outbox's peak depth.
+duplicates, the losses the agent counted, lost without a count (must be 0), the agent's peak
+RSS and the outbox's peak depth.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,6 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak.md"
 KEPT_SECTION = "\n## Hostile requests"  # written by tests/test_fuzz_broker.py's long run
 DEVICE = "city-demo"
+ALLOW = "topic readwrite #\n"
+DENY_OUTPUTS = "".join(f"topic readwrite mlink/{DEVICE}/{t}\n" for t in (
+    "status", "availability", "config/#", "cmd/#", "reply/#")) + "topic read #\n"
 
 
 class Counter:
@@ -55,7 +65,9 @@ class Counter:
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="soak-counter", protocol=mqtt.MQTTv311,
                                   clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(f"mlink/{DEVICE}/models/+/output", 1)
+        self.status: dict | None = None  # the agent's latest (retained) status
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [(f"mlink/{DEVICE}/models/+/output", 1), (f"mlink/{DEVICE}/status", 1)])
         self.client.on_subscribe = lambda *_: ready.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
@@ -67,6 +79,9 @@ class Counter:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage
                     ) -> None:
         output = json.loads(message.payload)
+        if message.topic.endswith("/status"):
+            self.status = output
+            return
         key = (int(output["frame_id"]), str(output["model"]))
         with self.lock:
             if key in self.seen:  # an extra copy: who sent it again?
@@ -84,6 +99,7 @@ class Counter:
 def _config(build: Path, port: int, state: Path) -> Path:
     text = (build / "agent.toml").read_text()
     text = text.replace("port = 1883", f"port = {port}")
+    text = re.sub(r"(?m)^fps = .*$", "fps = 0", text)  # as fast as it goes
     text += f'\n[state]\ndir = "{state}"\n'
     path = build / "soak-agent.toml"
     path.write_text(text)
@@ -93,21 +109,108 @@ def _config(build: Path, port: int, state: Path) -> Path:
 def _depth(path: Path) -> int:
     if not path.exists():
         return 0
-    box = Outbox(path)
+    try:
+        box = Outbox(path)
+    except Exception:  # the disk is full: opening writes too
+        return 0
     try:
         return box.depth
     finally:
         box.close()
 
 
-def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: float
-         ) -> dict[str, object]:
+def _fill(path: Path) -> None:
+    """Fill the file system under `path` to the last byte."""
+    with path.open("wb", buffering=0) as ballast:
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):
+            while True:
+                ballast.write(chunk)
+        with contextlib.suppress(OSError):
+            while True:
+                ballast.write(b"\0")
+
+
+class Phases:
+    """The trouble, one phase after another, timed from the agent's start: broker restarts,
+    outputs denied by the ACL, the state dir's disk full. `step()` is called every 0.25 s."""
+
+    def __init__(self, broker: LocalBroker, acl: Path, state: Path, restarts: int,
+                 outage_s: float, every_s: float, deny_s: float, full_s: float,
+                 tmpfs: bool, flowing: Callable[[], bool]) -> None:
+        self.broker, self.acl, self.state = broker, acl, state
+        # the full disk first: later, the outbox's file has free pages from its peak to reuse
+        plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
+        plan += [("deny", deny_s)] if deny_s > 0 else []
+        plan += [("restart", outage_s)] * restarts
+        self.plan = plan
+        self.done: dict[str, int] = {"restart": 0, "deny": 0, "full": 0}
+        self.every_s = every_s
+        self.next_at = time.monotonic() + 2 * every_s
+        self.current: tuple[str, float] | None = None  # phase, ends at
+        # a phase begins once outputs arrive again (the agent may still be waiting to
+        # reconnect: paho's delay doubles up to 30 s)
+        self.flowing = flowing
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self.current is not None:
+            kind, end = self.current
+            if now < end:
+                return
+            self._end(kind)
+            self.current = None
+            self.next_at = now + self.every_s
+            return
+        if not self.plan or now < self.next_at or not self.flowing():
+            return
+        kind, length = self.plan.pop(0)
+        print(f"soak: {kind} for {length:g} s", file=sys.stderr, flush=True)
+        self._begin(kind)
+        self.current = (kind, now + length)
+
+    def _begin(self, kind: str) -> None:
+        if kind == "restart":
+            self.broker.stop()
+        elif kind == "deny":
+            self.acl.write_text(DENY_OUTPUTS)
+            self.broker._process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
+        else:  # during an outage, so that the outbox must grow (its WAL is reused)
+            self.broker.stop()
+            _fill(self.state / "ballast")
+
+    def _end(self, kind: str) -> None:
+        if kind == "restart":
+            self.broker.start()
+        elif kind == "deny":
+            self.acl.write_text(ALLOW)
+            self.broker._process.send_signal(signal.SIGHUP)
+        else:
+            (self.state / "ballast").unlink()
+            self.broker.start()
+        self.done[kind] += 1
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self._end(self.current[0])
+            self.current = None
+
+
+def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: float,
+         deny_s: float, full_s: float, disk_mb: int) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mlink-soak-"))
     store = work / "mosquitto-db"
     store.mkdir()
     state = work / "state"
+    state.mkdir()
+    tmpfs = full_s > 0 and os.geteuid() == 0
+    if tmpfs:  # the state dir on a small file system of its own, to fill
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={disk_mb}m", "tmpfs", str(state)],
+                       check=True)
+    acl = work / "acl"
+    acl.write_text(ALLOW)
     broker = LocalBroker(extra_config=f"persistence true\npersistence_location {store}/\n"
-                                      "max_queued_messages 0\n").start()
+                                      f"max_queued_messages 0\nacl_file {acl}\n").start()
     counter = Counter(broker.port)
     config = _config(build, broker.port, state)
     started = time.monotonic()
@@ -118,28 +221,25 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     reader = threading.Thread(target=lambda: log_lines.extend(agent.stdout or []), daemon=True)
     reader.start()
     process = psutil.Process(agent.pid)
-    peak_rss, peak_depth, done_restarts = 0, 0, 0
+    peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
-    next_restart = time.monotonic() + 2 * every_s
+    phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
+                    lambda: time.monotonic() - counter.last < 0.5)
     while agent.poll() is None:
         try:
             peak_rss = max(peak_rss, process.memory_info().rss)
         except psutil.NoSuchProcess:
             break
         peak_depth = max(peak_depth, _depth(outbox))
-        if done_restarts < restarts and time.monotonic() > next_restart:
-            broker.stop()
-            outage_end = time.monotonic() + outage_s
-            while time.monotonic() < outage_end and agent.poll() is None:
-                peak_depth = max(peak_depth, _depth(outbox))
-                time.sleep(0.25)
-            broker.start()
-            done_restarts += 1
-            next_restart = time.monotonic() + every_s
+        phases.step()
         time.sleep(0.25)
+    phases.finish()
     elapsed = time.monotonic() - started
+    print(f"soak: the agent ended after {elapsed:.0f} s", file=sys.stderr, flush=True)
     reader.join(10)
     log = "".join(log_lines)
+    (work / "agent.log").write_text(log)
+    print(f"soak: the agent's log is {work / 'agent.log'}", file=sys.stderr, flush=True)
     match = re.search(r"done: (\d+) frames at ([\d.]+) fps", log)
     done_frames = int(match.group(1)) if match else 0
     fps = float(match.group(2)) if match else 0.0
@@ -148,52 +248,89 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     counter.stop()
     broker.stop()
     with counter.lock:
-        seen, extra = dict(counter.seen), dict(counter.extra)
+        seen, extra, status = dict(counter.seen), dict(counter.extra), counter.status or {}
     models = sorted({m for _, m in seen})
     source = load_config(config).source
     first = start_index(source.start_day, source.start_hour, source.cameras)
-    expected = {(f, m) for f in range(first, first + done_frames) for m in models}
+    frame_ids = range(first, first + done_frames)
+    unique = {k for k in seen if k[0] in frame_ids}
+    counters = status.get("counters", {})
+    delivery = status.get("delivery") or {}
+    skipped = int(counters.get("frames_skipped", 0))
+    # what the agent says it did not deliver: skipped frames (none of their outputs made),
+    # outputs it could not store (full disk) or dropped at the outbox's cap
+    counted = {"frames_skipped": skipped, "skipped_outputs": skipped * len(models),
+               "unstored": int(delivery.get("unstored", 0)),
+               "outbox_dropped": int(counters.get("outbox_dropped", 0))}
+    # the outputs the frames processed made (a prediction without a source is not made)
+    made = int(counters.get("executed", 0)) + int(counters.get("predicted", 0))
+    left = _depth(outbox)
+    if tmpfs:
+        subprocess.run(["umount", str(state)], check=False)
     return {
         "exit_code": agent.returncode, "frames": done_frames, "fps": fps,
-        "elapsed_s": elapsed, "restarts": done_restarts, "outage_s": outage_s,
-        "models": models, "expected": len(expected), "received": sum(seen.values()),
-        "unique": len(set(seen) & expected), "duplicates": sum(n - 1 for n in seen.values()),
+        "elapsed_s": elapsed, "phases": phases.done, "outage_s": outage_s,
+        "deny_s": deny_s, "full_s": full_s if tmpfs else 0.0, "disk_mb": disk_mb,
+        "models": models, "expected": made, "received": sum(seen.values()),
+        "unique": len(unique), "duplicates": sum(n - 1 for n in seen.values()),
         "marked": extra["marked"], "redelivered": extra["redelivered"],
-        "unmarked": extra["unmarked"],
-        "lost": len(expected - set(seen)), "unexpected": len(set(seen) - expected),
+        "unmarked": extra["unmarked"], **counted,
+        "skipped_by": delivery.get("frames_skipped", {}), "refused": delivery.get("refused", {}),
+        "lost": made - counted["unstored"] - counted["outbox_dropped"] - len(unique),
+        "unexpected": len(set(seen) - unique),
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
-        "outbox_left": _depth(outbox), "log_tail": log[-2000:],
+        "outbox_left": left, "log_tail": log[-2000:],
     }
 
 
 def report(result: dict[str, object], frames: int, restarts: int, every_s: float) -> str:
-    rows = [("frames processed", result["frames"]), ("agent fps (mean)", f"{result['fps']:.1f}"),
+    done: dict[str, int] = result["phases"]  # type: ignore[assignment]
+    rows = [("frames from the source", result["frames"]),
+            ("agent fps (mean, skipped frames included)", f"{result['fps']:.1f}"),
             ("wall time", f"{result['elapsed_s']:.0f} s"),
-            ("broker restarts", f"{result['restarts']} (each {result['outage_s']:.0f} s down)"),
+            ("broker restarts", f"{done['restart']} (each {result['outage_s']:g} s down)"),
+            ("outputs denied by the ACL (PUBACK 135)",
+             f"{done['deny']} x {result['deny_s']:g} s; refused: {result['refused'] or '-'}"),
+            ("state dir's disk full", f"{done['full']} x {result['full_s']:g} s "
+             f"(tmpfs of {result['disk_mb']} MB)" if done["full"] else "not run (needs root)"),
             ("models", ", ".join(result["models"])),  # type: ignore[arg-type]
-            ("outputs expected (frames x models)", result["expected"]),
+            ("frames skipped by back-pressure (status)",
+             f"{result['frames_skipped']} {result['skipped_by'] or ''}"),
+            ("outputs made (status: executed + predicted)", result["expected"]),
+            ("outputs unstored, full disk (status, counted)", result["unstored"]),
+            ("outputs dropped at the outbox cap (status, counted)", result["outbox_dropped"]),
             ("outputs received", result["received"]), ("unique received", result["unique"]),
             ("duplicates", result["duplicates"]),
             ("- marked `possible_duplicate` by the agent", result["marked"]),
             ("- redelivered by the broker (MQTT DUP flag)", result["redelivered"]),
-            ("- neither", result["unmarked"]), ("lost", result["lost"]),
+            ("- neither", result["unmarked"]),
+            ("lost without a count (made - counted - unique received)", result["lost"]),
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
             ("agent exit status", result["exit_code"])]
     lines = [
-        "# Soak: the city stream at full speed, broker restarted",
+        "# Soak: the city stream at full speed through a full disk, a denying ACL and "
+        "broker restarts",
         "",
         f"Regenerate: `.venv/bin/python benchmarks/soak.py --frames {frames} --restarts "
-        f"{restarts} --every {every_s:g} --outage {result['outage_s']:g}` (build steps in the "
+        f"{restarts} --every {every_s:g} --outage {result['outage_s']:g} --deny "
+        f"{result['deny_s']:g} --full {result['full_s']:g}` as root (build steps in the "
         "script's docstring). Measured "
         f"{datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} "
-        "cores. The agent runs the city source with `fps = 0` (as fast as it goes) and the "
-        "config `mlink-train zoo` wrote (no budget); Mosquitto is stopped and started again "
-        "while it runs; a subscriber with a persistent QoS 1 session counts every output by "
-        "(frame, model). Duplicates are allowed (delivery is at least once) and should carry "
-        "a mark: the agent's `possible_duplicate` on what it resends from its outbox, or "
-        "MQTT's DUP flag on what the broker redelivers; lost must be 0.",
+        "cores shared with other jobs (the fps moves with them). The agent runs the city "
+        "source with `fps = 0` (as fast as it goes) and the config `mlink-train zoo` wrote "
+        "(its budget); while it runs, the tmpfs under the state dir is filled by a ballast "
+        "file during a broker outage (so that the outbox must grow: its WAL is reused), "
+        "then Mosquitto's ACL denies the output topics (reloaded with SIGHUP), then "
+        "Mosquitto is stopped and started again, each for a while with service in between; "
+        "a subscriber "
+        "with a persistent QoS 1 session counts every output by (frame, model). Duplicates "
+        "are allowed (delivery is at least once) and should carry a mark: the agent's "
+        "`possible_duplicate` on what it resends from its outbox, or MQTT's DUP flag on what "
+        "the broker redelivers. Losses the agent counts in its status (frames skipped by "
+        "back-pressure, outputs it could not store) are listed; lost without a count must "
+        "be 0.",
         "",
         "| measure | value |",
         "| --- | --- |",
@@ -206,13 +343,19 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--build", type=Path, default=Path("build/soak"))
-    parser.add_argument("--frames", type=int, default=30000)
+    parser.add_argument("--frames", type=int, default=40000)
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--outage", type=float, default=3.0, help="seconds the broker is down")
     parser.add_argument("--every", type=float, default=5.0,
                         help="seconds of service between two outages")
+    parser.add_argument("--deny", type=float, default=5.0,
+                        help="seconds the broker's ACL denies the outputs (0: no such phase)")
+    parser.add_argument("--full", type=float, default=5.0,
+                        help="seconds the state dir's disk is full (0: no such phase; root)")
+    parser.add_argument("--disk-mb", type=int, default=96, help="the state dir's tmpfs size")
     args = parser.parse_args()
-    result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every)
+    result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every,
+                  args.deny, args.full, args.disk_mb)
     text = report(result, args.frames, args.restarts, args.every)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's

@@ -5,6 +5,7 @@ trained."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,6 +97,43 @@ def test_failed_model_is_predicted_and_comes_back(digits_fixture, models, tmp_pa
     outputs = by_model(agent.process(next(frames)))
     assert outputs["parity"]["provenance"] == "executed"
     assert agent.status("running")["models"]["parity"]["state"] == "active"
+
+
+def test_a_hung_model_is_retried_once_its_hung_call_returns(digits_fixture, models,
+                                                            tmp_path: Path) -> None:
+    """Not while the abandoned call still runs (the status says so, not a count-down that
+    never comes), and on the first frame after it has returned."""
+    from tests.contract import validate
+
+    config = load_config(python_config(tmp_path, digits_fixture.root, timeout_ms=200,
+                                       retry_after_s=0.05))
+    agent = Agent.from_config(config)
+    frames = agent.start()
+    pm.MODE["parity"] = "hang"
+    agent.process(next(frames))
+    health = agent.executor.health["parity"]
+    assert health.failed and health.last_kind == "timeout"
+    calls = pm.CALLS["parity"]
+    time.sleep(0.1)  # the back-off is over; the call still hangs
+    for _ in range(3):
+        assert by_model(agent.process(next(frames)))["parity"]["provenance"] == "predicted"
+    assert pm.CALLS["parity"] == calls  # not retried meanwhile (no second hung thread)
+    status = agent.status("running")
+    validate("status", status)
+    assert status["models"]["parity"]["state"] == "failed"
+    assert status["models"]["parity"]["waiting_for_hung_call"] is True
+    assert status["models"]["parity"]["retry_in_s"] == 0.0
+
+    pm.MODE["parity"] = "ok"
+    pm.RELEASE.set()
+    assert agent.executor.abandoned["parity"].join(10.0)
+    outputs = by_model(agent.process(next(frames)))  # retried at once, and back
+    assert outputs["parity"]["provenance"] == "executed"
+    assert pm.CALLS["parity"] > calls
+    status = agent.status("running")
+    assert status["models"]["parity"]["state"] == "active"
+    assert status["models"]["parity"]["waiting_for_hung_call"] is False
+    assert "parity" not in agent.executor.abandoned
 
 
 def test_a_model_failing_on_every_retry_backs_off_longer(digits_fixture, models,

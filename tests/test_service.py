@@ -359,11 +359,14 @@ class RecordingPublisher:
                 retain: bool = False) -> None:
         self.sent.append((topic, payload))
 
+    def hold_frame(self) -> bool:
+        return False
+
     def health(self) -> dict[str, object]:
         """The status's `delivery`: nothing is ever refused here."""
         return {"state": "ok", "problems": [], "connected": True, "refused": {},
                 "refused_waiting": 0, "responses_dropped": 0, "disk_full": False,
-                "unstored": 0}
+                "unstored": 0, "frames_skipped": {}}
 
     def statuses(self) -> list[dict]:
         return [p for t, p in self.sent if t == self.topics.status]  # type: ignore[misc]

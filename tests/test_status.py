@@ -34,7 +34,8 @@ class FakePublisher:
     def health(self) -> dict[str, object]:
         return {"state": "degraded", "problems": ["the broker refuses publications"],
                 "connected": True, "refused": {"135 Not authorized": 2}, "refused_waiting": 2,
-                "responses_dropped": 0, "disk_full": False, "unstored": 0}
+                "responses_dropped": 0, "disk_full": False, "unstored": 0,
+                "frames_skipped": {"outbox_full": 7}}
 
 
 def test_status_without_a_publisher() -> None:
