@@ -56,8 +56,8 @@ def ensure_bundle(out: Path) -> None:
 def predicting_budget(out: Path, port: int, recipes: list | None = None,
                       least: int = PREDICTED_AT_LEAST) -> tuple[float, Selection]:
     """The largest memory budget, in steps of 5% of the models' memory as this box measures
-    it, at which `exact` predicts at least `least` models — what MLink exists for — and its
-    selection. Where none does, half the models' memory."""
+    it, at which `exact` predicts at least `least` models through their links — what MLink
+    exists for — and its selection. Where none does, half the models' memory."""
     probe = out / "agent-probe.toml"
     recipes = get_workload(WORKLOAD).recipes() if recipes is None else recipes
     probe.write_text(agent_config_text(WORKLOAD, recipes, port, policy=POLICY))
@@ -74,8 +74,13 @@ def predicting_budget(out: Path, port: int, recipes: list | None = None,
                 continue
             if percent == 50:
                 fallback = (budget, selection)
-            if len(selection.predicted) >= least:
-                return budget, selection
+            if selection.uses_links and len(selection.predicted) >= least:
+                # predicted through links, not left to priors. The budget is the set's own
+                # use plus half the cheapest model it leaves out: memory measured in another
+                # process differs by tenths of a MB, and a looser budget would let the agent
+                # run one more model than chosen here
+                spare = min(problem.model_costs[m].get("memory_mb") for m in selection.predicted)
+                return min(budget, selection.use["memory_mb"] + spare / 2), selection
         if fallback is None:
             raise RuntimeError(f"no memory budget fits a model of {WORKLOAD}")
         return fallback
@@ -114,7 +119,8 @@ def plot(table: list[dict[str, Any]], costs: dict[str, Any], budget_mb: float,
     for axis in (left, right):
         axis.tick_params(axis="x", rotation=45)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
-    left.legend(handles, list(colours), loc="lower left")
+    left.legend(handles, list(colours), loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                ncol=len(colours), frameon=False)
     figure.suptitle(f"MLink Edge demo: {WORKLOAD}, what a subscriber received")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
