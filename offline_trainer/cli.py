@@ -76,11 +76,33 @@ def _evaluate(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     print(f"results written to {path}")
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow once with the C++ side's stderr silenced: its absl and oneDNN start-up
+    lines ("All log messages before absl::InitializeLog()", "oneDNN custom operations are
+    on") are written by native code, past Python's logging and TF_CPP_MIN_LOG_LEVEL, into the
+    middle of the progress bars. Python errors from the import still surface as exceptions."""
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        import_tensorflow_quietly()
     if not args.verbose:  # TensorFlow's retracing notes (one model per link) are expected
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:

@@ -55,7 +55,7 @@ def ensure_bundle(out: Path) -> None:
 
 def predicting_budget(out: Path, port: int, recipes: list | None = None,
                       least: int = PREDICTED_AT_LEAST) -> tuple[float, Selection]:
-    """The largest memory budget, in steps of 5% of the models' memory as this box measures
+    """The largest memory budget, in steps of 1% of the models' memory as this box measures
     it, at which `exact` predicts at least `least` models through their links — what MLink
     exists for — and its selection. Where none does, half the models' memory."""
     probe = out / "agent-probe.toml"
@@ -65,7 +65,7 @@ def predicting_budget(out: Path, port: int, recipes: list | None = None,
     try:
         total = sum(c.get("memory_mb") for c in problem.model_costs.values())
         fallback: tuple[float, Selection] | None = None
-        for percent in range(95, 0, -5):
+        for percent in range(95, 0, -1):  # 1% steps: the window where links pay is narrow
             budget = max(total * percent / 100, 1e-3)
             try:
                 selection = get_policy(POLICY).select(replace(problem,
