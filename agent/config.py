@@ -169,6 +169,36 @@ class ControlConfig(Strict):
         return key
 
 
+class ModelPublishConfig(Strict):
+    """How one model's outputs go out (`[publish.per_model.<id>]`); settable remotely.
+    Every frame's message on `frames/<camera>` holds the model's output unless a rule below
+    leaves it out; `topic` adds a per-model topic `models/<id>/output` for consumers that want
+    one topic per model."""
+
+    topic: Literal["off", "qos0", "qos1"] = Field(
+        "off", description="also publish on models/<id>/output: off, qos0, or qos1 (through "
+                           "the outbox)")
+    last: bool = Field(False, description="keep the latest output retained on "
+                                          "models/<id>/last")
+    decimals: int | None = Field(None, ge=0, le=12,
+                                 description="round numbers to this many decimals; unset = "
+                                             "the task's default")
+    min_agreement: float = Field(0.0, ge=0.0, le=1.0,
+                                 description="a predicted output whose expected agreement is "
+                                             "below this is withheld")
+    below_min_agreement: Literal["withhold", "drop"] = Field(
+        "withhold", description="withhold: published with value null and withheld = "
+                                "'low agreement'; drop: left out of the message")
+    min_interval_s: float = Field(0.0, ge=0.0, le=86_400.0,
+                                  description="publish at most once per this many seconds")
+    on_change: bool = Field(False, description="publish only when the value changed by more "
+                                               "than change_tolerance")
+    change_tolerance: float = Field(0.0, ge=0.0, le=1e9)
+
+
+_DEFAULT_MODEL_PUBLISH = ModelPublishConfig()
+
+
 class PublishConfig(Strict):
     """What goes out on the outputs topic; settable remotely."""
 
@@ -176,8 +206,15 @@ class PublishConfig(Strict):
     models: list[Identifier] | None = Field(
         None, description="publish the outputs of these models only; unset = every model"
     )
+    per_model: dict[Identifier, ModelPublishConfig] = Field(
+        default_factory=dict, max_length=1024,
+        description="per-model publishing rules, keyed by model id; unset = the defaults")
     home_assistant: bool = Field(False, description="Home Assistant MQTT discovery")
     discovery_prefix: Identifier = "homeassistant"
+
+    def for_model(self, model_id: str) -> ModelPublishConfig:
+        """The publishing rules of one model: its `per_model` table, or the defaults."""
+        return self.per_model.get(model_id, _DEFAULT_MODEL_PUBLISH)
 
 
 class BundleConfig(Strict):
@@ -353,6 +390,9 @@ class AgentConfig(Strict):
         unknown = sorted(set(self.publish.models or ()) - known)
         if unknown:
             raise ValueError(f"publish.models: unknown model ids {unknown}")
+        unknown = sorted(set(self.publish.per_model) - known)
+        if unknown:
+            raise ValueError(f"publish.per_model: unknown model ids {unknown}")
         return self
 
     @property

@@ -32,6 +32,7 @@ class Output:
     sources: tuple[str, ...]
     est_agreement: float
     latency_ms: float
+    withheld: str | None = None  # why the value is not published (e.g. "low agreement")
 
     @property
     def executed(self) -> bool:
