@@ -43,7 +43,7 @@ from devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak.md"
-KEPT_SECTION = "\n## Hostile requests"  # written by tests/test_fuzz_broker.py's long run
+KEPT_SECTION = "\n## Hostile requests"  # written by tests/e2e/test_fuzz_broker.py's long run
 DEVICE = "city-demo"
 ALLOW = "topic readwrite #\n"
 DENY_OUTPUTS = "".join(f"topic readwrite mlink/{DEVICE}/{t}\n" for t in (

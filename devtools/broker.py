@@ -51,6 +51,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class LocalBroker:
     """`with LocalBroker() as broker:` gives a running broker on `broker.port`."""
 
+    starts = 0  # brokers started in this process (the tests' `broker` marker is checked on it)
+
     def __init__(self, port: int | None = None, extra_config: str = "",
                  anonymous: bool = True) -> None:
         """`extra_config` is appended to mosquitto.conf (more listeners, a password file, an
@@ -75,6 +77,7 @@ class LocalBroker:
             # as root, mosquitto would switch to its own user, which cannot read our files
             f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_config}\n"
         )
+        LocalBroker.starts += 1
         with (self._dir / "stderr.log").open("wb") as stderr:  # start-up errors go there
             self._process = subprocess.Popen(
                 [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr

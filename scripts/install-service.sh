@@ -8,7 +8,7 @@
 # 3. the unit in UNIT_DIR with ExecStart and the paths rewritten to PREFIX and ETC, checked
 #    with `systemd-analyze verify`; the config checked with `mlink-agent validate-config`;
 # 4. with systemd running and without --no-start: daemon-reload, enable --now.
-# Every step is idempotent; the test suite runs this script as written (tests/test_install.py).
+# Every step is idempotent; the test suite runs this script as written (tests/e2e/test_install.py).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 

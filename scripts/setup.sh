@@ -53,7 +53,7 @@ if ! command -v mosquitto_sub >/dev/null 2>&1 || ! command -v mosquitto_pub >/de
   missing+=(mosquitto-clients)
 fi
 # The video tests: ffmpeg makes their H.264 clips; GStreamer's RTSP server, driven by Debian's
-# Python through python3-gi, serves one as a live stream (tests/rtsp_server.py).
+# Python through python3-gi, serves one as a live stream (tests/support/rtsp_server.py).
 if ! command -v ffmpeg >/dev/null 2>&1; then
   missing+=(ffmpeg)
 fi

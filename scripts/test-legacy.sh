@@ -19,4 +19,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 MLINK_EXPECT_RUNTIME=tflite_runtime exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  tests/test_runtime_outputs.py tests/test_agreement.py tests/test_tasks.py "$@"
+  tests/core/test_runtime_outputs.py tests/core/test_agreement.py tests/core/test_tasks.py "$@"

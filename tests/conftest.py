@@ -4,12 +4,46 @@ session with short training, through the real TensorFlow -> TFLite -> LiteRT pat
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Markers, applied truthfully: a test that uses a TensorFlow-built fixture is `trainer`, one
+# that uses a broker fixture is `broker`; tests that start Mosquitto or import TensorFlow
+# themselves carry the marker in their module. `_markers_are_truthful` fails a test that
+# starts a broker or first imports TensorFlow without its marker (exact under
+# `-m "not trainer"`, where nothing else imports TensorFlow first).
+TRAINER_FIXTURES = frozenset({"digits_build", "city_zoo", "city_build"})
+BROKER_FIXTURES = frozenset({"persistent_broker", "broker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & TRAINER_FIXTURES:
+            item.add_marker(pytest.mark.trainer)
+        if used & BROKER_FIXTURES:
+            item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture(autouse=True)
+def _markers_are_truthful(request: pytest.FixtureRequest) -> Iterator[None]:
+    from devtools.broker import LocalBroker
+
+    had_tensorflow = "tensorflow" in sys.modules
+    starts = LocalBroker.starts
+    yield
+    node = request.node
+    if LocalBroker.starts > starts and node.get_closest_marker("broker") is None:
+        pytest.fail(f"{node.nodeid} starts Mosquitto: mark it `broker`", pytrace=False)
+    if (not had_tensorflow and "tensorflow" in sys.modules
+            and node.get_closest_marker("trainer") is None):
+        pytest.fail(f"{node.nodeid} imports TensorFlow: mark it `trainer`", pytrace=False)
 
 
 # The models the shared bundle links: one per vector task kind that the skeleton's links

@@ -1,0 +1,151 @@
+"""A broker that refuses publications, through a real Mosquitto with an ACL: a PUBACK with a
+failure reason code (135 Not authorized) is not a delivery. The outputs stay in the outbox,
+the health says degraded with the refusals by reason code, the log says it once per topic,
+and once the ACL allows the topics again the outputs waiting are delivered, unmarked (no copy
+of them reached anyone). A response the broker refuses is counted and dropped, never sent
+again. A full disk under the outbox: the status says `disk_full`, the loop is not blocked,
+outputs beyond the staging bound are dropped and counted, and everything else is delivered
+once the disk has room again."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import MqttConfig
+from agent.outbox import Outbox
+from agent.publisher import Publisher
+from devtools.broker import LocalBroker
+from tests.support.agent_process import Subscriber, wait_until
+from tests.support.broker_security import password_file
+
+pytestmark = pytest.mark.broker
+
+DEVICE = "box-1"
+USERS = {"box": "box-secret", "watcher": "watch-secret"}
+DENY_OUTPUTS = (f"user box\ntopic read mlink/{DEVICE}/#\n"
+                f"topic write mlink/{DEVICE}/status\ntopic write mlink/{DEVICE}/availability\n"
+                f"topic write mlink/{DEVICE}/config/#\n\n"
+                "user watcher\ntopic read mlink/#\n")
+ALLOW_ALL = f"user box\ntopic readwrite mlink/{DEVICE}/#\n\nuser watcher\ntopic read mlink/#\n"
+
+
+def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(DENY_OUTPUTS)
+    passwords = password_file(tmp_path / "passwords", USERS)
+    (tmp_path / "box-password").write_text(USERS["box"])
+    with LocalBroker(anonymous=False, extra_config=f"password_file {passwords}\n"
+                                                   f"acl_file {acl}\n") as broker:
+        watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i",
+                             client_id="watcher", login=("watcher", USERS["watcher"]))
+        outbox = Outbox(tmp_path / "outbox.sqlite")
+        publisher = Publisher(MqttConfig(port=broker.port, username="box",
+                                         password_file=tmp_path / "box-password"),
+                              DEVICE, outbox)
+        caplog.set_level(logging.ERROR, logger="agent.publisher")
+        publisher.connect(10)
+        try:
+            for i in range(30):
+                publisher.publish(publisher.topics.output("digit" if i % 2 else "parity"),
+                                  {"i": i})
+            wait_until(lambda: sum(publisher.refused.values()) >= 30, 10, "30 refusals")
+            health = publisher.health()
+            assert health["state"] == "degraded", health
+            assert set(health["refused"]) == {"135 Not authorized"}, health
+            assert outbox.depth == 30 and publisher.pending == 30, "refused is not delivered"
+            refusal_lines = [r for r in caplog.records if "refused a publication" in r.message]
+            assert len(refusal_lines) == 2, "logged once per topic"  # digit and parity
+            # a response on a denied topic: counted, dropped, not sent again
+            publisher.respond(f"mlink/{DEVICE}/models/x/response", {"status": "ok"})
+            wait_until(lambda: publisher.responses_dropped == 1, 10, "the response dropped")
+
+            acl.write_text(ALLOW_ALL)
+            broker._process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
+            assert publisher.drain(30), "the refused outputs are sent again once allowed"
+            assert watcher.wait_for(30) == set(range(30))
+            time.sleep(0.5)
+            assert not any(p.get("possible_duplicate") for p in watcher.payloads), \
+                "a refused output reached no one: its next copy is not a duplicate"
+            assert publisher.responses_dropped == 1
+            assert publisher.health()["refused_waiting"] == 0
+        finally:
+            publisher.close(1)
+            watcher.stop()
+
+
+def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
+                                                      tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite's own "database or disk is full" (SQLITE_FULL, made by a page limit on the
+    outbox) during a broker outage."""
+    from agent.publisher import STAGED_MAX
+
+    broker = persistent_broker
+    watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w2")
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    publisher = Publisher(MqttConfig(port=broker.port, client_id="full-disk"), DEVICE, outbox)
+    publisher.connect(10)
+    caplog.set_level(logging.WARNING, logger="agent.publisher")
+    total = 3 * STAGED_MAX
+    try:
+        broker.stop()
+        wait_until(lambda: not publisher.connected, 10, "the outage")
+        with outbox._lock:
+            pages = outbox._db.execute("PRAGMA page_count").fetchone()[0]
+            outbox._db.execute(f"PRAGMA max_page_count = {pages + 10}")
+        started = time.monotonic()
+        for i in range(total):
+            publisher.publish(publisher.topics.output("digit"), {"i": i})
+        assert time.monotonic() - started < 60, "the loop was held by the full disk"
+        health = wait_until(lambda: publisher.health() if publisher.disk_full else None, 10,
+                            "disk_full")
+        assert health["state"] == "degraded" and health["disk_full"], health
+        assert any("disk_full" in p for p in health["problems"]), health
+        assert publisher.unstored > 0
+        wait_until(lambda: outbox.depth + len(publisher._staged) + publisher.unstored
+                   == total, 10, "every output stored, waiting or counted")
+        assert sum("cannot be written" in r.message for r in caplog.records) == 1
+
+        with outbox._lock:
+            outbox._db.execute("PRAGMA max_page_count = 1073741823")
+        broker.start()
+        assert publisher.drain(60), "delivered once the disk has room and the broker is back"
+        assert not publisher.disk_full and publisher.health()["state"] == "ok"
+        delivered = watcher.wait_for(total - publisher.unstored, 30)
+        assert len(delivered) == total - publisher.unstored
+        assert any("written again" in r.message for r in caplog.records)
+    finally:
+        publisher.close(1)
+        watcher.stop()
+
+
+def test_a_reply_the_broker_drops_us_for_is_sent_again_once_then_dropped(tmp_path: Path) -> None:
+    """The issue's stall at the transport: a publication Mosquitto answers by dropping the
+    connection (a topic of 300 levels) was taken back at every reconnect and sent again, about
+    once a second, forever, and nothing else went out. Now it is sent again once, then
+    dropped and counted; the outputs flow."""
+    with LocalBroker() as broker:
+        watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w3")
+        outbox = Outbox(tmp_path / "outbox.sqlite")
+        publisher = Publisher(MqttConfig(port=broker.port, client_id="dropped"), DEVICE, outbox)
+        publisher.connect(10)
+        try:
+            publisher.respond(f"mlink/{DEVICE}/reply/" + "/".join(["l"] * 300), {"x": 1})
+            wait_until(lambda: publisher.responses_dropped == 1, 30, "the reply dropped")
+            for i in range(50):
+                publisher.publish(publisher.topics.output("digit"), {"i": i})
+            assert publisher.drain(20)
+            assert watcher.wait_for(50) == set(range(50))
+            connects = publisher.connects
+            time.sleep(3)
+            assert publisher.connects == connects <= 3, "no reconnect loop"
+            assert publisher.health()["responses_dropped"] == 1
+        finally:
+            publisher.close(1)
+            watcher.stop()
