@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig, ConfigError
 from agent.scheduler import check_models_in_bundle
-from agent.sources import open_source
+from agent.sources import SOURCES, open_source
 from links_tflite.bundle import BundleError, load_bundle
 from links_tflite.recording import RecordingError
 
@@ -69,6 +69,8 @@ def check_source(config: AgentConfig) -> Problems:
         f"sources.{i}" for i in range(len(config.sources))]
     problems: Problems = []
     for path, source_config in zip(paths, config.source_configs, strict=True):
+        if SOURCES[source_config.type].needs_broker:
+            continue  # its broker is checked with `--connect`
         try:
             open_source(source_config).close()
         except (OSError, ValueError, RuntimeError, RecordingError) as exc:

@@ -116,6 +116,8 @@ def _recording(config: AgentConfig, seen: list[Frame], cameras: tuple[str, ...],
         costs=costs,
         camera_ids=np.asarray([f.camera for f in seen], dtype=np.int64),
         cameras=list(cameras),
+        json_inputs=sorted(name for name in inputs
+                           if all(isinstance(f.modalities[name], dict) for f in seen)),
     )
 
 

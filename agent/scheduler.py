@@ -125,7 +125,7 @@ class Agent:
         bundle = load_bundle(config.bundle.path)
         check_models_in_bundle(config, bundle)
         models: dict[str, ModelAdapter] = {m.id: make_model(m) for m in config.enabled_models}
-        source = open_sources(config)
+        source = open_sources(config, publisher)
         missing = {m.input_modality for m in models.values()} - set(source.modalities)
         if missing:
             source.close()  # a live source's reader thread, a device

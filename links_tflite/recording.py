@@ -11,7 +11,8 @@ One `.npz` file (numpy's zip of arrays, read with allow_pickle=False), keys:
 - `outputs/<model_id>` float32 (N, width): the model's exact output per frame; width is the
   task's `dim`, or `max_len` token ids (0-padded) for sequences.
 - `inputs/<modality>` (N, ...) optional: the frames themselves, so a recording can be replayed
-  as an input stream.
+  as an input stream: arrays, text as unicode strings, JSON records (dicts) as their JSON text,
+  named in the meta's `json_inputs` so that a replay hands them back as dicts.
 - `ground_truth/<model_id>` optional, same shape as the outputs.
 
 Row i of every array belongs to frame `frame_ids[i]`: that alignment is the whole point.
@@ -49,6 +50,22 @@ class Recording:
     costs: dict[str, dict[str, Any]] = field(default_factory=dict)
     camera_ids: np.ndarray | None = None
     cameras: list[str] = field(default_factory=list)
+    json_inputs: list[str] = field(default_factory=list)  # inputs held as JSON text
+
+    def input_value(self, modality: str, row: int) -> Any:
+        """Frame `row`'s input `modality` as the models take it: an array, a `str`, or the
+        `dict` of a JSON record."""
+        value = self.inputs[modality][row]
+        if modality in self.json_inputs:
+            try:
+                record = json.loads(str(value))
+            except json.JSONDecodeError as exc:
+                raise RecordingError(f"inputs/{modality}: row {row} is not JSON ({exc})"
+                                     ) from None
+            if not isinstance(record, dict):
+                raise RecordingError(f"inputs/{modality}: row {row} is not a JSON object")
+            return record
+        return str(value) if isinstance(value, np.str_) else value
 
     def __len__(self) -> int:
         return int(self.frame_ids.shape[0])
@@ -74,6 +91,10 @@ class Recording:
         for name, values in self.inputs.items():
             if values.shape[0] != n:
                 raise RecordingError(f"inputs/{name}: {values.shape[0]} rows for {n} frames")
+        for name in self.json_inputs:
+            if name not in self.inputs or self.inputs[name].dtype.kind != "U":
+                raise RecordingError(f"json_inputs: {name!r} is not a text input "
+                                     f"(inputs/{name} holds no JSON text)")
 
     def _check_output(self, key: str, model_id: str, values: np.ndarray) -> None:
         if model_id not in self.tasks:
@@ -126,6 +147,7 @@ class Recording:
             "modalities": sorted(self.inputs),
             "costs": self.costs,
             "cameras": self.cameras,
+            "json_inputs": self.json_inputs,
         }
         arrays: dict[str, np.ndarray] = {
             "__meta__": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
@@ -177,6 +199,7 @@ class Recording:
             costs=meta.get("costs", {}) or {},
             camera_ids=arrays.get("camera_ids"),
             cameras=list(meta.get("cameras", []) or []),
+            json_inputs=list(meta.get("json_inputs", []) or []),
         )
         try:
             recording.validate()

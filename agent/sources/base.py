@@ -37,6 +37,7 @@ class Source:
     type: ClassVar[str]
     config_class: ClassVar[Any]  # a pydantic model with `type: Literal[<type>]`
     modalities: tuple[str, ...] = ()
+    needs_broker: ClassVar[bool] = False  # constructed with the agent's broker connection
 
     def __init__(self, config: Any) -> None:
         self.config = config

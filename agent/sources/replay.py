@@ -43,7 +43,7 @@ class ReplaySource(Source):
                 yield Frame(
                     frame_id=int(rec.frame_ids[row]),
                     ts=float(rec.ts[row]),
-                    modalities={name: values[row] for name, values in rec.inputs.items()},
+                    modalities={name: rec.input_value(name, row) for name in rec.inputs},
                     camera=int(rec.camera_ids[row]) if rec.camera_ids is not None else 0,
                     ground_truth={k: v[row] for k, v in rec.ground_truth.items()},
                 )

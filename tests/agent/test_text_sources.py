@@ -86,6 +86,25 @@ def test_record_inputs_only_from_text(tmp_path: Path) -> None:
     assert recording.cameras == ["reviews"]
 
 
+def test_json_records_replay_as_dicts(tmp_path: Path) -> None:
+    """A recording holds JSON records as their text (no pickling) and names them, so a replay
+    hands the models the same dicts the jsonl source did."""
+    config = tmp_path / "agent.toml"
+    config.write_text(text_config("jsonl", ORDERS, "record", ("bulk",), memory_mb=None))
+    out = tmp_path / "inputs.npz"
+    assert agent_main(["record", "--config", str(config), "--frames", "30", "--out", str(out),
+                       "--inputs-only"]) == 0
+    assert Recording.load(out).json_inputs == ["record"]
+    original = [f.modalities["record"] for f in source(tmp_path, type="jsonl",
+                                                       path=str(ORDERS)).frames()][:30]
+    replayed = [f.modalities["record"] for f in source(tmp_path, type="replay",
+                                                       path=str(out)).frames()]
+    assert replayed == original and all(type(r) is dict for r in replayed)
+    lines = [f.modalities["text"] for f in source(tmp_path, type="lines",
+                                                  path=str(REVIEWS)).frames()]
+    assert all(type(t) is str for t in lines)
+
+
 # Per source kind, a model holding BALLAST_MB (left out by the budget, so predicted) and a
 # light one it is predicted from: two links to train.
 MODELS = {

@@ -129,6 +129,7 @@ def test_city_zoo_models_beat_trivial_predictors(city_zoo) -> None:
     assert delays[-1] >= 3 * delays[0]  # measured: a loose bound, timings are noisy
 
 
+@pytest.mark.trainer  # builds the Keras models
 def test_city_edge_size_models() -> None:
     """`--model-size edge`: the same tasks, every model a real edge model's size; options
     a workload does not take are refused by name."""
