@@ -1,0 +1,138 @@
+"""The fleet tool against real agents behind a bridge: a site Mosquitto bridged to a central one,
+agents (the committed fixture's TFLite models, TensorFlow refused) on the site broker, the
+tool on the central one. A good change reaches every box in waves, acknowledged; a bad one
+(accepted by the boxes, but their expected agreement falls) fails on the canary, is rolled
+back there, and no box outside the canary ever applies it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from devtools.broker import LocalBroker
+from fleet.cli import main as fleet_main
+from fleet.link import FleetLink
+from fleet.rollout import Policy, Rollout, inverse, plan_waves
+from tests.support.agent_process import AgentProcess, wait_until
+
+pytestmark = pytest.mark.broker
+
+BOXES = [f"box-{i:02d}" for i in range(1, 7)]
+MODELS = ("digit", "parity", "inkbox")
+
+
+def agent_config(fixture: Path, folder: Path, device: str, port: int) -> Path:
+    models = "".join(f'[[models]]\nid = "{m}"\npath = "{fixture / "models" / (m + ".tflite")}"\n'
+                     'input = "image"\n' for m in MODELS)
+    path = folder / f"{device}.toml"
+    path.write_text(
+        f'device_id = "{device}"\n[mqtt]\nport = {port}\n[bundle]\npath = "{fixture / "bundle"}"\n'
+        f'[source]\ntype = "replay"\npath = "{fixture / "stream.npz"}"\nfps = 10\nloop = true\n'
+        '[selection]\npolicy = "exact"\n[budget]\nmemory_mb = 1000\n'
+        f'[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 0\n'
+        f'[state]\ndir = "{folder / device}"\n' + models)
+    return path
+
+
+@pytest.fixture()
+def site(digits_fixture, tmp_path: Path):
+    """(central broker, agents): the agents' broker is bridged to the central one."""
+    with LocalBroker() as central:
+        bridge = (f"connection central\naddress 127.0.0.1:{central.port}\n"
+                  "topic mlink/# both 1\ncleansession true\nnotifications false\n"
+                  "bridge_protocol_version mqttv311\n")
+        with LocalBroker(extra_config=bridge) as local:
+            agents = [AgentProcess(agent_config(digits_fixture.root, tmp_path, d, local.port),
+                                   log_file=tmp_path / f"{d}.log") for d in BOXES]
+            try:
+                yield central, agents
+            finally:
+                for agent in agents:
+                    agent.stop(timeout_s=20)
+
+
+def test_waves_start_with_a_canary_and_share_the_rest() -> None:
+    devices = [f"d{i}" for i in range(10)]
+    waves = plan_waves(devices, 0.1, 3)
+    assert waves[0] == ["d0"] and [d for w in waves for d in w] == sorted(devices)
+    assert [len(w) for w in waves] == [1, 3, 3, 3]
+    assert plan_waves(["a"], 0.5, 2) == [["a"]]
+    assert plan_waves(["a", "b", "c"], 0.0, 5)[0] == ["a"]  # never an empty canary
+
+
+def test_the_inverse_puts_back_exactly_the_paths_a_change_sets() -> None:
+    before = {"budget": {"memory_mb": 5.0, "delay_ms": None},
+              "selection": {"policy": "exact", "retry_after_s": 5.0},
+              "models": {"digit": {"enabled": True}}}
+    change = {"budget": {"memory_mb": 1.0}, "selection": {"policy": "standalone"},
+              "models": {"digit": {"enabled": False}}, "publish": {"decoded": False}}
+    assert inverse(change, before) == {"budget": {"memory_mb": 5.0},
+                                       "selection": {"policy": "exact"},
+                                       "models": {"digit": {"enabled": True}},
+                                       "publish": {"decoded": None}}
+    with pytest.raises(ValueError, match="mqtt"):
+        Rollout(None, {"mqtt": {"port": 1}}, Policy())  # type: ignore[arg-type]
+
+
+def test_a_staged_rollout_through_a_bridge(site, tmp_path: Path, capsys) -> None:
+    central, agents = site
+    link = FleetLink("127.0.0.1", central.port)
+    try:
+        def all_running() -> bool:
+            boxes = link.boxes()
+            return all(d in boxes and boxes[d].availability == "online"
+                       and boxes[d].version is not None and boxes[d].statuses > 0
+                       for d in BOXES)
+        wait_until(all_running, 90, "every agent online with its status and config/state")
+        versions = {d: link.box(d).version for d in BOXES}
+
+        # A bad change: accepted by each box, but its expected agreement falls (the big
+        # model no longer fits, and standalone predicts nothing).
+        bad = {"selection": {"policy": "standalone"}, "budget": {"memory_mb": 1.0}}
+        lines: list[str] = []
+        policy = Policy(canary_share=0.2, waves=2, response_timeout_s=30, window_s=5.5)
+        outcome = Rollout(link, bad, policy, progress=lines.append).run(BOXES)
+        assert not outcome.ok and outcome.stopped_at == 0
+        canary = {b.device for b in outcome.boxes if b.wave == 0}
+        assert canary == set(BOXES[:2])
+        for box in outcome.boxes:
+            if box.wave == 0:
+                assert box.result == "rolled_back", box
+                assert "expected agreement" in box.detail
+            else:
+                assert box.result == "not_sent"
+        assert any("rolling back" in line for line in lines)
+
+        def settable(device: str) -> dict:
+            return link.box(device).state.get("settable") or {}
+
+        wait_until(lambda: all(settable(d).get("selection", {}).get("policy") == "exact"
+                               for d in canary), 20, "the canary rolled back")
+        for device in canary:
+            assert settable(device)["budget"]["memory_mb"] == 1000
+            assert link.box(device).version == versions[device] + 2  # the change, its undo
+        for device in set(BOXES) - canary:  # never sent: never applied
+            assert link.box(device).version == versions[device]
+            assert settable(device)["selection"]["policy"] == "exact"
+    finally:
+        link.close()
+
+    # A good change, through the command line: every box, canary then one wave.
+    change = tmp_path / "change.json"
+    change.write_text(json.dumps({"publish": {"decoded": False}}))
+    code = fleet_main(["apply", "--port", str(central.port), "--all", str(change),
+                       "--canary", "0.2", "--waves", "1", "--window", "5.5"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rollout complete" in out
+    assert sum(line.startswith("box-") and " applied " in line
+               for line in out.splitlines()) == len(BOXES)
+    assert fleet_main(["inventory", "--port", str(central.port), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["device"] for r in rows] == BOXES
+    assert all(r["availability"] == "online" and r["expected_agreement"] == 1.0
+               for r in rows)
+    for agent in agents:
+        assert agent.process.poll() is None  # still running
