@@ -7,6 +7,7 @@ back there, and no box outside the canary ever applies it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from tests.support.agent_process import AgentProcess, wait_until
 
 pytestmark = pytest.mark.broker
 
-BOXES = [f"box-{i:02d}" for i in range(1, 7)]
+# Four agents in the suite; `MLINK_FLEET_AGENTS=20` runs the issue's twenty (fleet.md).
+BOXES = [f"box-{i:02d}" for i in range(1, int(os.environ.get("MLINK_FLEET_AGENTS", "4")) + 1)]
 MODELS = ("digit", "parity", "inkbox")
 
 
@@ -96,7 +98,7 @@ def test_a_staged_rollout_through_a_bridge(site, tmp_path: Path, capsys) -> None
         outcome = Rollout(link, bad, policy, progress=lines.append).run(BOXES)
         assert not outcome.ok and outcome.stopped_at == 0
         canary = {b.device for b in outcome.boxes if b.wave == 0}
-        assert canary == set(BOXES[:2])
+        assert canary == set(BOXES[:max(1, -(-len(BOXES) // 5))])
         for box in outcome.boxes:
             if box.wave == 0:
                 assert box.result == "rolled_back", box
