@@ -13,9 +13,8 @@ from agent.status import Counters, Overhead, Sections, StatusBuilder
 from tests.support.contract import validate
 
 SECTIONS = Sections(
-    selection=None, budget={"memory_mb": 10.0},
-    costs={"models": {}, "links": {}, "probe": "rss", "probe_details": {}},
-    models={}, profiling={"windows": 0},
+    selection=None, budget={"memory_mb": 10.0}, models={}, profiling={"windows": 0},
+    publishing={"withheld": {}, "dropped": {}, "too_soon": {}, "unchanged": {}},
 )
 
 
