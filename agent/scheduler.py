@@ -515,8 +515,10 @@ class Agent:
         if self.publisher:
             topics = self.publisher.topics
             self.publisher.publish(topics.status, self.status(state), qos=1, retain=True)
-            costs = self.cost_figures()
-            if self.status_builder.costs.due(costs):
+            with self.lock:  # control actions publish the status from their own thread
+                costs = self.cost_figures()
+                due = self.status_builder.costs.due(costs)
+            if due:
                 self.publisher.publish(topics.status_costs, CostsReport.message(costs), qos=1,
                                        retain=True)
 

@@ -14,7 +14,7 @@ benchmarks/results/publishing.md.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import tempfile
 import timeit
@@ -30,7 +30,7 @@ from agent.publisher import Publisher, dumps
 from agent.publishrules import PublishRules
 from agent.readable import readable
 from agent.sources.city import CAPTION_LEN, CAPTION_VOCAB, TRAFFIC
-from agent.status import Counters, Overhead, Sections, StatusBuilder
+from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
 from links_tflite.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,7 @@ def rules_table() -> list[str]:
     return rows
 
 
-def digits_status() -> tuple[int, int]:
+def digits_status() -> tuple[int, int, int]:
     import tests.support.python_models as pm
     from agent.config import load_config
     from agent.scheduler import Agent
@@ -100,7 +100,8 @@ def digits_status() -> tuple[int, int]:
         status = agent.status("running")
         costs = agent.cost_figures()
         agent.close()
-    return len(dumps(before(status, costs))), len(dumps(status))
+    return (len(dumps(before(status, costs))), len(dumps(status)),
+            len(dumps(CostsReport.message(costs))))
 
 
 def before(status: dict[str, object], costs: dict[str, object]) -> dict[str, object]:
@@ -111,7 +112,7 @@ def before(status: dict[str, object], costs: dict[str, object]) -> dict[str, obj
     return {**old, "counters": counters, "costs": costs}
 
 
-def city_status() -> tuple[int, int]:
+def city_status() -> tuple[int, int, int]:
     models = ("persons", "traffic", "vehicles", "vehicle_box", "caption")
     rng = np.random.default_rng(0)
 
@@ -153,21 +154,23 @@ def city_status() -> tuple[int, int]:
                                publisher, config_version=3, bundle=Path("/var/lib/mlink/b"),
                                measured_at=0.0)
         outbox.close()
-    return len(dumps(before(status, costs))), len(dumps(status))
+    return (len(dumps(before(status, costs))), len(dumps(status)),
+            len(dumps(CostsReport.message(costs))))
 
 
 def main() -> int:
     lines = ["# Publishing: readable values, rules, status size", "",
              "`PYTHONPATH=$PWD .venv/bin/python benchmarks/publishing.py --write` "
-             "(best of 5 repeats; 2 shared cores).", "",
+             f"(best of 5 repeats; 2 cores shared with other sessions, load average "
+             f"{os.getloadavg()[0]:.1f}: the microseconds are upper bounds).", "",
              "## `readable` per published output", "", *readable_table(), "",
              "## Publishing rules per frame", "", *rules_table(), "",
              "## Retained status, bytes", "",
              "| agent | before (costs inside) | after (status) | status/costs |",
              "| --- | ---: | ---: | ---: |"]
-    for name, (old, new) in (("digits fixture: 3 models, 6 links", digits_status()),
-                             ("city-shaped: 5 models, 20 links", city_status())):
-        lines.append(f"| {name} | {old} | {new} | {old - new} (about) |")
+    for name, (old, new, costs) in (("digits fixture: 3 models, 6 links", digits_status()),
+                                    ("city-shaped: 5 models, 20 links", city_status())):
+        lines.append(f"| {name} | {old} | {new} | {costs} |")
     lines += ["", "The status goes out every 5 s; `status/costs` only when a model or link "
               "comes or goes or a figure (memory, median delay) moves by more than 20% "
               "(and 0.1 MB or 0.01 ms)."]
