@@ -26,6 +26,7 @@ what it published: no I/O; the clock is given (`time.monotonic` by default).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -43,28 +44,31 @@ _WITHHELD = object()  # what a withheld output "said", for on_change
 
 
 def change_key(spec: TaskSpec, value: np.ndarray) -> Any:
-    """What on_change compares of an output: a class, the labels on, tokens, or numbers."""
-    flat = np.asarray(value).reshape(-1)
+    """What on_change compares of an output: a class (int), the labels on or the tokens (a
+    tuple of ints), or the numbers (a list of floats, a copy: the runtime may reuse the
+    output's buffer). Plain Python: outputs are a few numbers, where numpy's calls cost more
+    than the work."""
+    values = np.asarray(value).reshape(-1).tolist()
     if spec.kind == "single_label":
-        return int(flat.argmax())
+        return max(range(len(values)), key=values.__getitem__)
     if spec.kind == "multi_label":
-        return tuple(np.flatnonzero(flat >= 0.5).tolist())
+        return tuple(i for i, v in enumerate(values) if v >= 0.5)
     if spec.kind == "sequence":
-        tokens = np.rint(flat).astype(np.int64).tolist()
+        tokens = [round(v) if math.isfinite(v) else 0 for v in values]
         return tuple(tokens[: tokens.index(0)] if 0 in tokens else tokens)
-    return flat.astype(np.float64)  # a copy: the runtime may reuse the output's buffer
+    return values
 
 
 def changed(before: Any, after: Any, tolerance: float) -> bool:
     """Whether `after` differs from `before` (both `change_key`s, or withheld) by more than
-    `tolerance` (numbers only; classes, labels and tokens either differ or not)."""
+    `tolerance` (numbers only; classes, labels and tokens either differ or not). A NaN is a
+    change."""
     if before is _WITHHELD or after is _WITHHELD:
         return before is not after
-    if isinstance(after, np.ndarray):
-        if not isinstance(before, np.ndarray) or before.shape != after.shape:
+    if isinstance(after, list):
+        if not isinstance(before, list) or len(before) != len(after):
             return True
-        difference = np.abs(after - before)
-        return bool(np.isnan(difference).any() or difference.max(initial=0.0) > tolerance)
+        return any(not abs(a - b) <= tolerance for a, b in zip(after, before, strict=True))
     return bool(before != after)
 
 

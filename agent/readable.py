@@ -95,15 +95,18 @@ def _words(vocabulary: tuple[str, ...], values: list[float]) -> str | list[int]:
 
 def _box(box: list[float], decimals: int | None,
          image_size: tuple[int, int] | None) -> list[float | int] | None:
-    if len(box) < 4 or not all(math.isfinite(v) for v in box):
+    if len(box) < 4:
         return None
     x0, y0, x1, y1 = box
+    if not math.isfinite(x0 + y0 + x1 + y1):  # a NaN or an infinity in any of them
+        return None
     if x1 <= x0 or y1 <= y0:
         return None  # the empty box: nothing boxed
     if image_size is None:
         places = DEFAULT_DECIMALS["localization"] if decimals is None else decimals
-        return [_round(x0, places), _round(y0, places), _round(x1, places),
-                _round(y1, places)]
+        if places:
+            return [round(x0, places), round(y0, places), round(x1, places), round(y1, places)]
+        return [round(x0), round(y0), round(x1), round(y1)]
     width, height = image_size
     pixels = [x0 * width, y0 * height, x1 * width, y1 * height]
     if decimals is None:

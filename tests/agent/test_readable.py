@@ -66,6 +66,7 @@ def test_a_box_is_normalised_unless_the_image_size_is_known() -> None:
     assert readable(BOX, box, image_size=(640, 480), decimals=1) == [79.0, 120.0, 320.0, 360.0]
     assert readable(BOX, np.zeros(4)) is None  # the empty box (a gated link's "nothing")
     assert readable(BOX, np.array([0.5, 0.5, 0.4, 0.9])) is None  # no area
+    assert readable(BOX, np.array([np.nan, 0.1, 0.5, 0.5])) is None  # never NaN in JSON
 
 
 @pytest.mark.parametrize("spec", [CAPTION, TRAFFIC_TASK, WEATHER, COUNT, BOX],
