@@ -118,7 +118,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         except SelectionError as exc:
             policies[name] = {"policy": name, "error": str(exc)}
     report["policies"] = policies
-    report["costs"] = agent.status("select")["costs"]
+    report["costs"] = agent.cost_figures()
     # The configured policy finding nothing that fits is a failure a script must see.
     chosen = policies[config.selection.policy]
     code = 1 if isinstance(chosen, dict) and "error" in chosen else 0

@@ -68,6 +68,7 @@ class PublishError(RuntimeError):
 class Topics:
     def __init__(self, prefix: str, device_id: str) -> None:
         self.root = f"{prefix}/{device_id}"
+        self.status_costs = f"{self.root}/status/costs"  # retained, when a cost moved
 
     @property
     def availability(self) -> str:

@@ -13,8 +13,9 @@ predict the others through the link ensembles, publishing every model's output.
   available model and link and score the ensembles online; at its end the online figures
   replace the bundle's where they rest on enough frames, the selection is re-made, and the
   models not activated are unloaded.
-- the outputs (agent.output): each frame's `Output`s, turned into the published messages
-  once, where the `[publish]` settings apply.
+- the outputs (agent.output): each frame's `Output`s, filtered by the per-model publishing
+  rules (agent.publishrules), then turned into the published messages once, where the
+  `[publish]` settings apply.
 - the source (agent.sources): `[source]`, or the `[[sources]]` read together; each frame
   names its camera, and every output carries the camera's name and the stream's timestamp;
   what the source counts (dropped frames, reconnections, malformed records) is the status's
@@ -44,10 +45,11 @@ from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
 from agent.publisher import Publisher
+from agent.publishrules import PublishRules
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
-from agent.status import Counters, Overhead, Sections, StatusBuilder
+from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
@@ -96,7 +98,7 @@ class Agent:
                  executor: ModelExecutor, costs: CostBook, window: ProfilingWindow,
                  ensembles: EnsemblePredictor, publisher: Publisher | None = None,
                  payloads: Payloads | None = None, status_builder: StatusBuilder | None = None,
-                 ) -> None:
+                 publish_rules: PublishRules | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.source = source
@@ -106,6 +108,7 @@ class Agent:
         self.ensembles = ensembles
         self.publisher = publisher
         self.payloads = payloads or Payloads(source.cameras)
+        self.publish_rules = publish_rules or PublishRules(config.publish)
         self.status_builder = status_builder or StatusBuilder()
         self.counters = Counters()
         self.overhead = Overhead()
@@ -292,6 +295,7 @@ class Agent:
         self.executor.backoff = self.config.selection
         self.costs.settings = self.config.profiling
         self.window.settings = self.config.profiling
+        self.publish_rules.settings = self.config.publish
 
     def remeasure(self) -> None:
         """Measure from scratch on the last frame: unload first, so that loading is measured."""
@@ -400,9 +404,10 @@ class Agent:
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
                   ) -> tuple[list[Output], list[dict[str, object]]]:
-        """The frame's outputs, and the messages of those published."""
+        """The frame's outputs, and the messages of those the publishing rules let out."""
         outputs = self._frame_outputs(frame, executed)
-        return outputs, self.payloads.make(frame, outputs, self.config.publish,
+        published = self.publish_rules.apply(outputs, self.bundle.models, frame.camera)
+        return outputs, self.payloads.make(frame, published, self.config.publish,
                                            self.bundle.models)
 
     def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
@@ -483,26 +488,39 @@ class Agent:
     def status(self, state: str) -> dict[str, object]:
         """The retained status; safe from any thread (waits for the frame in progress)."""
         with self.lock:
-            probe = self.executor.probe
             active = self.selection.active if self.selection else frozenset()
             sections = Sections(
                 selection=self.selection.to_dict() if self.selection else None,
                 budget=self._budget(),
-                costs={**self.costs.to_dict(self.models, self._link_pairs()),
-                       "probe": probe.name, "probe_details": probe.details()},
                 models=self.executor.status(active),
                 profiling=self.window.to_dict(self.overhead.loop_ms),
                 sources=self.source.stats(),
+                publishing=self.publish_rules.counts(),
             )
             return self.status_builder.build(
                 state, sections, self.counters, self.overhead, self.publisher,
                 config_version=self.config_version, bundle=self.bundle.root,
                 measured_at=self.measured_at)
 
+    def cost_figures(self) -> dict[str, object]:
+        """The measured costs of every model and link, and the memory probe: the retained
+        `status/costs` message (agent.status.CostsReport)."""
+        with self.lock:
+            probe = self.executor.probe
+            return {**self.costs.to_dict(self.models, self._link_pairs()),
+                    "probe": probe.name, "probe_details": probe.details()}
+
     def publish_status(self, state: str) -> None:
+        """The status; and `status/costs` where a cost moved since it was last published."""
         if self.publisher:
-            self.publisher.publish(self.publisher.topics.status, self.status(state), qos=1,
-                                   retain=True)
+            topics = self.publisher.topics
+            self.publisher.publish(topics.status, self.status(state), qos=1, retain=True)
+            with self.lock:  # control actions publish the status from their own thread
+                costs = self.cost_figures()
+                due = self.status_builder.costs.due(costs)
+            if due:
+                self.publisher.publish(topics.status_costs, CostsReport.message(costs), qos=1,
+                                       retain=True)
 
     # -- the loop --------------------------------------------------------------------------
     def start(self) -> Iterator[Frame]:

@@ -116,7 +116,7 @@ class Service:
             selection = agent.selection
         assert selection is not None
         self.publish_status("running")
-        return {"selection": selection.to_dict(), "costs": agent.status("running")["costs"]}
+        return {"selection": selection.to_dict(), "costs": agent.cost_figures()}
 
     def reselect(self) -> dict[str, Any]:
         with self._all_or_nothing() as agent:

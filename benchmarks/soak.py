@@ -47,7 +47,7 @@ KEPT_SECTION = "\n## Hostile requests"  # written by tests/e2e/test_fuzz_broker.
 DEVICE = "city-demo"
 ALLOW = "topic readwrite #\n"
 DENY_OUTPUTS = "".join(f"topic readwrite mlink/{DEVICE}/{t}\n" for t in (
-    "status", "availability", "config/#", "cmd/#", "reply/#")) + "topic read #\n"
+    "status/#", "availability", "config/#", "cmd/#", "reply/#")) + "topic read #\n"
 
 
 class Counter:

@@ -80,3 +80,9 @@ class Collector:
     def status(self) -> dict[str, Any] | None:
         with self._lock:
             return self.retained.get(self.topics.status)
+
+    @property
+    def costs(self) -> dict[str, Any] | None:
+        """The latest `status/costs`: the measured model and link costs."""
+        with self._lock:
+            return self.retained.get(self.topics.status_costs)

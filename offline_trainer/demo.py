@@ -189,7 +189,7 @@ def run_demo(out: Path, seed: int = 0) -> list[dict[str, Any]]:
         print(f"per frame: executed models {overhead['models_ms_per_frame']:.3f} ms, the "
               f"agent's own work {overhead['agent_ms_per_frame']:.3f} ms (these digit models "
               "take microseconds; benchmarks/results/selection.md has edge-size figures)")
-    if status.get("costs"):
-        print(f"picture: {plot(table, status['costs'], budget, out / 'demo.png')}")
+    if collector.costs:
+        print(f"picture: {plot(table, collector.costs, budget, out / 'demo.png')}")
     print(format_table(table, status.get("fps"), budget))
     return table

@@ -234,7 +234,7 @@ def test_costs_can_be_forgotten_and_restored(digits_fixture, models, tmp_path: P
     agent.costs.set_model_costs(models_before)
     agent.costs.set_link_costs(links_before)
     assert agent.model_costs == models_before and agent.link_costs == links_before
-    assert agent.status("running")["costs"]["models"]["digit"]["delay_ms"] is not None
+    assert agent.cost_figures()["models"]["digit"]["delay_ms"] is not None
 
 
 def test_models_can_be_disabled_and_enabled_at_run_time(digits_fixture, models,

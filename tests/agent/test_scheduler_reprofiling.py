@@ -76,7 +76,7 @@ def test_drift_changes_agreement_and_selection(digits_fixture, heavy_models,
     assert 0 < profiling["share_of_loop_time"] < 1
     assert profiling["online"]["figures_in_use"] > 0
     assert profiling["last_window_extra_memory_mb"] >= 0.85 * BALLAST_MB
-    assert status["costs"]["models"]["parity"]["runs"] > 0
+    assert agent.cost_figures()["models"]["parity"]["runs"] > 0
 
 
 def test_unloading_gives_memory_back(digits_fixture, heavy_models, tmp_path: Path) -> None:

@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 from jsonschema import ValidationError
 
-from agent.status import Counters, Overhead, Sections, StatusBuilder
+from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
 from tests.support.contract import validate
 
 SECTIONS = Sections(
-    selection=None, budget={"memory_mb": 10.0},
-    costs={"models": {}, "links": {}, "probe": "rss", "probe_details": {}},
-    models={}, profiling={"windows": 0},
+    selection=None, budget={"memory_mb": 10.0}, models={}, profiling={"windows": 0},
+    publishing={"withheld": {}, "dropped": {}, "too_soon": {}, "unchanged": {}},
 )
 
 
@@ -78,3 +77,38 @@ def test_status_reports_the_outbox_and_the_config_version() -> None:
     assert status["counters"]["published"] == 5  # type: ignore[index]
     assert status["overhead"]["share_of_models"] == 0.25  # type: ignore[index]
     assert isinstance(status["profile_age_s"], float)
+
+
+def costs(parity_p50: float | None = 0.5, memory: float = 2.0, **extra: Any) -> dict[str, Any]:
+    figures = {"memory_mb": memory, "delay_ms": 9.9, "delay_p50_ms": parity_p50,
+               "delay_p95_ms": 1.0, "runs": 5}
+    return {"models": {"parity": figures, **extra}, "links": {}, "probe": "rss",
+            "probe_details": {}}
+
+
+def test_costs_are_published_when_a_figure_moves_not_when_it_wanders() -> None:
+    report = CostsReport()
+    assert report.due(costs())  # the first
+    assert not report.due(costs())
+    assert not report.due(costs(0.55, memory=2.05))  # within 20% or its floor
+    assert not report.due({**costs(), "models": {"parity": {
+        **costs()["models"]["parity"], "delay_ms": 50.0, "runs": 99}}})  # the EMA swings
+    assert report.due(costs(0.7))  # the median delay moved
+    assert not report.due(costs(0.75))  # compared with the last one published
+    assert report.due(costs(0.75, memory=3.0))
+    assert report.due(costs(None, memory=3.0))  # a figure forgotten (before a remeasure)
+    assert report.due(costs(None, memory=3.0, digit=costs()["models"]["parity"]))  # a model
+    assert report.due({**costs(None, memory=3.0, digit=costs()["models"]["parity"]),
+                       "probe": "pss"})
+
+
+def test_the_status_is_small_and_leaves_the_costs_out() -> None:
+    status = StatusBuilder().build("running", SECTIONS, Counters(), Overhead(), FakePublisher(),
+                                   config_version=0, bundle=Path("/b"), measured_at=None)
+    validate("status", status)
+    assert "costs" not in status
+    assert status["publishing"] == SECTIONS.publishing
+    assert status["counters"]["publish_withheld"] == 0  # type: ignore[index]
+    message = CostsReport.message(costs())
+    validate("status-costs", message)
+    assert isinstance(message["ts"], float)

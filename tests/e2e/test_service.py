@@ -166,7 +166,8 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         assert sensors["digit"]["state_topic"] == f"{ROOT_TOPIC}/models/digit/output"
         assert discovery["availability_topic"] == f"{ROOT_TOPIC}/availability"
         status = _running(client, config_version=10)
-        assert set(status["costs"]["models"]) == {"digit", "parity"}
+        costs = client.latest("status/costs", lambda c: set(c["models"]) == {"digit", "parity"})
+        validate("status-costs", costs)
         # valid, but nothing fits: refused by the selection, the config in force stays
         tight = client.request("config/set", {"transaction": "tight", "version": 11,
                                               "budget": {"memory_mb": 0.0001}})
@@ -182,8 +183,8 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         back = client.request("config/set", {"transaction": "back", "version": 12,
                                              "models": {"inkbox": {"enabled": True}}})
         assert back["status"] == "ok" and back["applied"] == ["models.inkbox.enabled"], back
-        status = _running(client, config_version=12)
-        assert set(status["costs"]["models"]) == {"digit", "parity", "inkbox"}
+        _running(client, config_version=12)
+        client.latest("status/costs", lambda c: set(c["models"]) == {"digit", "parity", "inkbox"})
         client.wait(lambda: client.json_on("models/inkbox/output")[seen + 3:])
     finally:
         code, log = again.stop()
@@ -351,6 +352,7 @@ class RecordingPublisher:
 
         self.topics = Topics("mlink", "test")
         self.sent: list[tuple[str, object]] = []
+        self.kept: list[tuple[str, object, bool]] = []  # with `retain`
         self.published = 0
         self.pending = 0
         self.outbox = None
@@ -358,6 +360,7 @@ class RecordingPublisher:
     def publish(self, topic: str, payload: object, qos: int | None = None,
                 retain: bool = False) -> None:
         self.sent.append((topic, payload))
+        self.kept.append((topic, payload, retain))
 
     def hold_frame(self) -> bool:
         return False
@@ -427,3 +430,24 @@ def test_control_actions_publish_the_status_once_or_leave_it_to_control(service)
     assert status["config_version"] == 4 and status["selection"]["policy"] == "all"
     validate("status", status)
     assert status["sources"] == {} and status["delivery"]["state"] == "ok"
+
+
+def test_costs_go_on_their_own_retained_topic_when_they_move(service) -> None:
+    from agent.status import CostsReport
+
+    svc, publisher = service
+    topic = publisher.topics.status_costs
+    svc.publish_status("running")
+    svc.publish_status("running")  # nothing measured since: the costs are not sent again
+    costs = [(p, retain) for t, p, retain in publisher.kept if t == topic]
+    assert len(costs) == 1 and costs[0][1], "one retained status/costs"
+    validate("status-costs", costs[0][0])
+    assert set(costs[0][0]["models"]) == {"digit", "parity", "inkbox"}
+    status = publisher.statuses()[-1]
+    assert "costs" not in status and len(json.dumps(status)) < 2000  # small, every 5 s
+    svc.agent.costs.set_model_costs({})  # a figure gone (as before a remeasure): sent again
+    svc.publish_status("running")
+    assert sum(t == topic for t, _, _ in publisher.kept) == 2
+    report = CostsReport()
+    figures = svc.agent.cost_figures()
+    assert report.due(figures) and not report.due(figures)
