@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.errors import RequestError
 from agent.files import write_atomically
 from agent.limits import LimitError, parse_json
 
@@ -41,15 +42,8 @@ ENVELOPE_KEYS = frozenset({"signed", "signature"})
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 MAX_EXPIRY_AHEAD_S = 3600.0
 
-Errors = list[tuple[str, str]]
-
-
-class SignatureError(ValueError):
-    """A request refused for its signature; `errors` holds (path, message) pairs."""
-
-    def __init__(self, errors: Errors) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{p or '<root>'}: {m}" for p, m in errors))
+class SignatureError(RequestError):
+    """A request refused for its signature: its reply echoes the transaction it claims."""
 
 
 def signing_bytes(topic: str, signed: str) -> bytes:
