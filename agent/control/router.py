@@ -27,7 +27,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.control import bundles
+from agent.control.bundles import REQUEST_KEYS as BUNDLE_KEYS
 from agent.control.bundles import BundleUpload
 from agent.control.settings import Settings
 from agent.control.store import StateStore
@@ -86,7 +86,6 @@ class Control:
                  config_path: Path | None = None) -> None:
         self.agent = agent
         self.publisher = publisher
-        self.store = store
         self.settings = Settings(agent, publisher, store, config_path)
         self.bundles = BundleUpload(agent, store, self.settings.bundle_swapped)
         control = agent.config.control  # read once at start: a bad key stops the agent
@@ -102,7 +101,7 @@ class Control:
             "cmd/reselect": self._command("reselect", lambda r: self.agent.reselect()),
             "cmd/forget": self._command("forget", lambda r: self.settings.forget(r.transaction)),
             "cmd/bundle": self._command(
-                "bundle", lambda r: self.bundles.receive(r.body), keys=bundles.REQUEST_KEYS,
+                "bundle", lambda r: self.bundles.receive(r.body), keys=BUNDLE_KEYS,
                 max_bytes=lambda: self.bundles.max_request_bytes(MAX_REQUEST_BYTES)),
         }
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=1000)
