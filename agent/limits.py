@@ -25,6 +25,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.errors import Errors, RequestError
+
 MAX_DEPTH = 32  # nesting of objects and arrays in a request
 MAX_NUMBER_CHARS = 40  # characters of one JSON number literal
 MAX_SAFE = 2**53  # the largest integer every JSON reader holds exactly
@@ -34,15 +36,8 @@ MAX_TOPIC_LEVELS = 16
 MAX_CORRELATION_BYTES = 256
 MAX_ERROR_CHARS = 300  # of one path or message echoed in a reply
 
-Errors = list[tuple[str, str]]
-
-
-class LimitError(ValueError):
-    """A value beyond a bound; `errors` holds (path, message) pairs."""
-
-    def __init__(self, errors: Errors) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{p or '<root>'}: {m}" for p, m in errors))
+class LimitError(RequestError):
+    """A value beyond a bound (size, nesting, a number, a version, a reply topic)."""
 
 
 _TOKENS = re.compile(r'[\[\]{}"\\]')

@@ -13,12 +13,12 @@ signed is a byte string, not a re-serialisation of parsed JSON:
 
 with `topic` the full topic the envelope is published to (`mlink/box-1/cmd/bundle`, UTF-8)
 and `signed` the UTF-8 bytes of the string. The topic binds the request to one device and
-one kind of request. `config/set` is protected from replay by its growing `version`; a signed
-command must carry `expires` (Unix seconds, at most one hour ahead) and is refused after it,
-or when the same signature is presented twice before it. The signatures used are kept until
-they expire in the state directory (`signatures.json`, written atomically before the command
-is obeyed), so a restart does not reopen the window for a captured command.
-"""
+one kind of request. `config/set` is protected from replay by its growing `version` (so a
+signed one must carry it: agent.control.settings); a signed command must carry `expires`
+(Unix seconds, at most one hour ahead) and is refused after it, or when the same signature
+is presented twice before it. The signatures used are kept until they expire in the state
+directory (`signatures.json`, written atomically before the command is obeyed), so a restart
+does not reopen the window for a captured command."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.errors import RequestError
 from agent.files import write_atomically
 from agent.limits import LimitError, parse_json
 
@@ -41,15 +42,8 @@ ENVELOPE_KEYS = frozenset({"signed", "signature"})
 SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 MAX_EXPIRY_AHEAD_S = 3600.0
 
-Errors = list[tuple[str, str]]
-
-
-class SignatureError(ValueError):
-    """A request refused for its signature; `errors` holds (path, message) pairs."""
-
-    def __init__(self, errors: Errors) -> None:
-        self.errors = errors
-        super().__init__("; ".join(f"{p or '<root>'}: {m}" for p, m in errors))
+class SignatureError(RequestError):
+    """A request refused for its signature: its reply echoes the transaction it claims."""
 
 
 def signing_bytes(topic: str, signed: str) -> bytes:

@@ -116,10 +116,7 @@ class Rig:
         if properties is not None:
             message.properties = properties
         before = len(self.publisher.responses)
-        if topic == TOPICS.config_set:
-            self.control._handle_config(message)
-        else:
-            self.control._handle_command(message)
+        self.control.handle(message)
         assert len(self.publisher.responses) == before + 1, "every request gets one answer"
         return self.publisher.responses[-1][1]
 

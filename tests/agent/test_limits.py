@@ -242,7 +242,7 @@ def test_requests_beyond_the_rate_are_dropped_and_counted(tmp_path: Path) -> Non
         for _ in range(10):
             message = mqtt.MQTTMessage(topic=TOPICS.command(name).encode())
             message.payload = b"{}"
-            rig.control._enqueue("command", message)
+            rig.control._enqueue(message)
     stats = rig.control.stats()
     assert rig.control._queue.qsize() == 10, "5 per bucket; unknown names share one"
     assert stats["rate_limited"] == 20

@@ -131,6 +131,7 @@ def test_the_key_from_a_file_or_a_credential(tmp_path: Path,
     assert ControlConfig(require_signature=True, key_credential="mlink-hmac").key() == KEY
 
 
+@pytest.mark.broker
 def test_an_agent_requiring_signatures_obeys_only_signed_requests(digits_build, tmp_path: Path
                                                                   ) -> None:
     from devtools.broker import LocalBroker

@@ -22,6 +22,8 @@ from tests.agent.test_fuzz_control import HOSTILE_CONFIG, _tar
 from tests.support.agent_process import AgentProcess, Client, retained, write_config
 from tests.support.contract import validate
 
+pytestmark = pytest.mark.broker  # the module's rig starts Mosquitto
+
 MAX_BUNDLE_MB = 0.25  # the digits bundle is ~40 KB; an oversized push stays cheap to send
 
 
