@@ -2,7 +2,8 @@
 its own will) that keeps the agent's control contract — retained `availability`, a retained
 `config/state` with `version` and `settable`, a retained `status` every `status_every_s` with
 `config_version`, `selection.expected_agreement`, `fps` and a growing `counters.published` —
-and answers `config/set` as the agent does: a version above the one in force is applied
+and answers `config/set` as the agent does: a version above the one in force (or none: the
+next) is applied
 (merged key by key) and acknowledged on `config/response` with the request's transaction,
 anything else refused. No models run: what is measured is the control plane.
 
@@ -81,6 +82,8 @@ class SimBox:
             return
         errors = []
         with self.lock:
+            if version is None:  # absent: the next version, as the agent does
+                version = self.version + 1
             if not isinstance(version, int) or version <= self.version:
                 errors.append({"path": "version", "message": f"stale: {self.version} in force"})
             else:
