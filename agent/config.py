@@ -118,6 +118,21 @@ class StateConfig(Strict):
     max_bundle_mb: float = Field(64.0, gt=0.0, le=4096.0)
 
 
+class FleetConfig(Strict):
+    """`[fleet]`: the groups this box belongs to. It also takes `config/set` and `cmd/*` on
+    `<prefix>/groups/<group>/...` for each, answered on its own response topics. Local only
+    (a remote change cannot move a box into another group)."""
+
+    groups: list[Identifier] = Field(default_factory=list, max_length=32)
+
+    @field_validator("groups")
+    @classmethod
+    def _unique(cls, groups: list[str]) -> list[str]:
+        if len(set(groups)) != len(groups):
+            raise ValueError("a group is listed twice")
+        return groups
+
+
 class ControlConfig(Strict):
     """`[control]`: what a remote request must carry to be obeyed. With `require_signature`,
     `config/set` and every `cmd/<name>` must be signed with HMAC-SHA256 under the key held on
@@ -343,6 +358,7 @@ class AgentConfig(Strict):
     state: StateConfig = StateConfig()
     publish: PublishConfig = PublishConfig()
     control: ControlConfig = ControlConfig()
+    fleet: FleetConfig = FleetConfig()
     max_frames: int | None = Field(None, ge=1, le=2**53)
 
     @field_validator("models")

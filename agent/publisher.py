@@ -66,8 +66,13 @@ class PublishError(RuntimeError):
 
 
 class Topics:
-    def __init__(self, prefix: str, device_id: str) -> None:
+    def __init__(self, prefix: str, device_id: str, groups: tuple[str, ...] = ()) -> None:
+        self.prefix = prefix
         self.root = f"{prefix}/{device_id}"
+        # the roots of the groups' request topics (`[fleet] groups`): the same requests,
+        # addressed to every box of a group; each box answers on its own response topics
+        self.group_roots = tuple(f"{prefix}/groups/{group}" for group in groups)
+        self.all_groups = f"{prefix}/groups/#"  # never a reply topic
         self.status_costs = f"{self.root}/status/costs"  # retained, when a cost moved
 
     @property
@@ -182,9 +187,10 @@ def try_connect(config: MqttConfig, device_id: str, timeout_s: float = 5.0) -> s
 
 
 class Publisher:
-    def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None) -> None:
+    def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None,
+                 groups: tuple[str, ...] = ()) -> None:
         self.config = config
-        self.topics = Topics(config.prefix, device_id)
+        self.topics = Topics(config.prefix, device_id, groups)
         self.outbox = outbox
         self.v5 = config.protocol == "5"
         self._client = mqtt.Client(

@@ -164,13 +164,15 @@ def run(config_path: str | Path, frames: int | None = None,
     config = store.effective(file_config)
     outbox = Outbox(file_config.state.dir / "outbox.sqlite", config.state.outbox_max_messages,
                     config.state.synchronous)
-    publisher = Publisher(config.mqtt, config.device_id, outbox)
+    groups = tuple(config.fleet.groups)
+    publisher = Publisher(config.mqtt, config.device_id, outbox, groups)
     notifier = Notifier()
     agent = Agent.from_config(config, publisher)
     service = Service(agent, notifier)
     control = Control(service, publisher, store, config_path)
     control.attach()
     agent.status_builder.extras["control"] = control.stats
+    agent.status_builder.extras["groups"] = lambda: list(groups)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after this frame", signum)

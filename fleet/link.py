@@ -123,6 +123,20 @@ class FleetLink:
         self._client.publish(f"{self.prefix}/{device}/{suffix}", body, qos=1)
         return transaction
 
+    def request_group(self, group: str, suffix: str, payload: dict[str, Any]) -> str:
+        """Publish `payload` once on `<prefix>/groups/<group>/<suffix>`: every box of the
+        group acts on it and answers on its own response topic with the returned id."""
+        transaction = f"fleet-{uuid.uuid4().hex[:12]}"
+        body = json.dumps({**payload, "transaction": transaction}).encode("utf-8")
+        self._client.publish(f"{self.prefix}/groups/{group}/{suffix}", body, qos=1)
+        return transaction
+
+    def responses(self, transaction: str) -> dict[str, dict[str, Any]]:
+        """Every box's answer to `transaction` so far, by device."""
+        with self._lock:
+            return {key.rsplit("/", 1)[0]: value for key, value in self._responses.items()
+                    if key.endswith(f"/{transaction}")}
+
     def response(self, device: str, transaction: str) -> dict[str, Any] | None:
         with self._lock:
             return self._responses.get(f"{device}/{transaction}")

@@ -139,8 +139,11 @@ class Control:
         """What a request topic asks for: its suffix below the agent's root (`config/set`,
         `cmd/reselect`); the whole topic when it is not under the root. The one place a
         request topic is parsed."""
-        prefix = f"{self.publisher.topics.root}/"
-        return topic[len(prefix):] if topic.startswith(prefix) else topic
+        topics = self.publisher.topics
+        for root in (topics.root, *topics.group_roots):
+            if topic.startswith(f"{root}/"):
+                return topic[len(root) + 1:]
+        return topic
 
     def route(self, topic: str) -> Route:
         suffix = self.suffix(topic)
@@ -167,6 +170,9 @@ class Control:
         topics = self.publisher.topics
         self.publisher.subscribe(topics.config_set, self._enqueue)
         self.publisher.subscribe(topics.command("+"), self._enqueue)
+        for root in topics.group_roots:  # `[fleet] groups`: the same requests, to a group
+            self.publisher.subscribe(f"{root}/config/set", self._enqueue)
+            self.publisher.subscribe(f"{root}/cmd/+", self._enqueue)
 
     def _rate_key(self, topic: str) -> str:
         """Unknown command names share one bucket, so that they cannot make buckets up."""
@@ -297,7 +303,8 @@ class Control:
         if requested is not None:
             topics = self.publisher.topics
             why = check_response_topic(str(requested), topics.root, self._response_topics,
-                                       (topics.config_set, topics.command("+")))
+                                       (topics.config_set, topics.command("+"),
+                                        topics.all_groups))
             if why is not None:
                 errors.append(("ResponseTopic", f"{clip(str(requested), 80)!r}: {why}; "
                                                 f"answered here instead"))

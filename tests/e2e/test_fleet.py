@@ -25,6 +25,9 @@ BOXES = [f"box-{i:02d}" for i in range(1, int(os.environ.get("MLINK_FLEET_AGENTS
 MODELS = ("digit", "parity", "inkbox")
 
 
+NORTH = BOXES[1::2]  # every other box is also in the group `north`; every box is in `site`
+
+
 def agent_config(fixture: Path, folder: Path, device: str, port: int) -> Path:
     models = "".join(f'[[models]]\nid = "{m}"\npath = "{fixture / "models" / (m + ".tflite")}"\n'
                      'input = "image"\n' for m in MODELS)
@@ -34,7 +37,9 @@ def agent_config(fixture: Path, folder: Path, device: str, port: int) -> Path:
         f'[source]\ntype = "replay"\npath = "{fixture / "stream.npz"}"\nfps = 10\nloop = true\n'
         '[selection]\npolicy = "exact"\n[budget]\nmemory_mb = 1000\n'
         f'[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 0\n'
-        f'[state]\ndir = "{folder / device}"\n' + models)
+        f'[state]\ndir = "{folder / device}"\n'
+        f'[fleet]\ngroups = {json.dumps(["site", "north"] if device in NORTH else ["site"])}\n'
+        + models)
     return path
 
 
@@ -136,5 +141,28 @@ def test_a_staged_rollout_through_a_bridge(site, tmp_path: Path, capsys) -> None
     assert [r["device"] for r in rows] == BOXES
     assert all(r["availability"] == "online" and r["expected_agreement"] == 1.0
                for r in rows)
+    assert [r["groups"] for r in rows] == [["site", "north"] if r["device"] in NORTH
+                                           else ["site"] for r in rows]
+
+    # A request to a group: published once, acted on by each box of the group, answered by
+    # each on its own response topic; the other boxes never see it.
+    link = FleetLink("127.0.0.1", central.port)
+    try:
+        wait_until(lambda: len(link.boxes()) == len(BOXES), 20, "the inventory")
+        before = {d: link.box(d).version for d in BOXES}
+        transaction = link.request_group("north", "config/set", {"publish": {"decoded": True}})
+        answers = wait_until(lambda: (r := link.responses(transaction)) and len(r) == len(NORTH)
+                             and r, 30, "every north box's answer")
+        assert {d: a["status"] for d, a in answers.items()} == dict.fromkeys(NORTH, "ok")
+        assert all(answers[d]["version"] == before[d] + 1 for d in NORTH)
+        refused = link.request_group("site", "cmd/reselect", {"force": True})
+        errors = wait_until(lambda: (r := link.responses(refused)) and len(r) == len(BOXES)
+                            and r, 30, "every box's refusal")
+        assert all(e["status"] == "error" and e["errors"][0]["path"] == "force"
+                   for e in errors.values())
+        wait_until(lambda: all(link.box(d).version == before[d] for d in BOXES
+                               if d not in NORTH), 5, "the others unchanged")
+    finally:
+        link.close()
     for agent in agents:
         assert agent.process.poll() is None  # still running
