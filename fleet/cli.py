@@ -4,21 +4,26 @@
     mlink-fleet apply --host H --port P (--devices a,b | --all | --group G) CHANGE.json
                       [--canary 0.1] [--waves 2] [--window 12] [--agreement-margin 0.02]
                       [--fps-margin 0.25] [--timeout 20]
+    mlink-fleet push  ... (the same choices) BUNDLE [--previous OLD_BUNDLE]
 
-`apply` exits 0 when every box applied the change and stayed healthy, 1 when the rollout
-failed (it rolled back the failing wave and stopped), 2 on a usage or connection error."""
+`apply` rolls out a config change, `push` a bundle (a folder, or its tar archive); each exits
+0 when every box applied it and stayed healthy, 1 when the rollout failed (it rolled back the
+failing wave — a bundle only with `--previous` — and stopped), 2 on a usage or connection
+error."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
 from fleet.link import Box, FleetLink
-from fleet.rollout import Outcome, Policy, Rollout, health_of
+from fleet.rollout import BundlePush, ConfigChange, Outcome, Policy, Rollout, health_of
 
 MAX_CHANGE_BYTES = 64 * 1024
 
@@ -121,8 +126,29 @@ def print_outcome(outcome: Outcome) -> None:
               "sent the change")
 
 
+def bundle_archive(path: Path) -> bytes:
+    """A bundle folder as a gzipped tar of its files (the manifest at the top), or the bytes
+    of a tar archive as they are."""
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise ValueError(f"{path}: not a bundle folder (no manifest.json)")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                tar.add(file, arcname=str(file.relative_to(path)))
+        return buffer.getvalue()
+    if path.stat().st_size > BundlePush.MAX_ARCHIVE_BYTES:
+        raise ValueError(f"{path}: larger than {BundlePush.MAX_ARCHIVE_BYTES} bytes")
+    return path.read_bytes()
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
-    change = read_change(Path(args.change))
+    if args.command == "push":
+        previous = None if args.previous is None else bundle_archive(Path(args.previous))
+        change: ConfigChange | BundlePush = BundlePush(bundle_archive(Path(args.change)),
+                                                       previous)
+    else:
+        change = ConfigChange(read_change(Path(args.change)))
     policy = Policy(canary_share=args.canary, waves=args.waves,
                     response_timeout_s=args.timeout, window_s=args.window,
                     agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)
@@ -146,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = top.add_subparsers(dest="command", required=True)
     for name, helptext in (("inventory", "every box under the prefix"),
-                           ("apply", "a staged rollout of a config change")):
+                           ("apply", "a staged rollout of a config change"),
+                           ("push", "a staged rollout of a bundle")):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--host", default="127.0.0.1")
         sub.add_argument("--port", type=int, default=1883)
@@ -160,7 +187,13 @@ def parser() -> argparse.ArgumentParser:
         which.add_argument("--devices", help="comma-separated device ids")
         which.add_argument("--group", help="the online boxes whose status lists this group")
         which.add_argument("--all", action="store_true", help="every online box")
-        sub.add_argument("change", help="a JSON file: the config/set body (no version)")
+        if name == "apply":
+            sub.add_argument("change", help="a JSON file: the config/set body (no version)")
+        else:
+            sub.add_argument("change", metavar="bundle",
+                             help="the bundle: its folder or its tar archive")
+            sub.add_argument("--previous", help="the bundle in force now (folder or archive): "
+                                                "pushed back to a wave that fails")
         sub.add_argument("--canary", type=float, default=0.1, help="share of boxes first")
         sub.add_argument("--waves", type=int, default=2, help="waves after the canary")
         sub.add_argument("--window", type=float, default=12.0,
@@ -178,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inventory":
             return cmd_inventory(args)
         return cmd_apply(args)
-    except (OSError, ValueError, ConnectionError) as exc:
+    except (OSError, ValueError, ConnectionError, tarfile.TarError) as exc:
         print(f"mlink-fleet: {exc}", file=sys.stderr)
         return 2
 

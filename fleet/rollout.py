@@ -1,18 +1,21 @@
-"""A staged rollout of one config change to many boxes: a canary share first, then waves.
+"""A staged rollout of one change to many boxes: a canary share first, then waves.
 
-Each wave: every box gets the change as a `config/set` (version = the one in force + 1) and
-its response is awaited; then its health is watched over a window — the box stays online,
-its status shows the new version and keeps coming with more outputs published, and its
-expected agreement and fps are not worse than before the change by more than the margins.
-A wave in which any box refuses the change, does not answer, or fails the health check is
-rolled back (the boxes of that wave that applied it get the values they had before, on the
-paths the change set) and the rollout stops: later waves are never sent the change.
+Each wave: every box gets the change — a `config/set` (version = the one in force + 1) or a
+bundle pushed with `cmd/bundle` — and its response is awaited; then its health is watched
+over a window: the box stays online, its status shows the new version and keeps coming with
+more outputs published, and its expected agreement and fps are not worse than before the
+change by more than the margins. A wave in which any box refuses the change, does not
+answer, or fails the health check is rolled back (the boxes of that wave that applied it get
+the values they had before on the paths the change set, or the previous bundle) and the
+rollout stops: later waves are never sent the change.
 
 `Rollout` is given its `FleetLink` and a clock; `health_of` is the one place that reads a
 box's status, so a change of the status format is one edit."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -122,16 +125,75 @@ def inverse(change: dict[str, Any], settable: dict[str, Any]) -> dict[str, Any]:
     return undo
 
 
-class Rollout:
-    def __init__(self, link: FleetLink, change: dict[str, Any], policy: Policy,
-                 progress: Callable[[str], None] = lambda _line: None,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+class ConfigChange:
+    """A `config/set` body: sent with version = in force + 1; undone by the values the box
+    had before on the paths it sets."""
+
+    kind = "config"
+
+    def __init__(self, change: dict[str, Any]) -> None:
         unknown = sorted(set(change) - set(SETTABLE) - {"transaction", "version"})
         if unknown:
             raise ValueError(f"the change sets {unknown}: settable are {list(SETTABLE)}")
-        self.link = link
         self.change = {k: v for k, v in change.items() if k not in ("transaction", "version")}
+
+    def send(self, link: FleetLink, box: Box) -> str:
+        assert box.version is not None
+        return link.request(box.device, "config/set", {**self.change, "version": box.version + 1})
+
+    def undo(self, link: FleetLink, box: Box, version: int) -> str | None:
+        undo = inverse(self.change, box.state.get("settable") or {})
+        return link.request(box.device, "config/set", {**undo, "version": version + 1})
+
+
+class BundlePush:
+    """A bundle archive pushed with `cmd/bundle` (in chunks of `chunk_bytes`, sent in order;
+    the last one's answer is the install's); undone by pushing `previous`, the archive of the
+    bundle in force before, when given (else a failed wave cannot be undone: the rollout
+    says so). A swap adds one to the box's config version."""
+
+    kind = "bundle"
+    MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
+
+    def __init__(self, archive: bytes, previous: bytes | None = None,
+                 chunk_bytes: int = 32 * 1024) -> None:
+        for what, data in (("bundle", archive), ("previous bundle", previous or b"")):
+            if len(data) > self.MAX_ARCHIVE_BYTES:
+                raise ValueError(f"the {what} archive is larger than {self.MAX_ARCHIVE_BYTES} "
+                                 "bytes")
+        if not archive:
+            raise ValueError("the bundle archive is empty")
+        self.archive, self.previous, self.chunk_bytes = archive, previous, chunk_bytes
+
+    def _push(self, link: FleetLink, device: str, archive: bytes) -> str:
+        sha = hashlib.sha256(archive).hexdigest()
+        parts = [archive[i:i + self.chunk_bytes]
+                 for i in range(0, len(archive), self.chunk_bytes)] or [b""]
+        transaction = ""
+        for index, part in enumerate(parts):
+            body: dict[str, Any] = {"sha256": sha, "data": base64.b64encode(part).decode()}
+            if len(parts) > 1:
+                body.update(chunk=index, chunks=len(parts))
+            transaction = link.request(device, "cmd/bundle", body)
+        return transaction  # the last chunk's: its answer is the install's
+
+    def send(self, link: FleetLink, box: Box) -> str:
+        return self._push(link, box.device, self.archive)
+
+    def undo(self, link: FleetLink, box: Box, version: int) -> str | None:
+        return None if self.previous is None else self._push(link, box.device, self.previous)
+
+
+Change = ConfigChange | BundlePush
+
+
+class Rollout:
+    def __init__(self, link: FleetLink, change: dict[str, Any] | Change, policy: Policy,
+                 progress: Callable[[str], None] = lambda _line: None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.link = link
+        self.change = ConfigChange(change) if isinstance(change, dict) else change
         self.policy = policy
         self.progress = progress
         self.clock = clock
@@ -155,34 +217,30 @@ class Rollout:
 
     # -- one wave -----------------------------------------------------------------------------
     def _wave(self, boxes: list[BoxResult], name: str) -> bool:
-        sent: dict[str, tuple[str, dict[str, Any]]] = {}
+        sent: dict[str, tuple[str, Box]] = {}
         for result in boxes:
             box = self.link.box(result.device)
             result.version_before, result.before = box.version, health_of(box)
             if box.version is None:
                 result.result, result.detail = "unknown", "no retained config/state"
                 continue
-            settable = box.state.get("settable") or {}
-            transaction = self.link.request(result.device, "config/set",
-                                            {**self.change, "version": box.version + 1})
-            sent[result.device] = (transaction, settable)
-        applied = self._await(boxes, sent)
+            sent[result.device] = (self.change.send(self.link, box), box)
+        applied = self._await(boxes, {d: t for d, (t, _) in sent.items()})
         if applied:
             self._watch([b for b in boxes if b.device in applied], name)
         healthy = all(b.result == "applied" for b in boxes)
         if not healthy:
             self._roll_back([b for b in boxes if b.device in applied],
-                            {d: s for d, (_, s) in sent.items()}, name)
+                            {d: box for d, (_, box) in sent.items()}, name)
         return healthy
 
-    def _await(self, boxes: list[BoxResult], sent: dict[str, tuple[str, dict[str, Any]]]
-               ) -> set[str]:
+    def _await(self, boxes: list[BoxResult], sent: dict[str, str]) -> set[str]:
         applied: set[str] = set()
         waiting = dict(sent)
         deadline = self.clock() + self.policy.response_timeout_s
         by_device = {b.device: b for b in boxes}
         while waiting and self.clock() < deadline:
-            for device, (transaction, _) in list(waiting.items()):
+            for device, transaction in list(waiting.items()):
                 response = self.link.response(device, transaction)
                 if response is None:
                     continue
@@ -191,7 +249,10 @@ class Rollout:
                 if response.get("status") == "ok":
                     applied.add(device)
                     result.result = "applied"
-                    result.version_after = _int(response.get("version"))
+                    # a config/set answers the version; a bundle swap adds one to it
+                    version = _int(response.get("version"))
+                    result.version_after = version if version is not None else (
+                        None if result.version_before is None else result.version_before + 1)
                 else:
                     errors = response.get("errors") or []
                     result.result = "refused"
@@ -252,23 +313,26 @@ class Rollout:
             return f"fps {after.fps} below {before.fps:.1f} x (1 - {policy.fps_margin})"
         return None
 
-    def _roll_back(self, boxes: list[BoxResult], settable: dict[str, dict[str, Any]],
-                   name: str) -> None:
+    def _roll_back(self, boxes: list[BoxResult], before: dict[str, Box], name: str) -> None:
         if not boxes:
             return
         self.progress(f"{name} failed: rolling back {len(boxes)} box(es)")
-        sent: dict[str, tuple[str, dict[str, Any]]] = {}
+        sent: dict[str, str] = {}
         for result in boxes:
-            undo = inverse(self.change, settable[result.device])
-            version = (result.version_after or result.version_before or 0) + 1
-            sent[result.device] = (self.link.request(result.device, "config/set",
-                                                     {**undo, "version": version}), {})
-        outcomes = {b.device: BoxResult(b.device, b.wave) for b in boxes}
-        self._await(list(outcomes.values()), sent)
+            version = result.version_after or result.version_before or 0
+            transaction = self.change.undo(self.link, before[result.device], version)
+            if transaction is not None:
+                sent[result.device] = transaction
+        outcomes = {b.device: BoxResult(b.device, b.wave,
+                                        version_before=b.version_after) for b in boxes}
+        self._await([outcomes[d] for d in sent], sent)
         for result in boxes:
             undone = outcomes[result.device]
             reason = result.detail or result.result
-            if undone.result == "applied":
+            if result.device not in sent:
+                result.result = "rollback_failed"
+                result.detail = f"{reason}; nothing to roll back to (no previous bundle given)"
+            elif undone.result == "applied":
                 result.result = "rolled_back"
                 result.detail = f"{reason}; rolled back to version {undone.version_after}"
             else:

@@ -83,7 +83,8 @@ def test_the_inverse_puts_back_exactly_the_paths_a_change_sets() -> None:
         Rollout(None, {"mqtt": {"port": 1}}, Policy())  # type: ignore[arg-type]
 
 
-def test_a_staged_rollout_through_a_bridge(site, tmp_path: Path, capsys) -> None:
+def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
+                                           capsys) -> None:
     central, agents = site
     link = FleetLink("127.0.0.1", central.port)
     try:
@@ -164,5 +165,19 @@ def test_a_staged_rollout_through_a_bridge(site, tmp_path: Path, capsys) -> None
                                if d not in NORTH), 5, "the others unchanged")
     finally:
         link.close()
+    # Bundles: a broken archive is refused by the canary and goes no further; the bundle
+    # folder itself (tarred by the tool) is swapped in on every box at once.
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a tar archive")
+    assert fleet_main(["push", "--port", str(central.port), "--all", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "refused" in out and "not a tar archive" in out and out.count("not_sent") == \
+        len(BOXES) - 1
+    bundle = digits_fixture.root / "bundle"
+    assert fleet_main(["push", "--port", str(central.port), "--group", "site", str(bundle),
+                       "--canary", "1", "--window", "5.5"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert sum(line.startswith("box-") and " applied " in line
+               for line in out.splitlines()) == len(BOXES)
     for agent in agents:
         assert agent.process.poll() is None  # still running
