@@ -20,6 +20,10 @@ predict the others through the link ensembles, publishing every model's output.
   what the source counts (dropped frames, reconnections, malformed records) is the status's
   `sources` section. The agent closes it on `close()`.
 - the status builder (agent.status).
+- the timetable (agent.timetable): under a policy that plans (`plan`), which `run/p` models
+  run on a frame (staggered per camera), and each model's last exact output per camera,
+  served as `reused` with its age between its runs. The other actions: `predict` through the
+  links of the models run every frame (only the links it reads are loaded), `prior`, `none`.
 
 Where every model with a timeout runs on the runner thread, a frame's calls and its
 predictions are made in one handoff (agent.runner says why).
@@ -43,11 +47,13 @@ from agent.executor import ModelExecutor, Ran
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
+from agent.planning import PREDICT, PRIOR, RUN, Action
 from agent.publisher import Publisher
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
 from agent.status import Counters, Overhead, Sections, StatusBuilder
+from agent.timetable import Timetable
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
@@ -96,7 +102,7 @@ class Agent:
                  executor: ModelExecutor, costs: CostBook, window: ProfilingWindow,
                  ensembles: EnsemblePredictor, publisher: Publisher | None = None,
                  payloads: Payloads | None = None, status_builder: StatusBuilder | None = None,
-                 ) -> None:
+                 timetable: Timetable | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.source = source
@@ -107,6 +113,7 @@ class Agent:
         self.publisher = publisher
         self.payloads = payloads or Payloads(source.cameras)
         self.status_builder = status_builder or StatusBuilder()
+        self.timetable = timetable or Timetable()
         self.counters = Counters()
         self.overhead = Overhead()
         self.selection: Selection | None = None
@@ -190,6 +197,7 @@ class Agent:
             example = frame.modalities[self.models[model_id].input_modality]
             try:
                 output, _ = self.executor.run(model_id, frame)
+                self.timetable.record(model_id, frame.camera, output)
                 for _ in range(self.config.profiling.warmup_runs + runs - 1):
                     self.executor.infer(model_id, example)
             except ModelFailure as failure:
@@ -210,6 +218,11 @@ class Agent:
     def _budget(self) -> dict[str, float]:
         return {r: v for r, v in self.config.budget.model_dump().items() if v is not None}
 
+    def reuse_curves(self) -> dict[str, tuple[float, ...]]:
+        """Each model's reuse curve: measured in the profiling windows, else the bundle's."""
+        return {m: c for m, c in {**self.bundle.profile.reuse,
+                                  **self.window.reuse.curves()}.items() if m in self.models}
+
     def problem(self, budget: dict[str, float] | None = None) -> Problem:
         return Problem(
             models=tuple(self.models),
@@ -219,6 +232,9 @@ class Agent:
             budget=self._budget() if budget is None else budget,
             unavailable=self.executor.unavailable(),
             ensembles={t: self.ensembles.rule(t) for t in self.models},
+            priors={m: self.bundle.profile.priors[m] for m in self.models
+                    if m in self.bundle.priors and m in self.bundle.profile.priors},
+            reuse=self.reuse_curves(),
         )
 
     def select(self, policy: str | None = None) -> Selection:
@@ -229,17 +245,24 @@ class Agent:
         return selection
 
     def apply(self, selection: Selection) -> None:
-        """Load the activated models and the links they feed; unload everything else. A model
-        that fails to load is marked failed and a new selection is asked for."""
-        self.executor.unload_all(keep=selection.active)
-        for model_id in sorted(selection.active):
+        """Load the activated models (and a plan's `run/p` ones) and the links they feed;
+        unload everything else. A model that fails to load is marked failed and a new
+        selection is asked for."""
+        self.executor.unload_all(keep=selection.resident)
+        for model_id in sorted(selection.resident):
             try:
                 self.executor.load(model_id)
             except ModelFailure as failure:
                 self._fail(model_id, failure)
                 self._reselect.set()
-        targets = selection.predicted if selection.uses_links else ()
+        if selection.plan is not None:
+            targets: tuple[str, ...] = selection.plan.with_kind(PREDICT)
+        else:
+            targets = selection.predicted if selection.uses_links else ()
         self.ensembles.prepare(selection.active, targets)
+        self.timetable.set_plan(selection.plan,
+                                {m: c.get("delay_ms") for m, c in self.model_costs.items()},
+                                self.reuse_curves())
         if self.selection is not None:  # every re-selection, whatever asked for it
             self.counters.reselections += 1
         self.selection = selection
@@ -320,6 +343,7 @@ class Agent:
         self._configure_parts()
         self.executor.models = models
         self.costs.keep_only(models)
+        self.timetable.forget(set(models))
         if added:
             self.remeasure()
         self.apply(self.select())
@@ -342,27 +366,51 @@ class Agent:
         outputs = [Output(m, r.output, "executed", (m,), 1.0, r.latency_ms)
                    for m, r in sorted(executed.items())]
         sources = {m: executed[m].output for m in self.selection.active if m in executed}
+        plan = self.selection.plan
         for target in self.selection.predicted:
             if target in executed:
                 continue
-            output = self._predicted(frame, target, sources) if self.selection.uses_links \
-                else None
-            output = output or self._prior(target)
+            if plan is not None:
+                output = self._planned(frame, target, plan.actions.get(target), sources)
+            else:
+                output = self._predicted(frame, target, sources) if self.selection.uses_links \
+                    else None
+                output = output or self._prior(target)
             if output is not None:
                 outputs.append(output)
         return outputs
 
-    def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray]
-                   ) -> Output | None:
-        """The target predicted through its links from the present sources, unless its
-        prior agrees at least as well as the ensemble of those sources (or no link reads
-        them). Both figures are the bundle's, measured on the same held-out frames: the
-        online figures are live, the prior's is not, and comparing the two would serve a
-        stale constant after a drift."""
+    def _planned(self, frame: Frame, target: str, action: Action | None,
+                 sources: dict[str, np.ndarray]) -> Output | None:
+        """A model the plan does not run on this frame: `run/p` between its turns reuses its
+        last exact output on the camera, with its age, where its reuse curve covers that age
+        (else, counted as a fallback, its prior; a prediction where it has none and its
+        links are loaded); `predict` and `prior` as planned; `none`: nothing."""
+        kind = PREDICT if action is None else action.kind
+        if kind == RUN:
+            reused = self.timetable.reused(target, frame.camera)
+            if reused is not None:
+                return Output(target, reused.output, "reused", (target,), reused.agreement, 0.0,
+                              age=reused.age)
+            self.counters.reuse_fallbacks += 1
+            return self._prior(target) or self._predicted(frame, target, sources, False)
+        if kind == PREDICT:
+            return self._predicted(frame, target, sources, False) or self._prior(target)
+        if kind == PRIOR:
+            return self._prior(target)
+        return None
+
+    def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray],
+                   versus_prior: bool = True) -> Output | None:
+        """The target predicted through its links from the present sources, unless (with
+        `versus_prior`; a plan has made that choice already) its prior agrees at least as
+        well as the ensemble of those sources (or no link reads them). Both figures are the
+        bundle's, measured on the same held-out frames: the online figures are live, the
+        prior's is not, and comparing the two would serve a stale constant after a drift."""
         if not sources:
             return None
         prior = self.bundle.profile.priors.get(target)
-        if prior is not None and target in self.bundle.priors and prior >= \
+        if versus_prior and prior is not None and target in self.bundle.priors and prior >= \
                 self.bundle.profile.ensemble_agreement(target, frozenset(sources)):
             return None
         start = time.perf_counter()
@@ -405,7 +453,18 @@ class Agent:
         return outputs, self.payloads.make(frame, outputs, self.config.publish,
                                            self.bundle.models)
 
+    def _runs(self, camera: int) -> frozenset[str]:
+        """The models that run on the camera's frame in progress: the activated ones, and
+        the `run/p` ones whose turn it is."""
+        assert self.selection is not None
+        if self.selection.plan is None:
+            return self.selection.active
+        failed = self.executor.unavailable()
+        return self.selection.active | frozenset(
+            m for m in self.timetable.due(camera) if m not in failed)
+
     def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
+        self.timetable.tick(frame.camera)
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
             self._count_failure(failure)
@@ -431,7 +490,7 @@ class Agent:
         then = None if profiling else partial(self._messages, frame)
         made: tuple[list[Output], list[dict[str, object]]] | None = None
         while True:
-            active = self.selection.active
+            active = self._runs(frame.camera)
             to_run = [m for m in sorted(active) if m not in tried]
             if profiling:
                 to_run += [m for m in self.executor.available()
@@ -454,6 +513,10 @@ class Agent:
                 break
             self.reselect()  # the failed model is predicted; newly activated ones run now
 
+        for model_id, ran in executed.items():
+            self.timetable.record(model_id, frame.camera, ran.output)
+        if profiling:
+            self.window.record(frame.camera, {m: r.output for m, r in executed.items()})
         if made is None:
             if profiling:
                 start = time.perf_counter()
@@ -466,6 +529,8 @@ class Agent:
         self.counters.executed += sum(o.executed for o in outputs)
         self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
         self.counters.prior += sum(o.provenance == "prior" for o in outputs)
+        self.counters.reused += sum(o.provenance == "reused" for o in outputs)
+        self.counters.no_output += len(self.models) - len({o.model for o in outputs})
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()
@@ -474,7 +539,7 @@ class Agent:
     def _end_window(self) -> None:
         assert self.selection is not None
         extra_memory_mb = sum(self.model_costs[m].get("memory_mb") for m in self.models
-                              if m not in self.selection.active)
+                              if m not in self.selection.resident)
         self.window.end(self.bundle, extra_memory_mb)
         self.reselect()  # unloads what is not activated
         log.info("profiling window done: %s", self.window.online.summary())
@@ -484,9 +549,12 @@ class Agent:
         """The retained status; safe from any thread (waits for the frame in progress)."""
         with self.lock:
             probe = self.executor.probe
-            active = self.selection.active if self.selection else frozenset()
+            active = self.selection.resident if self.selection else frozenset()
+            selection = self.selection.to_dict() if self.selection else None
+            if selection is not None and "plan" in selection:
+                selection["schedule"] = self.timetable.to_dict()
             sections = Sections(
-                selection=self.selection.to_dict() if self.selection else None,
+                selection=selection,
                 budget=self._budget(),
                 costs={**self.costs.to_dict(self.models, self._link_pairs()),
                        "probe": probe.name, "probe_details": probe.details()},
@@ -514,6 +582,12 @@ class Agent:
         self.last_frame = first
         self.measure(first)
         self.apply(self.select())
+        profiling = self.config.profiling
+        if self.selection is not None and self.selection.plan is not None \
+                and not self.reuse_curves() and (profiling.period_frames or profiling.period_s):
+            log.info("plan: no reuse curves in the bundle; a profiling window measures them "
+                     "from the first frame")
+            self.window.request()
         return itertools.chain([first], frames)
 
     def run(self, max_frames: int | None = None,
