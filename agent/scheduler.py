@@ -44,6 +44,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.costbook import CostBook, Pair
 from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_runtime
 from agent.executor import ModelExecutor, Ran
+from agent.gate import Gate, raw_confidence
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
@@ -55,6 +56,7 @@ from agent.state import AgentState
 from agent.status import Counters, Overhead, Sections, StatusBuilder
 from agent.timetable import Timetable
 from agent.window import ProfilingWindow
+from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 
@@ -102,7 +104,7 @@ class Agent:
                  executor: ModelExecutor, costs: CostBook, window: ProfilingWindow,
                  ensembles: EnsemblePredictor, publisher: Publisher | None = None,
                  payloads: Payloads | None = None, status_builder: StatusBuilder | None = None,
-                 timetable: Timetable | None = None) -> None:
+                 timetable: Timetable | None = None, gate: Gate | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.source = source
@@ -114,6 +116,7 @@ class Agent:
         self.payloads = payloads or Payloads(source.cameras)
         self.status_builder = status_builder or StatusBuilder()
         self.timetable = timetable or Timetable()
+        self.gate = gate or Gate()
         self.counters = Counters()
         self.overhead = Overhead()
         self.selection: Selection | None = None
@@ -248,8 +251,9 @@ class Agent:
         """Load the activated models (and a plan's `run/p` ones) and the links they feed;
         unload everything else. A model that fails to load is marked failed and a new
         selection is asked for."""
-        self.executor.unload_all(keep=selection.resident)
-        for model_id in sorted(selection.resident):
+        gated = self._gate_models(selection)
+        self.executor.unload_all(keep=selection.resident | set(gated))
+        for model_id in sorted(selection.resident | set(gated)):
             try:
                 self.executor.load(model_id)
             except ModelFailure as failure:
@@ -263,9 +267,36 @@ class Agent:
         self.timetable.set_plan(selection.plan,
                                 {m: c.get("delay_ms") for m, c in self.model_costs.items()},
                                 self.reuse_curves())
+        spare = self._budget().get("delay_ms", 0.0) - selection.use.get("delay_ms", 0.0)
+        self.gate.set({m: d for m, d in gated.items() if self.models[m].loaded}, spare)
+        profiling = self.config.profiling
+        if selection.plan is not None and not self.reuse_curves() and not \
+                self.window.stats.windows and (profiling.period_frames or profiling.period_s):
+            log.info("plan: no reuse curves in the bundle; a profiling window measures them "
+                     "from the next frame")
+            self.window.request()
         if self.selection is not None:  # every re-selection, whatever asked for it
             self.counters.reselections += 1
         self.selection = selection
+
+    def _gate_models(self, selection: Selection) -> dict[str, float]:
+        """The models the confidence gate may run, with their delays: under `[selection]
+        gate` and a delay budget, a plan's predicted models, the least well predicted first,
+        while their memory fits in what the plan leaves of a memory budget."""
+        budget = self._budget()
+        if selection.plan is None or not self.config.selection.gate or "delay_ms" not in budget:
+            return {}
+        costs = self.model_costs
+        room = budget.get("memory_mb", float("inf")) - selection.use.get("memory_mb", 0.0)
+        failed = self.executor.unavailable()
+        chosen = {}
+        targets = [m for m in selection.plan.with_kind(PREDICT) if m not in failed]
+        for model in sorted(targets, key=lambda m: (self.profile.ensemble_agreement(
+                m, selection.active), m)):
+            if costs[model].get("memory_mb") <= room:
+                room -= costs[model].get("memory_mb")
+                chosen[model] = costs[model].get("delay_ms")
+        return chosen
 
     def reselect(self) -> Selection:
         """Select again from the current costs, profile and failures, and apply the choice.
@@ -423,6 +454,56 @@ class Agent:
         return Output(target, prediction.value, "predicted", prediction.sources,
                       prediction.est_agreement, latency)
 
+    def _gated(self, frame: Frame, outputs: list[Output]) -> list[Output]:
+        """The confidence gate (agent.gate): the least confident predictions the spare delay
+        affords are replaced by the model's own output (provenance `gated`)."""
+        if not self.gate.models:
+            return outputs
+        failed = self.executor.unavailable()
+        scores = {}
+        candidates = []
+        for output in outputs:
+            if output.provenance == "predicted" and output.model in self.gate.models \
+                    and output.model not in failed:
+                score = raw_confidence(self.bundle.models[output.model], output.value)
+                scores[output.model] = score
+                candidates.append((self.gate.calibration.confidence(
+                    output.model, score, output.est_agreement), output.model))
+        chosen = set(self.gate.choose(candidates))
+        if not chosen:
+            return outputs
+        gated = []
+        for output in outputs:
+            model = output.model
+            if model in chosen:
+                example = frame.modalities[self.models[model].input_modality]
+                try:
+                    value, ms = self.executor.infer(model, example)
+                except ModelFailure as failure:
+                    self._fail(model, failure)
+                else:
+                    self.gate.calibration.add(model, scores[model], mean_agreement(
+                        self.bundle.models[model], output.value, value))
+                    output = Output(model, value, "gated", (model,), 1.0, ms)
+            gated.append(output)
+        return gated
+
+    def _calibrate(self, exact: dict[str, np.ndarray]) -> None:
+        """In a profiling window: each gated model's prediction from the models run every
+        frame, beside its exact output, for the gate's calibration."""
+        assert self.selection is not None
+        sources = {m: exact[m] for m in self.selection.active if m in exact}
+        for target in self.gate.models:
+            if target not in exact or not sources:
+                continue
+            try:
+                prediction = self.ensembles.predict(target, sources, self.profile)
+            except LookupError:
+                continue
+            spec = self.bundle.models[target]
+            self.gate.calibration.add(target, raw_confidence(spec, prediction.value),
+                                      mean_agreement(spec, prediction.value, exact[target]))
+
     def _prior(self, target: str) -> Output | None:
         """The bundle's constant predictor for the target, free (none in older bundles)."""
         try:
@@ -443,13 +524,14 @@ class Agent:
             finally:
                 self.overhead.loop_ms += (time.perf_counter() - started) * 1e3
                 self.overhead.frames += 1
-            self.overhead.models_ms += sum(o.latency_ms for o in outputs if o.executed)
+            self.overhead.models_ms += sum(o.latency_ms for o in outputs
+                                           if o.provenance in ("executed", "gated"))
             return payloads
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
                   ) -> tuple[list[Output], list[dict[str, object]]]:
         """The frame's outputs, and the messages of those published."""
-        outputs = self._frame_outputs(frame, executed)
+        outputs = self._gated(frame, self._frame_outputs(frame, executed))
         return outputs, self.payloads.make(frame, outputs, self.config.publish,
                                            self.bundle.models)
 
@@ -523,6 +605,7 @@ class Agent:
                 self.window.score({m: r.output for m, r in executed.items()},
                                   self.selection.active, self.bundle, self.ensembles,
                                   self.costs)
+                self._calibrate({m: r.output for m, r in executed.items()})
                 extra_ms += (time.perf_counter() - start) * 1e3
             made = self._messages(frame, executed)
         outputs, payloads = made
@@ -530,6 +613,7 @@ class Agent:
         self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
         self.counters.prior += sum(o.provenance == "prior" for o in outputs)
         self.counters.reused += sum(o.provenance == "reused" for o in outputs)
+        self.counters.gated += sum(o.provenance == "gated" for o in outputs)
         self.counters.no_output += len(self.models) - len({o.model for o in outputs})
 
         if self.window.count_frame(profiling, extra_ms):
@@ -553,6 +637,7 @@ class Agent:
             selection = self.selection.to_dict() if self.selection else None
             if selection is not None and "plan" in selection:
                 selection["schedule"] = self.timetable.to_dict()
+                selection["gate"] = self.gate.to_dict()
             sections = Sections(
                 selection=selection,
                 budget=self._budget(),
@@ -582,12 +667,6 @@ class Agent:
         self.last_frame = first
         self.measure(first)
         self.apply(self.select())
-        profiling = self.config.profiling
-        if self.selection is not None and self.selection.plan is not None \
-                and not self.reuse_curves() and (profiling.period_frames or profiling.period_s):
-            log.info("plan: no reuse curves in the bundle; a profiling window measures them "
-                     "from the first frame")
-            self.window.request()
         return itertools.chain([first], frames)
 
     def run(self, max_frames: int | None = None,

@@ -21,6 +21,7 @@ class Counters:
     reused: int = 0  # a plan's `run/p` model between its runs: its last exact output
     reuse_fallbacks: int = 0  # ... where that was too old (or missing): its prior instead
     no_output: int = 0  # models given no output on a frame (a plan's `none`, nothing fits)
+    gated: int = 0  # predicted, then run by the confidence gate
     model_errors: int = 0
     timeouts: int = 0
     frame_errors: int = 0
@@ -110,6 +111,7 @@ class StatusBuilder:
             "reused": counters.reused,
             "reuse_fallbacks": counters.reuse_fallbacks,
             "no_output": counters.no_output,
+            "gated": counters.gated,
             "model_errors": counters.model_errors,
             "timeouts": counters.timeouts,
             "frame_errors": counters.frame_errors,

@@ -218,3 +218,40 @@ def test_the_plan_policy_runs_models_every_pth_frame_under_a_delay_budget(
     runs = [sum(o.provenance == "executed" for o in f.values()) for f in kept.frames]
     assert runs == [2] * 6  # the run model and one of the two run/2 ones, in turn
     agent.close()
+
+
+def test_the_gate_runs_predicted_models_in_the_spare_delay(digits_fixture, models,
+                                                           tmp_path: Path) -> None:
+    build = with_reuse(digits_fixture.root, tmp_path / "build", {})
+    config = load_config(python_config(tmp_path, build, budget="delay_ms = 1000.0"))
+    config = config.model_copy(update={"selection": config.selection.model_copy(
+        update={"gate": True})})
+    agent = Agent.from_config(config)
+    kept = Kept(agent.source.cameras)
+    agent.payloads = kept
+    stream = agent.start()
+    with_plan(agent, {"digit": Action("run"), "parity": Action("predict", sources=("digit",)),
+                      "inkbox": Action("prior")})
+    assert set(agent.gate.models) == {"parity"}  # loaded for it; inkbox is not predicted
+    assert agent.models["parity"].loaded
+    payloads = [p for _ in range(4) for p in agent.process(next(stream))]
+    for frame in kept.frames:  # spare delay for every frame: each prediction is replaced
+        assert frame["parity"].provenance == "gated" and frame["parity"].sources == ("parity",)
+        assert frame["inkbox"].provenance == "prior"
+    for payload in payloads:
+        validate("output", payload)
+    assert agent.gate.calibration.summary() == {"parity": 4}  # each run calibrates
+    delay = agent.gate.models["parity"]
+    agent.gate.set({"parity": delay}, delay / 3)  # one run in three frames
+    agent.gate.tokens = 0.0
+    before = len(kept.frames)
+    for _ in range(12):
+        agent.process(next(stream))
+    served = [f["parity"].provenance for f in kept.frames[before:]]
+    assert 2 <= served.count("gated") <= 12 // 3 + 1
+    assert set(served) == {"gated", "predicted"}
+    status = agent.status("running")
+    validate("status", status)
+    assert status["counters"]["gated"] == 4 + served.count("gated")  # type: ignore[index]
+    assert status["selection"]["gate"]["models"] == ["parity"]  # type: ignore[index]
+    agent.close()
