@@ -31,6 +31,7 @@ predictions are made in one handoff (agent.runner says why).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -117,6 +118,8 @@ class Agent:
         self.status_builder = status_builder or StatusBuilder()
         self.timetable = timetable or Timetable()
         self.gate = gate or Gate()
+        self.own_ms: float | None = None  # the agent's own time per frame outside windows, EMA
+        self.reserved_ms = 0.0  # of a delay budget, for the agent's own work (plans only)
         self.counters = Counters()
         self.overhead = Overhead()
         self.selection: Selection | None = None
@@ -240,8 +243,23 @@ class Agent:
             reuse=self.reuse_curves(),
         )
 
+    def agent_ms(self) -> float:
+        """The agent's own time per frame, measured outside the profiling windows: the loop
+        less the models' inference and the predictions' links (charged as links), plus
+        publishing; 0 before any frame."""
+        published = self.overhead.publish_ms / self.overhead.frames if self.overhead.frames \
+            else 0.0
+        return max(self.own_ms or 0.0, 0.0) + published
+
     def select(self, policy: str | None = None) -> Selection:
-        selection = get_policy(policy or self.config.selection.policy).select(self.problem())
+        chosen = get_policy(policy or self.config.selection.policy)
+        problem = self.problem()
+        self.reserved_ms = 0.0
+        if chosen.plans and "delay_ms" in problem.budget:  # the agent's own work included
+            self.reserved_ms = min(self.agent_ms(), problem.budget["delay_ms"])
+            problem = dataclasses.replace(problem, budget={
+                **problem.budget, "delay_ms": problem.budget["delay_ms"] - self.reserved_ms})
+        selection = chosen.select(problem)
         log.info("selected %s: active %s, predicted %s, use %s, expected agreement %.3f",
                  selection.policy, sorted(selection.active), list(selection.predicted),
                  selection.use, selection.expected_agreement)
@@ -267,7 +285,8 @@ class Agent:
         self.timetable.set_plan(selection.plan,
                                 {m: c.get("delay_ms") for m, c in self.model_costs.items()},
                                 self.reuse_curves())
-        spare = self._budget().get("delay_ms", 0.0) - selection.use.get("delay_ms", 0.0)
+        spare = self._budget().get("delay_ms", 0.0) - selection.use.get("delay_ms", 0.0) \
+            - self.reserved_ms
         self.gate.set({m: d for m, d in gated.items() if self.models[m].loaded}, spare)
         profiling = self.config.profiling
         if selection.plan is not None and not self.reuse_curves() and not \
@@ -518,14 +537,21 @@ class Agent:
         with self.lock:
             self.last_frame = frame
             started = time.perf_counter()
+            window_frames = self.window.stats.frames
             outputs: list[Output] = []
             try:
                 outputs, payloads = self._process(frame)
             finally:
-                self.overhead.loop_ms += (time.perf_counter() - started) * 1e3
+                elapsed = (time.perf_counter() - started) * 1e3
+                self.overhead.loop_ms += elapsed
                 self.overhead.frames += 1
-            self.overhead.models_ms += sum(o.latency_ms for o in outputs
-                                           if o.provenance in ("executed", "gated"))
+            models_ms = sum(o.latency_ms for o in outputs if o.provenance in ("executed", "gated"))
+            self.overhead.models_ms += models_ms
+            if self.window.stats.frames == window_frames:  # not a window's frame
+                own = elapsed - models_ms - sum(o.latency_ms for o in outputs
+                                                if o.provenance == "predicted")
+                self.own_ms = own if self.own_ms is None else self.own_ms + 0.05 * (
+                    own - self.own_ms)
             return payloads
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
@@ -638,6 +664,7 @@ class Agent:
             if selection is not None and "plan" in selection:
                 selection["schedule"] = self.timetable.to_dict()
                 selection["gate"] = self.gate.to_dict()
+                selection["agent_ms_reserved"] = round(self.reserved_ms, 4)
             sections = Sections(
                 selection=selection,
                 budget=self._budget(),

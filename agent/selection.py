@@ -162,6 +162,9 @@ class Selection:
 class Policy:
     name: ClassVar[str]
     uses_links: ClassVar[bool] = True
+    # plans an action per model: the agent reserves its own measured time per frame out of
+    # a delay budget before asking (agent.scheduler)
+    plans: ClassVar[bool] = False
 
     def choose(self, problem: Problem) -> frozenset[str]:
         raise NotImplementedError

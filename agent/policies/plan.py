@@ -21,6 +21,7 @@ EXACT_MAX_CANDIDATES = 12  # plan_exact: < 1 s at k = 12 (benchmarks/results/pla
 @POLICIES.register
 class PlanPolicy(Policy):
     name: ClassVar[str] = "plan"
+    plans: ClassVar[bool] = True
 
     def choose(self, problem: Problem) -> frozenset[str]:
         return self.select(problem).active
