@@ -23,11 +23,15 @@ prediction is least likely to agree with it, with the delay the plan leaves unus
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from agent.output import Output
+from links_tflite.agreement import mean_agreement
 from links_tflite.tasks import TaskSpec
+
+Run = Callable[[str], tuple[np.ndarray, float] | None]  # a model's output and ms, or None
 
 BINS = 10
 MIN_PAIRS = 5
@@ -132,6 +136,49 @@ class Gate:
                 chosen.append(model)
                 self.tokens -= delay
         return chosen
+
+    def replace(self, outputs: list[Output], specs: Mapping[str, TaskSpec], run: Run,
+                failed: Iterable[str] = ()) -> list[Output]:
+        """The frame's outputs with the least confident predictions the bucket affords
+        replaced by the model's own output (provenance `gated`); `run(model)` runs it (None
+        where it failed). Each run calibrates."""
+        if not self.models:
+            return outputs
+        excluded = set(failed)
+        scores = {}
+        candidates = []
+        for output in outputs:
+            model = output.model
+            if output.provenance == "predicted" and model in self.models \
+                    and model not in excluded:
+                scores[model] = raw_confidence(specs[model], output.value)
+                candidates.append((self.calibration.confidence(
+                    model, scores[model], output.est_agreement), model))
+        chosen = set(self.choose(candidates))
+        if not chosen:
+            return outputs
+        result = []
+        for output in outputs:
+            ran = run(output.model) if output.model in chosen else None
+            if ran is not None:
+                value, ms = ran
+                self.calibration.add(output.model, scores[output.model], mean_agreement(
+                    specs[output.model], output.value, value))
+                output = Output(output.model, value, "gated", (output.model,), 1.0, ms)
+            result.append(output)
+        return result
+
+    def calibrate(self, exact: Mapping[str, np.ndarray], specs: Mapping[str, TaskSpec],
+                  predict: Callable[[str], np.ndarray | None]) -> None:
+        """In a profiling window, where every model ran: each gated model's prediction
+        (`predict(model)`, None where there is none) beside its exact output."""
+        for target in self.models:
+            if target not in exact:
+                continue
+            value = predict(target)
+            if value is not None:
+                self.calibration.add(target, raw_confidence(specs[target], value),
+                                     mean_agreement(specs[target], value, exact[target]))
 
     def to_dict(self) -> dict[str, object]:
         return {"models": sorted(self.models), "spare_ms": round(self.spare_ms, 4),

@@ -45,7 +45,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.costbook import CostBook, Pair
 from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_runtime
 from agent.executor import ModelExecutor, Ran
-from agent.gate import Gate, raw_confidence
+from agent.gate import Gate
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
@@ -57,7 +57,6 @@ from agent.state import AgentState
 from agent.status import Counters, Overhead, Sections, StatusBuilder
 from agent.timetable import Timetable
 from agent.window import ProfilingWindow
-from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 
@@ -476,52 +475,30 @@ class Agent:
     def _gated(self, frame: Frame, outputs: list[Output]) -> list[Output]:
         """The confidence gate (agent.gate): the least confident predictions the spare delay
         affords are replaced by the model's own output (provenance `gated`)."""
-        if not self.gate.models:
-            return outputs
-        failed = self.executor.unavailable()
-        scores = {}
-        candidates = []
-        for output in outputs:
-            if output.provenance == "predicted" and output.model in self.gate.models \
-                    and output.model not in failed:
-                score = raw_confidence(self.bundle.models[output.model], output.value)
-                scores[output.model] = score
-                candidates.append((self.gate.calibration.confidence(
-                    output.model, score, output.est_agreement), output.model))
-        chosen = set(self.gate.choose(candidates))
-        if not chosen:
-            return outputs
-        gated = []
-        for output in outputs:
-            model = output.model
-            if model in chosen:
-                example = frame.modalities[self.models[model].input_modality]
-                try:
-                    value, ms = self.executor.infer(model, example)
-                except ModelFailure as failure:
-                    self._fail(model, failure)
-                else:
-                    self.gate.calibration.add(model, scores[model], mean_agreement(
-                        self.bundle.models[model], output.value, value))
-                    output = Output(model, value, "gated", (model,), 1.0, ms)
-            gated.append(output)
-        return gated
+        def run(model: str) -> tuple[np.ndarray, float] | None:
+            try:
+                return self.executor.infer(
+                    model, frame.modalities[self.models[model].input_modality])
+            except ModelFailure as failure:
+                self._fail(model, failure)
+                return None
+
+        return self.gate.replace(outputs, self.bundle.models, run, self.executor.unavailable())
 
     def _calibrate(self, exact: dict[str, np.ndarray]) -> None:
         """In a profiling window: each gated model's prediction from the models run every
         frame, beside its exact output, for the gate's calibration."""
         assert self.selection is not None
         sources = {m: exact[m] for m in self.selection.active if m in exact}
-        for target in self.gate.models:
-            if target not in exact or not sources:
-                continue
+
+        def predict(target: str) -> np.ndarray | None:
             try:
-                prediction = self.ensembles.predict(target, sources, self.profile)
+                return self.ensembles.predict(target, sources, self.profile).value if sources \
+                    else None
             except LookupError:
-                continue
-            spec = self.bundle.models[target]
-            self.gate.calibration.add(target, raw_confidence(spec, prediction.value),
-                                      mean_agreement(spec, prediction.value, exact[target]))
+                return None
+
+        self.gate.calibrate(exact, self.bundle.models, predict)
 
     def _prior(self, target: str) -> Output | None:
         """The bundle's constant predictor for the target, free (none in older bundles)."""
@@ -649,7 +626,7 @@ class Agent:
     def _end_window(self) -> None:
         assert self.selection is not None
         extra_memory_mb = sum(self.model_costs[m].get("memory_mb") for m in self.models
-                              if m not in self.selection.resident)
+                              if m not in self.selection.resident and m not in self.gate.models)
         self.window.end(self.bundle, extra_memory_mb)
         self.reselect()  # unloads what is not activated
         log.info("profiling window done: %s", self.window.online.summary())
