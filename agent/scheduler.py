@@ -34,8 +34,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -63,6 +65,7 @@ from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+OWN_FRAMES = 200  # frames the agent's own time per frame is the median of
 
 __all__ = ["Agent", "Counters", "Overhead", "check_models_in_bundle", "measure_link"]
 
@@ -117,7 +120,8 @@ class Agent:
         self.status_builder = status_builder or StatusBuilder()
         self.timetable = timetable or Timetable()
         self.gate = gate or Gate()
-        self.own_ms: float | None = None  # the agent's own time per frame outside windows, EMA
+        # the agent's own time on each of the last frames outside windows (agent_ms)
+        self.own_ms: deque[float] = deque(maxlen=OWN_FRAMES)
         self.reserved_ms = 0.0  # of a delay budget, for the agent's own work (plans only)
         self.counters = Counters()
         self.overhead = Overhead()
@@ -244,11 +248,13 @@ class Agent:
 
     def agent_ms(self) -> float:
         """The agent's own time per frame, measured outside the profiling windows: the loop
-        less the models' inference and the predictions' links (charged as links), plus
-        publishing; 0 before any frame."""
+        less the models' inference and the predictions' links (charged as links), the median
+        of the last `OWN_FRAMES` frames (a frame that re-plans or reloads is not typical),
+        plus publishing; 0 before any frame."""
         published = self.overhead.publish_ms / self.overhead.frames if self.overhead.frames \
             else 0.0
-        return max(self.own_ms or 0.0, 0.0) + published
+        own = statistics.median(self.own_ms) if self.own_ms else 0.0
+        return max(own, 0.0) + published
 
     def select(self, policy: str | None = None) -> Selection:
         chosen = get_policy(policy or self.config.selection.policy)
@@ -525,10 +531,8 @@ class Agent:
             models_ms = sum(o.latency_ms for o in outputs if o.provenance in ("executed", "gated"))
             self.overhead.models_ms += models_ms
             if self.window.stats.frames == window_frames:  # not a window's frame
-                own = elapsed - models_ms - sum(o.latency_ms for o in outputs
-                                                if o.provenance == "predicted")
-                self.own_ms = own if self.own_ms is None else self.own_ms + 0.05 * (
-                    own - self.own_ms)
+                self.own_ms.append(elapsed - models_ms - sum(
+                    o.latency_ms for o in outputs if o.provenance == "predicted"))
             return payloads
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
