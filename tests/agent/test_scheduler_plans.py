@@ -263,3 +263,43 @@ def test_the_gate_runs_predicted_models_in_the_spare_delay(digits_fixture, model
     assert status["counters"]["gated"] == 4 + served.count("gated")  # type: ignore[index]
     assert status["selection"]["gate"]["models"] == ["parity"]  # type: ignore[index]
     agent.close()
+
+
+def test_two_cameras_keep_their_own_turns_and_ages(digits_fixture, models,
+                                                    tmp_path: Path) -> None:
+    """Two cameras read together ([[sources]]): each camera's frames are counted apart, a
+    `run/p` model takes its turns on each, and a reused output is that camera's own."""
+    build = with_reuse(digits_fixture.root, tmp_path / "build", {"parity": CURVE})
+    text = python_config(tmp_path, build).read_text()
+    one = f'[source]\ntype = "replay"\npath = "{build / "stream.npz"}"\n'
+    assert one in text
+    text = text.replace(one, "".join(
+        f'[[sources]]\nid = "{name}"\ntype = "replay"\npath = "{build / "stream.npz"}"\n'
+        for name in ("gate", "yard")))
+    path = tmp_path / "two.toml"
+    path.write_text(text)
+    agent, kept, stream = started(path)
+    with_plan(agent, {"digit": Action("run"), "parity": Action("run", 3),
+                      "inkbox": Action("prior")})
+    offset = agent.timetable.offsets["parity"]
+    cameras = []
+    for _ in range(24):
+        frame = next(stream)
+        cameras.append(frame.camera)
+        agent.process(frame)
+    assert set(cameras) == {0, 1}
+    seen = {0: -1, 1: -1}
+    last: dict[int, tuple[int, list[float]]] = {}
+    reused = {0: 0, 1: 0}
+    for camera, outputs in zip(cameras, kept.frames, strict=True):
+        seen[camera] += 1
+        n, parity = seen[camera], outputs["parity"]
+        if (n + offset) % 3 == 0:
+            assert parity.provenance == "executed"
+            last[camera] = (n, parity.value.tolist())
+        elif camera in last:
+            assert parity.provenance == "reused" and parity.age == n - last[camera][0]
+            assert parity.value.tolist() == last[camera][1]  # this camera's, not the other's
+            reused[camera] += 1
+    assert min(reused.values()) >= 4
+    agent.close()
