@@ -282,12 +282,13 @@ def test_two_cameras_keep_their_own_turns_and_ages(digits_fixture, models,
     with_plan(agent, {"digit": Action("run"), "parity": Action("run", 3),
                       "inkbox": Action("prior")})
     offset = agent.timetable.offsets["parity"]
-    cameras = []
-    for _ in range(24):
-        frame = next(stream)
+    cameras: list[int] = []
+    for frame in stream:  # the two sources' frames come in the order they are read
         cameras.append(frame.camera)
         agent.process(frame)
-    assert set(cameras) == {0, 1}
+        if min(cameras.count(0), cameras.count(1)) >= 9:
+            break
+    assert min(cameras.count(0), cameras.count(1)) >= 9
     seen = {0: -1, 1: -1}
     last: dict[int, tuple[int, list[float]]] = {}
     reused = {0: 0, 1: 0}
