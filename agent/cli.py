@@ -140,6 +140,9 @@ def cmd_select(args: argparse.Namespace) -> int:
         use = ", ".join(f"{r} {v:.4f}" for r, v in dict(result["use"]).items())
         print(f"{name:<11} active {result['active']} predicted {result['predicted']} "
               f"expected agreement {result['expected_agreement']:.4f} use {use}")
+        if "plan" in result:
+            actions = dict(dict(result["plan"])["actions"])
+            print(f"{'':<11} plan: " + ", ".join(f"{m} {a}" for m, a in actions.items()))
     if code:
         print(f"mlink-agent: the configured policy {config.selection.policy!r} finds nothing "
               f"that fits the budget", file=sys.stderr)

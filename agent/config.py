@@ -320,6 +320,8 @@ class SelectionConfig(Strict):
     doubling after each further failure up to `retry_max_s`, then measured again."""
 
     policy: PolicyName = "activation"
+    gate: bool = Field(False, description="policy plan under a delay budget: run a predicted "
+                       "model on its least confident frames with the delay the plan leaves")
     retry_after_s: float = Field(5.0, ge=0.0, le=86_400.0)
     retry_max_s: float = Field(300.0, ge=0.0, le=86_400.0)
 

@@ -21,7 +21,7 @@ from agent.config import PublishConfig
 from agent.sources import Frame
 from links_tflite.tasks import TaskSpec, decode
 
-Provenance = Literal["executed", "predicted", "prior"]
+Provenance = Literal["executed", "predicted", "reused", "prior", "gated"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Output:
     est_agreement: float
     latency_ms: float
     withheld: str | None = None  # why the value is not published (e.g. "low agreement")
+    age: int | None = None  # reused: frames of its camera since the model's output was made
 
     @property
     def executed(self) -> bool:

@@ -20,6 +20,7 @@ from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Profile
 from links_tflite.ensemble import EnsembleRule, combine_outputs
 from links_tflite.tasks import TaskSpec
+from links_tflite.temporal import reuse_curve
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +85,48 @@ class OnlineAgreement:
         ready = sum(1 for key in self._samples if self.figure(*key) is not None)
         return {"figures": len(self._samples), "figures_in_use": ready,
                 "samples": sum(len(s) for s in self._samples.values())}
+
+
+MAX_REUSE_AGE = 15  # ages measured: up to the longest `run/p` period a plan uses, less one
+MIN_REUSE_PAIRS = 5  # frame pairs an age needs before its figure is used
+
+
+class ReuseMeter:
+    """Reuse curves measured live (links_tflite.temporal): in each profiling window every
+    model runs on consecutive frames, so its output on a frame can be compared with its own
+    output a frames later on the same camera. Per model and age the window's pairs are added
+    to those of earlier windows, the older ones scaled down so that at most `cap` pairs count
+    (the latest windows weigh most); a curve runs from age 1 up to the first age resting on
+    fewer than `MIN_REUSE_PAIRS` pairs."""
+
+    def __init__(self, cap: int, max_age: int = MAX_REUSE_AGE) -> None:
+        self.cap = cap
+        self.max_age = max_age
+        self._sums: dict[str, np.ndarray] = {}
+        self._pairs: dict[str, np.ndarray] = {}
+
+    def add(self, spec: TaskSpec, model: str, outputs: np.ndarray, cameras: np.ndarray) -> None:
+        """A window's outputs of one model in stream order, with each frame's camera."""
+        values, counts = reuse_curve(spec, outputs, cameras, self.max_age)
+        sums = self._sums.setdefault(model, np.zeros(self.max_age))
+        pairs = self._pairs.setdefault(model, np.zeros(self.max_age))
+        ages = len(values)
+        sums[:ages] += np.asarray(values) * np.asarray(counts)
+        pairs[:ages] += counts
+        over = pairs > self.cap
+        scale = np.where(over, self.cap / np.maximum(pairs, 1), 1.0)
+        sums *= scale
+        pairs *= scale
+
+    def curves(self) -> dict[str, tuple[float, ...]]:
+        result = {}
+        for model, pairs in self._pairs.items():
+            short = np.flatnonzero(pairs < MIN_REUSE_PAIRS)
+            ages = int(short[0]) if len(short) else self.max_age
+            if ages:
+                result[model] = tuple(float(v) for v in self._sums[model][:ages] / pairs[:ages])
+        return result
+
+    def summary(self) -> dict[str, object]:
+        """For the status: each measured curve, rounded."""
+        return {m: [round(v, 4) for v in c] for m, c in sorted(self.curves().items())}

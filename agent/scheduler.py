@@ -21,6 +21,10 @@ predict the others through the link ensembles, publishing every model's output.
   what the source counts (dropped frames, reconnections, malformed records) is the status's
   `sources` section. The agent closes it on `close()`.
 - the status builder (agent.status).
+- the timetable (agent.timetable): under a policy that plans (`plan`), which `run/p` models
+  run on a frame (staggered per camera), and each model's last exact output per camera,
+  served as `reused` with its age between its runs. The other actions: `predict` through the
+  links of the models run every frame (only the links it reads are loaded), `prior`, `none`.
 
 Where every model with a timeout runs on the runner thread, a frame's calls and its
 predictions are made in one handoff (agent.runner says why).
@@ -28,10 +32,13 @@ predictions are made in one handoff (agent.runner says why).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -41,15 +48,18 @@ from agent.config import AgentConfig, ConfigError
 from agent.costbook import CostBook, Pair
 from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_runtime
 from agent.executor import ModelExecutor, Ran
+from agent.gate import Gate
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
+from agent.planning import PREDICT, PRIOR, RUN, Action
 from agent.publisher import Publisher
 from agent.publishrules import PublishRules
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
 from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
+from agent.timetable import Timetable
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
@@ -57,6 +67,7 @@ from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
+OWN_FRAMES = 200  # frames the agent's own time per frame is the median of
 
 __all__ = ["Agent", "Counters", "Overhead", "check_models_in_bundle", "measure_link"]
 
@@ -98,7 +109,8 @@ class Agent:
                  executor: ModelExecutor, costs: CostBook, window: ProfilingWindow,
                  ensembles: EnsemblePredictor, publisher: Publisher | None = None,
                  payloads: Payloads | None = None, status_builder: StatusBuilder | None = None,
-                 publish_rules: PublishRules | None = None) -> None:
+                 publish_rules: PublishRules | None = None,
+                 timetable: Timetable | None = None, gate: Gate | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.source = source
@@ -110,6 +122,11 @@ class Agent:
         self.payloads = payloads or Payloads(source.cameras)
         self.publish_rules = publish_rules or PublishRules(config.publish)
         self.status_builder = status_builder or StatusBuilder()
+        self.timetable = timetable or Timetable()
+        self.gate = gate or Gate()
+        # the agent's own time on each of the last frames outside windows (agent_ms)
+        self.own_ms: deque[float] = deque(maxlen=OWN_FRAMES)
+        self.reserved_ms = 0.0  # of a delay budget, for the agent's own work (plans only)
         self.counters = Counters()
         self.overhead = Overhead()
         self.selection: Selection | None = None
@@ -193,6 +210,7 @@ class Agent:
             example = frame.modalities[self.models[model_id].input_modality]
             try:
                 output, _ = self.executor.run(model_id, frame)
+                self.timetable.record(model_id, frame.camera, output)
                 for _ in range(self.config.profiling.warmup_runs + runs - 1):
                     self.executor.infer(model_id, example)
             except ModelFailure as failure:
@@ -213,6 +231,11 @@ class Agent:
     def _budget(self) -> dict[str, float]:
         return {r: v for r, v in self.config.budget.model_dump().items() if v is not None}
 
+    def reuse_curves(self) -> dict[str, tuple[float, ...]]:
+        """Each model's reuse curve: measured in the profiling windows, else the bundle's."""
+        return {m: c for m, c in {**self.bundle.profile.reuse,
+                                  **self.window.reuse.curves()}.items() if m in self.models}
+
     def problem(self, budget: dict[str, float] | None = None) -> Problem:
         return Problem(
             models=tuple(self.models),
@@ -222,30 +245,86 @@ class Agent:
             budget=self._budget() if budget is None else budget,
             unavailable=self.executor.unavailable(),
             ensembles={t: self.ensembles.rule(t) for t in self.models},
+            priors={m: self.bundle.profile.priors[m] for m in self.models
+                    if m in self.bundle.priors and m in self.bundle.profile.priors},
+            reuse=self.reuse_curves(),
         )
 
+    def agent_ms(self) -> float:
+        """The agent's own time per frame, measured outside the profiling windows: the loop
+        less the models' inference and the predictions' links (charged as links), the median
+        of the last `OWN_FRAMES` frames (a frame that re-plans or reloads is not typical),
+        plus publishing; 0 before any frame."""
+        published = self.overhead.publish_ms / self.overhead.frames if self.overhead.frames \
+            else 0.0
+        own = statistics.median(self.own_ms) if self.own_ms else 0.0
+        return max(own, 0.0) + published
+
     def select(self, policy: str | None = None) -> Selection:
-        selection = get_policy(policy or self.config.selection.policy).select(self.problem())
+        chosen = get_policy(policy or self.config.selection.policy)
+        problem = self.problem()
+        self.reserved_ms = 0.0
+        if chosen.plans and "delay_ms" in problem.budget:  # the agent's own work included
+            self.reserved_ms = min(self.agent_ms(), problem.budget["delay_ms"])
+            problem = dataclasses.replace(problem, budget={
+                **problem.budget, "delay_ms": problem.budget["delay_ms"] - self.reserved_ms})
+        selection = chosen.select(problem)
         log.info("selected %s: active %s, predicted %s, use %s, expected agreement %.3f",
                  selection.policy, sorted(selection.active), list(selection.predicted),
                  selection.use, selection.expected_agreement)
         return selection
 
     def apply(self, selection: Selection) -> None:
-        """Load the activated models and the links they feed; unload everything else. A model
-        that fails to load is marked failed and a new selection is asked for."""
-        self.executor.unload_all(keep=selection.active)
-        for model_id in sorted(selection.active):
+        """Load the activated models (and a plan's `run/p` ones) and the links they feed;
+        unload everything else. A model that fails to load is marked failed and a new
+        selection is asked for."""
+        gated = self._gate_models(selection)
+        self.executor.unload_all(keep=selection.resident | set(gated))
+        for model_id in sorted(selection.resident | set(gated)):
             try:
                 self.executor.load(model_id)
             except ModelFailure as failure:
                 self._fail(model_id, failure)
                 self._reselect.set()
-        targets = selection.predicted if selection.uses_links else ()
+        if selection.plan is not None:
+            targets: tuple[str, ...] = selection.plan.with_kind(PREDICT)
+        else:
+            targets = selection.predicted if selection.uses_links else ()
         self.ensembles.prepare(selection.active, targets)
+        self.timetable.set_plan(selection.plan,
+                                {m: c.get("delay_ms") for m, c in self.model_costs.items()},
+                                self.reuse_curves())
+        spare = self._budget().get("delay_ms", 0.0) - selection.use.get("delay_ms", 0.0) \
+            - self.reserved_ms
+        self.gate.set({m: d for m, d in gated.items() if self.models[m].loaded}, spare)
+        profiling = self.config.profiling
+        if selection.plan is not None and not self.reuse_curves() and not \
+                self.window.stats.windows and (profiling.period_frames or profiling.period_s):
+            log.info("plan: no reuse curves in the bundle; a profiling window measures them "
+                     "from the next frame")
+            self.window.request()
         if self.selection is not None:  # every re-selection, whatever asked for it
             self.counters.reselections += 1
         self.selection = selection
+
+    def _gate_models(self, selection: Selection) -> dict[str, float]:
+        """The models the confidence gate may run, with their delays: under `[selection]
+        gate` and a delay budget, a plan's predicted models, the least well predicted first,
+        while their memory fits in what the plan leaves of a memory budget."""
+        budget = self._budget()
+        if selection.plan is None or not self.config.selection.gate or "delay_ms" not in budget:
+            return {}
+        costs = self.model_costs
+        room = budget.get("memory_mb", float("inf")) - selection.use.get("memory_mb", 0.0)
+        failed = self.executor.unavailable()
+        chosen = {}
+        targets = [m for m in selection.plan.with_kind(PREDICT) if m not in failed]
+        for model in sorted(targets, key=lambda m: (self.profile.ensemble_agreement(
+                m, selection.active), m)):
+            if costs[model].get("memory_mb") <= room:
+                room -= costs[model].get("memory_mb")
+                chosen[model] = costs[model].get("delay_ms")
+        return chosen
 
     def reselect(self) -> Selection:
         """Select again from the current costs, profile and failures, and apply the choice.
@@ -324,6 +403,7 @@ class Agent:
         self._configure_parts()
         self.executor.models = models
         self.costs.keep_only(models)
+        self.timetable.forget(set(models))
         if added:
             self.remeasure()
         self.apply(self.select())
@@ -346,27 +426,51 @@ class Agent:
         outputs = [Output(m, r.output, "executed", (m,), 1.0, r.latency_ms)
                    for m, r in sorted(executed.items())]
         sources = {m: executed[m].output for m in self.selection.active if m in executed}
+        plan = self.selection.plan
         for target in self.selection.predicted:
             if target in executed:
                 continue
-            output = self._predicted(frame, target, sources) if self.selection.uses_links \
-                else None
-            output = output or self._prior(target)
+            if plan is not None:
+                output = self._planned(frame, target, plan.actions.get(target), sources)
+            else:
+                output = self._predicted(frame, target, sources) if self.selection.uses_links \
+                    else None
+                output = output or self._prior(target)
             if output is not None:
                 outputs.append(output)
         return outputs
 
-    def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray]
-                   ) -> Output | None:
-        """The target predicted through its links from the present sources, unless its
-        prior agrees at least as well as the ensemble of those sources (or no link reads
-        them). Both figures are the bundle's, measured on the same held-out frames: the
-        online figures are live, the prior's is not, and comparing the two would serve a
-        stale constant after a drift."""
+    def _planned(self, frame: Frame, target: str, action: Action | None,
+                 sources: dict[str, np.ndarray]) -> Output | None:
+        """A model the plan does not run on this frame: `run/p` between its turns reuses its
+        last exact output on the camera, with its age, where its reuse curve covers that age
+        (else, counted as a fallback, its prior; a prediction where it has none and its
+        links are loaded); `predict` and `prior` as planned; `none`: nothing."""
+        kind = PREDICT if action is None else action.kind
+        if kind == RUN:
+            reused = self.timetable.reused(target, frame.camera)
+            if reused is not None:
+                return Output(target, reused.output, "reused", (target,), reused.agreement, 0.0,
+                              age=reused.age)
+            self.counters.reuse_fallbacks += 1
+            return self._prior(target) or self._predicted(frame, target, sources, False)
+        if kind == PREDICT:
+            return self._predicted(frame, target, sources, False) or self._prior(target)
+        if kind == PRIOR:
+            return self._prior(target)
+        return None
+
+    def _predicted(self, frame: Frame, target: str, sources: dict[str, np.ndarray],
+                   versus_prior: bool = True) -> Output | None:
+        """The target predicted through its links from the present sources, unless (with
+        `versus_prior`; a plan has made that choice already) its prior agrees at least as
+        well as the ensemble of those sources (or no link reads them). Both figures are the
+        bundle's, measured on the same held-out frames: the online figures are live, the
+        prior's is not, and comparing the two would serve a stale constant after a drift."""
         if not sources:
             return None
         prior = self.bundle.profile.priors.get(target)
-        if prior is not None and target in self.bundle.priors and prior >= \
+        if versus_prior and prior is not None and target in self.bundle.priors and prior >= \
                 self.bundle.profile.ensemble_agreement(target, frozenset(sources)):
             return None
         start = time.perf_counter()
@@ -378,6 +482,34 @@ class Agent:
         latency = (time.perf_counter() - start) * 1e3
         return Output(target, prediction.value, "predicted", prediction.sources,
                       prediction.est_agreement, latency)
+
+    def _gated(self, frame: Frame, outputs: list[Output]) -> list[Output]:
+        """The confidence gate (agent.gate): the least confident predictions the spare delay
+        affords are replaced by the model's own output (provenance `gated`)."""
+        def run(model: str) -> tuple[np.ndarray, float] | None:
+            try:
+                return self.executor.infer(
+                    model, frame.modalities[self.models[model].input_modality])
+            except ModelFailure as failure:
+                self._fail(model, failure)
+                return None
+
+        return self.gate.replace(outputs, self.bundle.models, run, self.executor.unavailable())
+
+    def _calibrate(self, exact: dict[str, np.ndarray]) -> None:
+        """In a profiling window: each gated model's prediction from the models run every
+        frame, beside its exact output, for the gate's calibration."""
+        assert self.selection is not None
+        sources = {m: exact[m] for m in self.selection.active if m in exact}
+
+        def predict(target: str) -> np.ndarray | None:
+            try:
+                return self.ensembles.predict(target, sources, self.profile).value if sources \
+                    else None
+            except LookupError:
+                return None
+
+        self.gate.calibrate(exact, self.bundle.models, predict)
 
     def _prior(self, target: str) -> Output | None:
         """The bundle's constant predictor for the target, free (none in older bundles)."""
@@ -393,24 +525,41 @@ class Agent:
         with self.lock:
             self.last_frame = frame
             started = time.perf_counter()
+            window_frames = self.window.stats.frames
             outputs: list[Output] = []
             try:
                 outputs, payloads = self._process(frame)
             finally:
-                self.overhead.loop_ms += (time.perf_counter() - started) * 1e3
+                elapsed = (time.perf_counter() - started) * 1e3
+                self.overhead.loop_ms += elapsed
                 self.overhead.frames += 1
-            self.overhead.models_ms += sum(o.latency_ms for o in outputs if o.executed)
+            models_ms = sum(o.latency_ms for o in outputs if o.provenance in ("executed", "gated"))
+            self.overhead.models_ms += models_ms
+            if self.window.stats.frames == window_frames:  # not a window's frame
+                self.own_ms.append(elapsed - models_ms - sum(
+                    o.latency_ms for o in outputs if o.provenance == "predicted"))
             return payloads
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
                   ) -> tuple[list[Output], list[dict[str, object]]]:
         """The frame's outputs, and the messages of those the publishing rules let out."""
-        outputs = self._frame_outputs(frame, executed)
+        outputs = self._gated(frame, self._frame_outputs(frame, executed))
         published = self.publish_rules.apply(outputs, self.bundle.models, frame.camera)
         return outputs, self.payloads.make(frame, published, self.config.publish,
                                            self.bundle.models)
 
+    def _runs(self, camera: int) -> frozenset[str]:
+        """The models that run on the camera's frame in progress: the activated ones, and
+        the `run/p` ones whose turn it is."""
+        assert self.selection is not None
+        if self.selection.plan is None:
+            return self.selection.active
+        failed = self.executor.unavailable()
+        return self.selection.active | frozenset(
+            m for m in self.timetable.due(camera) if m not in failed)
+
     def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
+        self.timetable.tick(frame.camera)
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
             self._count_failure(failure)
@@ -436,7 +585,7 @@ class Agent:
         then = None if profiling else partial(self._messages, frame)
         made: tuple[list[Output], list[dict[str, object]]] | None = None
         while True:
-            active = self.selection.active
+            active = self._runs(frame.camera)
             to_run = [m for m in sorted(active) if m not in tried]
             if profiling:
                 to_run += [m for m in self.executor.available()
@@ -459,18 +608,26 @@ class Agent:
                 break
             self.reselect()  # the failed model is predicted; newly activated ones run now
 
+        for model_id, ran in executed.items():
+            self.timetable.record(model_id, frame.camera, ran.output)
+        if profiling:
+            self.window.record(frame.camera, {m: r.output for m, r in executed.items()})
         if made is None:
             if profiling:
                 start = time.perf_counter()
                 self.window.score({m: r.output for m, r in executed.items()},
                                   self.selection.active, self.bundle, self.ensembles,
                                   self.costs)
+                self._calibrate({m: r.output for m, r in executed.items()})
                 extra_ms += (time.perf_counter() - start) * 1e3
             made = self._messages(frame, executed)
         outputs, payloads = made
         self.counters.executed += sum(o.executed for o in outputs)
         self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
         self.counters.prior += sum(o.provenance == "prior" for o in outputs)
+        self.counters.reused += sum(o.provenance == "reused" for o in outputs)
+        self.counters.gated += sum(o.provenance == "gated" for o in outputs)
+        self.counters.no_output += len(self.models) - len({o.model for o in outputs})
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()
@@ -479,7 +636,7 @@ class Agent:
     def _end_window(self) -> None:
         assert self.selection is not None
         extra_memory_mb = sum(self.model_costs[m].get("memory_mb") for m in self.models
-                              if m not in self.selection.active)
+                              if m not in self.selection.resident and m not in self.gate.models)
         self.window.end(self.bundle, extra_memory_mb)
         self.reselect()  # unloads what is not activated
         log.info("profiling window done: %s", self.window.online.summary())
@@ -488,9 +645,14 @@ class Agent:
     def status(self, state: str) -> dict[str, object]:
         """The retained status; safe from any thread (waits for the frame in progress)."""
         with self.lock:
-            active = self.selection.active if self.selection else frozenset()
+            active = self.selection.resident if self.selection else frozenset()
+            selection = self.selection.to_dict() if self.selection else None
+            if selection is not None and "plan" in selection:
+                selection["schedule"] = self.timetable.to_dict()
+                selection["gate"] = self.gate.to_dict()
+                selection["agent_ms_reserved"] = round(self.reserved_ms, 4)
             sections = Sections(
-                selection=self.selection.to_dict() if self.selection else None,
+                selection=selection,
                 budget=self._budget(),
                 models=self.executor.status(active),
                 profiling=self.window.to_dict(self.overhead.loop_ms),

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -48,6 +48,9 @@ from agent.costs import Cost
 from agent.registry import Registry
 from links_tflite.bundle import Profile
 from links_tflite.ensemble import EnsembleRule
+
+if TYPE_CHECKING:  # agent.planning builds on this module
+    from agent.planning import Plan
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +135,36 @@ class Selection:
     use: dict[str, float]
     expected_agreement: float
     uses_links: bool
+    # an action per model (agent.planning) where the policy plans: `active` is then the
+    # models it runs every frame, `predicted` all the others, whatever their action
+    plan: Plan | None = None
+
+    @property
+    def resident(self) -> frozenset[str]:
+        """The models kept loaded: the activated ones and those a plan runs every p-th frame."""
+        if self.plan is None:
+            return self.active
+        return self.active | frozenset(self.plan.with_kind("run"))
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        report: dict[str, object] = {
             "policy": self.policy,
             "active": sorted(self.active),
             "predicted": list(self.predicted),
             "use": self.use,
             "expected_agreement": self.expected_agreement,
         }
+        if self.plan is not None:
+            report["plan"] = self.plan.to_dict()
+        return report
 
 
 class Policy:
     name: ClassVar[str]
     uses_links: ClassVar[bool] = True
+    # plans an action per model: the agent reserves its own measured time per frame out of
+    # a delay budget before asking (agent.scheduler)
+    plans: ClassVar[bool] = False
 
     def choose(self, problem: Problem) -> frozenset[str]:
         raise NotImplementedError

@@ -21,6 +21,10 @@ class Counters:
     executed: int = 0
     predicted: int = 0
     prior: int = 0  # outputs served by the bundle's prior
+    reused: int = 0  # a plan's `run/p` model between its runs: its last exact output
+    reuse_fallbacks: int = 0  # ... where that was too old (or missing): its prior instead
+    no_output: int = 0  # models given no output on a frame (a plan's `none`, nothing fits)
+    gated: int = 0  # predicted, then run by the confidence gate
     model_errors: int = 0
     timeouts: int = 0
     frame_errors: int = 0
@@ -110,6 +114,10 @@ class StatusBuilder:
             "executed": counters.executed,
             "predicted": counters.predicted,
             "prior": counters.prior,
+            "reused": counters.reused,
+            "reuse_fallbacks": counters.reuse_fallbacks,
+            "no_output": counters.no_output,
+            "gated": counters.gated,
             "model_errors": counters.model_errors,
             "timeouts": counters.timeouts,
             "frame_errors": counters.frame_errors,

@@ -6,6 +6,8 @@ the window, measuring their memory and delay), run every link between vector mod
 and score the ensemble of each source subset against the exact outputs (agent.profiling). At
 the end of the window the online figures replace the bundle's where they rest on enough frames
 (`profile`); the agent then selects again. The window's extra work is timed and reported.
+The window's consecutive exact outputs also measure each model's reuse curve (`reuse`,
+agent.profiling.ReuseMeter): what a plan's `run/p` serves between its runs.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from agent.config import ProfilingConfig
 from agent.costbook import CostBook
-from agent.profiling import OnlineAgreement, subsets_to_score
+from agent.profiling import OnlineAgreement, ReuseMeter, subsets_to_score
 from links_tflite.bundle import Bundle, Profile
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 
@@ -41,6 +43,7 @@ class ProfilingWindow:
     def __init__(self, settings: ProfilingConfig, profile: Profile) -> None:
         self.settings = settings
         self.online = OnlineAgreement(settings.agreement_window, settings.min_samples)
+        self.reuse = ReuseMeter(settings.agreement_window)
         self.profile = profile  # the bundle's, then online where measured
         self.stats = ProfilingStats()
         self.left = 0  # frames left in the window in progress
@@ -48,6 +51,8 @@ class ProfilingWindow:
         # vector targets only: online scoring pools activated outputs, not token sequences
         self._links: dict[tuple[str, str], LinkRunner] = {}
         self._requested = threading.Event()
+        # the window's exact outputs in stream order: model -> [(camera, output)]
+        self._sequence: dict[str, list[tuple[int, np.ndarray]]] = {}
 
     @property
     def open(self) -> bool:
@@ -72,6 +77,7 @@ class ProfilingWindow:
         models = set(model_ids)
         self.left = self.settings.sample_frames
         self.stats.last_window_cost_ms = 0.0
+        self._sequence = {}
         self._links = {
             (link.source, link.target): open_link(bundle, link)
             for link in bundle.links
@@ -99,6 +105,11 @@ class ProfilingWindow:
             self.online.score_frame(bundle.models[target], target, exact, link_outputs,
                                     ensembles.rule(target), subsets)
 
+    def record(self, camera: int, outputs: Mapping[str, np.ndarray]) -> None:
+        """A window frame's exact outputs, for the reuse curves measured at its end."""
+        for model, output in outputs.items():
+            self._sequence.setdefault(model, []).append((camera, output))
+
     def count_frame(self, in_window: bool, extra_ms: float) -> bool:
         """One frame done, with `extra_ms` of the window's work; True where it closed the
         window (the caller then calls `end` and selects again)."""
@@ -114,6 +125,11 @@ class ProfilingWindow:
     def end(self, bundle: Bundle, extra_memory_mb: float) -> None:
         self._links = {}
         self.profile = self.online.profile(bundle.profile)
+        for model, rows in self._sequence.items():
+            if model in bundle.models and len(rows) > 1:
+                self.reuse.add(bundle.models[model], model, np.stack([o for _, o in rows]),
+                               np.array([c for c, _ in rows]))
+        self._sequence = {}
         self.stats.windows += 1
         self.stats.last_end = time.monotonic()
         self.stats.last_window_extra_memory_mb = extra_memory_mb
@@ -134,4 +150,5 @@ class ProfilingWindow:
             "last_window_extra_memory_mb": round(stats.last_window_extra_memory_mb, 3),
             "share_of_loop_time": round(stats.cost_ms / loop_ms, 6) if loop_ms else 0.0,
             "online": self.online.summary(),
+            "reuse": self.reuse.summary(),
         }

@@ -104,6 +104,9 @@ class Profile:
         default_factory=dict)
     subsets_sampled: dict[str, bool] = field(default_factory=dict)
     priors: dict[str, float] = field(default_factory=dict)  # target -> its prior, held out
+    # model -> agreement of its own last exact output at age 1, 2, ... frames of its camera
+    # (links_tflite.temporal.reuse_curve); absent from bundles trained before it
+    reuse: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def link_agreement(self, source: str, target: str) -> float:
         return self.pairwise.get(target, {}).get(source, 0.0)
@@ -134,6 +137,7 @@ class Profile:
             "subsets_sampled": self.subsets_sampled,
             "links": self.links,
             "priors": self.priors,
+            **({"reuse": {m: list(c) for m, c in self.reuse.items()}} if self.reuse else {}),
         }
 
     @classmethod
@@ -164,10 +168,22 @@ class Profile:
                 subset_details=details,
                 subsets_sampled={k: bool(v) for k, v in data.get("subsets_sampled", {}).items()},
                 priors={str(k): float(v) for k, v in data.get("priors", {}).items()},
+                reuse={str(k): _reuse_curve(v) for k, v in data.get("reuse", {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
             raise BundleError(f"{PROFILE}: malformed profile ({problem})") from None
+
+
+MAX_REUSE_AGE = 64  # the longest reuse curve a profile may carry
+
+
+def _reuse_curve(values: Any) -> tuple[float, ...]:
+    """A profile's reuse curve: agreements in [0, 1], at most `MAX_REUSE_AGE` ages."""
+    curve = tuple(float(x) for x in values)
+    if len(curve) > MAX_REUSE_AGE or not all(0.0 <= x <= 1.0 for x in curve):
+        raise ValueError(f"a reuse curve holds at most {MAX_REUSE_AGE} agreements in [0, 1]")
+    return curve
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def test_plugin_packages_are_found_by_importing_them() -> None:
     assert set(SOURCES) == {"replay", "city", "digits", "images", "video", "camera", "lines",
                             "jsonl"}  # agent/sources/many.py, decode.py... register nothing
     assert set(ADAPTERS) == {"tflite", "python", "onnx"}
-    assert set(POLICIES) == {"activation", "exact", "standalone", "all"}
+    assert set(POLICIES) == {"activation", "exact", "standalone", "all", "plan"}
     assert set(PROBES) == {"rss", "pss", "nvml", "jetson"}
     assert set(WORKLOADS) == {"digits", "city"}
 

@@ -165,8 +165,19 @@ def test_budgets_are_never_exceeded(policy: str) -> None:
         except SelectionError:
             continue
         chosen += 1
-        # recomputed here, links into every predicted model counted for the link policies
+        # recomputed here, links into every predicted model counted for the link policies;
+        # a plan: each action's own cost (run/p: the model's memory, its delay / p)
         use = problem.use(selection.active, with_links=selection.uses_links)
+        if selection.plan is not None:
+            use = {r: 0.0 for r in use}
+            for model, action in selection.plan.actions.items():
+                for r in use:
+                    if action.kind == "run":
+                        use[r] += problem.model_costs[model].get(r) / (
+                            action.period if r == "delay_ms" else 1)
+                    elif action.kind == "predict":
+                        use[r] += sum(problem.link_costs[(s, model)].get(r)
+                                      for s in action.sources)
         if policy == "standalone":
             assert not selection.uses_links
         for resource, limit in problem.budget.items():

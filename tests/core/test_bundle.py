@@ -108,3 +108,14 @@ def test_a_written_bundle_is_readable_by_other_users(tmp_path: Path) -> None:
     assert (root / "links").stat().st_mode & 0o777 == 0o755
     for path in [root / "manifest.json", root / "profile.json", root / "links" / "a__b.tflite"]:
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_a_profile_carries_reuse_curves_bounded() -> None:
+    base = {"pairwise": {}, "ensembles": {}}
+    profile = Profile.from_dict({**base, "reuse": {"a": [0.9, 0.8]}})
+    assert profile.reuse == {"a": (0.9, 0.8)}
+    assert Profile.from_dict(profile.to_dict()).reuse == profile.reuse
+    assert Profile.from_dict(base).reuse == {}  # bundles trained before them
+    for bad in ([1.5], [float("nan")], [0.5] * 65, "x"):
+        with pytest.raises(BundleError, match="malformed profile"):
+            Profile.from_dict({**base, "reuse": {"a": bad}})
