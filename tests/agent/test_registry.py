@@ -36,7 +36,7 @@ def test_a_plugin_is_registered_once_under_its_name() -> None:
 
 def test_plugin_packages_are_found_by_importing_them() -> None:
     assert set(SOURCES) == {"replay", "city", "digits", "images", "video", "camera", "lines",
-                            "jsonl"}  # agent/sources/many.py, decode.py... register nothing
+                            "jsonl", "mqtt"}  # agent/sources/many.py, decode.py... register nothing
     assert set(ADAPTERS) == {"tflite", "python", "onnx"}
     assert set(POLICIES) == {"activation", "exact", "standalone", "all", "plan"}
     assert set(PROBES) == {"rss", "pss", "nvml", "jetson"}

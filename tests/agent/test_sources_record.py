@@ -10,7 +10,7 @@ import pytest
 
 from agent.cli import main as agent_main
 from agent.config import ConfigError, load_config, validate
-from agent.sources import SOURCES, open_source
+from agent.sources import open_source
 from links_tflite.interpreter import TFLiteRunner
 from links_tflite.recording import Recording
 from offline_trainer.zoo import agent_config_text
@@ -20,11 +20,6 @@ def source_config(tmp_path: Path, source: dict) -> object:
     data = {"device_id": "t", "bundle": {"path": "b"}, "source": source,
             "models": [{"id": "m", "path": "m.tflite", "input": "image"}]}
     return validate(data, tmp_path).source
-
-
-def test_registry_names() -> None:
-    assert set(SOURCES) == {"replay", "city", "digits", "images", "video", "camera", "lines",
-                            "jsonl"}
 
 
 def test_city_source_streams_consecutive_seconds(tmp_path: Path) -> None:
