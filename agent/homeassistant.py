@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.publisher import Topics
+from agent.transport import Topics
 
 VALUE = ("{% set d = value_json.decoded | default({}) %}"
          "{{ d.name | default(d.value | default(value_json.value[0])) }}")

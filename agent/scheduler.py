@@ -43,11 +43,11 @@ from agent.executor import ModelExecutor, Ran
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
 from agent.output import Output, Payloads
-from agent.publisher import Publisher
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
 from agent.status import Counters, Overhead, Sections, StatusBuilder
+from agent.transport import Publisher
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link

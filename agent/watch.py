@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from agent.publisher import PublishError
+from agent.transport import PublishError, parse
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +53,19 @@ class Watch:
                           (f"{root}/models/+/output", 0)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) < 3:
+        ref = parse(message.topic, self.prefix)
+        if ref is None:
             return
-        device = parts[1]
         try:
             with self._lock:
-                entry = self.devices.setdefault(device, {"models": {}, "status": None,
-                                                         "availability": "?"})
-                if parts[2] == "availability":
+                entry = self.devices.setdefault(ref.device, {"models": {}, "status": None,
+                                                             "availability": "?"})
+                if ref.kind == "availability":
                     entry["availability"] = message.payload.decode("utf-8", "replace")
-                elif parts[2] == "status":
+                elif ref.kind == "status":
                     entry["status"] = json.loads(message.payload)
-                elif parts[2] == "models" and len(parts) == 5:
-                    entry["models"][parts[3]] = json.loads(message.payload)
+                elif ref.kind == "output":
+                    entry["models"][ref.name] = json.loads(message.payload)
         except (ValueError, UnicodeDecodeError):
             log.debug("unreadable message on %s", message.topic)
 

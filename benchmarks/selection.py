@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from agent.config import AgentConfig, load_config  # noqa: E402
 from agent.costs import Cost  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.publisher import Publisher, dumps  # noqa: E402
 from agent.scheduler import Agent  # noqa: E402
 from agent.selection import POLICIES, Problem, SelectionError, get_policy  # noqa: E402
+from agent.transport import Publisher, dumps  # noqa: E402
+from agent.transport.outbox import Outbox  # noqa: E402
 from devtools.broker import BrokerUnavailable, LocalBroker  # noqa: E402
 from links_tflite.agreement import mean_agreement  # noqa: E402
 from links_tflite.bundle import Profile, load_bundle  # noqa: E402

@@ -37,8 +37,8 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from agent.config import load_config
-from agent.outbox import Outbox
 from agent.sources.city import start_index
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent

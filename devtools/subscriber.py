@@ -14,7 +14,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.publisher import Topics
+from agent.transport import Topics
 
 log = logging.getLogger(__name__)
 

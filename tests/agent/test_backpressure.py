@@ -12,9 +12,9 @@ import pytest
 
 import tests.support.python_models as pm
 from agent.config import MqttConfig, load_config
-from agent.outbox import Outbox
-from agent.publisher import HOLD_AT, Publisher
 from agent.scheduler import Agent
+from agent.transport import HOLD_AT, Publisher
+from agent.transport.outbox import Outbox
 from tests.agent.test_scheduler_failures import MODELS, python_config
 from tests.support.agent_process import wait_until
 from tests.support.contract import validate
@@ -33,7 +33,7 @@ def test_the_loop_skips_frames_while_the_outbox_is_nearly_full(
     outbox = Outbox(tmp_path / "outbox.sqlite", max_messages=CAP)
     publisher = Publisher(MqttConfig(port=broker.port, client_id="held"), "test", outbox)
     publisher.connect(10)
-    caplog.set_level(logging.WARNING, logger="agent.publisher")
+    caplog.set_level(logging.WARNING, logger="agent.transport")
     try:
         agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)),
                                   publisher)

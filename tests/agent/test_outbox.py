@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from agent.config import MqttConfig
-from agent.outbox import Outbox
-from agent.publisher import POSSIBLE_DUPLICATE, Publisher
+from agent.transport import POSSIBLE_DUPLICATE, Publisher
+from agent.transport.outbox import Outbox
 from tests.support.agent_process import Subscriber
 from tests.support.faults import LossyLink
 
@@ -36,7 +36,7 @@ def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
 def _publisher(port: int, outbox_path: Path) -> Publisher:
     config = MqttConfig(port=port, client_id="outbox-test-agent")
     publisher = Publisher(config, "box", Outbox(outbox_path))
-    publisher._client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+    publisher.mqtt.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
     return publisher
 
 

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.config import ConfigError, MqttConfig, TlsConfig
-from agent.publisher import Publisher, PublishError
+from agent.transport import Publisher, PublishError
 from tests.support.agent_process import DEVICE, AgentProcess, Client, write_config
 from tests.support.broker_security import Certificates, make_certificates, secured_broker
 

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.outbox import Outbox
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 from tests.support.agent_process import AgentProcess, Client, outbox_depth, retained, write_config
 

@@ -294,7 +294,7 @@ def _evil_archive() -> bytes:
 
 def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broker,
                                                               tmp_path: Path) -> None:
-    from agent.outbox import Outbox
+    from agent.transport.outbox import Outbox
 
     state = tmp_path / "state"
     config = write_config(digits_build.root, broker.port, state)
@@ -347,7 +347,7 @@ class RecordingPublisher:
     """What the agent hands a publisher: every message kept, nothing sent."""
 
     def __init__(self) -> None:
-        from agent.publisher import Topics
+        from agent.transport import Topics
 
         self.topics = Topics("mlink", "test")
         self.sent: list[tuple[str, object]] = []

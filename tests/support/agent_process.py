@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.outbox import Outbox
+from agent.transport.outbox import Outbox
 from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import agent_config_text
 from tests.conftest import LINKED_MODELS

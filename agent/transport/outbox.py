@@ -8,7 +8,7 @@ One connection guarded by a lock: the loop thread writes, the sender thread read
 
 Each row remembers whether it was ever handed to MQTT (`sent`, committed before the hand-over):
 a row sent before and still here may have reached the broker with its PUBACK lost, so its
-next copy is published marked as a possible duplicate (agent/publisher.py).
+next copy is published marked as a possible duplicate (agent/transport/sender.py).
 """
 
 from __future__ import annotations
