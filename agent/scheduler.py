@@ -42,7 +42,7 @@ from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_ru
 from agent.executor import ModelExecutor, Ran
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
-from agent.output import Output, Payloads
+from agent.output import Message, Output, Payloads
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
@@ -105,7 +105,8 @@ class Agent:
         self.window = window
         self.ensembles = ensembles
         self.publisher = publisher
-        self.payloads = payloads or Payloads(source.cameras)
+        self.payloads = payloads or Payloads(source.cameras,
+                                             publisher.next_seq if publisher else 1)
         self.status_builder = status_builder or StatusBuilder()
         self.counters = Counters()
         self.overhead = Overhead()
@@ -383,29 +384,29 @@ class Agent:
             return None
         return Output(target, prediction.value, "prior", (), prediction.est_agreement, 0.0)
 
-    def process(self, frame: Frame) -> list[dict[str, object]]:
-        """One frame: the messages of every published model's output, executed or
-        predicted."""
+    def process(self, frame: Frame) -> Message | None:
+        """One frame: its message (every published model's output, executed or predicted),
+        None where no model is published."""
         with self.lock:
             self.last_frame = frame
             started = time.perf_counter()
             outputs: list[Output] = []
             try:
-                outputs, payloads = self._process(frame)
+                outputs, message = self._process(frame)
             finally:
                 self.overhead.loop_ms += (time.perf_counter() - started) * 1e3
                 self.overhead.frames += 1
             self.overhead.models_ms += sum(o.latency_ms for o in outputs if o.executed)
-            return payloads
+            return message
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
-                  ) -> tuple[list[Output], list[dict[str, object]]]:
-        """The frame's outputs, and the messages of those published."""
+                  ) -> tuple[list[Output], Message | None]:
+        """The frame's outputs, and its message."""
         outputs = self._frame_outputs(frame, executed)
         return outputs, self.payloads.make(frame, outputs, self.config.publish,
                                            self.bundle.models)
 
-    def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
+    def _process(self, frame: Frame) -> tuple[list[Output], Message | None]:
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
             self._count_failure(failure)
@@ -429,7 +430,7 @@ class Agent:
         # same handoff (the caches the models left are the ones the links read), unless one
         # fails.
         then = None if profiling else partial(self._messages, frame)
-        made: tuple[list[Output], list[dict[str, object]]] | None = None
+        made: tuple[list[Output], Message | None] | None = None
         while True:
             active = self.selection.active
             to_run = [m for m in sorted(active) if m not in tried]
@@ -462,14 +463,14 @@ class Agent:
                                   self.costs)
                 extra_ms += (time.perf_counter() - start) * 1e3
             made = self._messages(frame, executed)
-        outputs, payloads = made
+        outputs, message = made
         self.counters.executed += sum(o.executed for o in outputs)
         self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
         self.counters.prior += sum(o.provenance == "prior" for o in outputs)
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()
-        return outputs, payloads
+        return outputs, message
 
     def _end_window(self) -> None:
         assert self.selection is not None
@@ -532,19 +533,17 @@ class Agent:
             held = self.publisher is not None and self.publisher.hold_frame()
             self.counters.frames_skipped += held
             try:
-                payloads = [] if held else self.process(frame)
+                message = None if held else self.process(frame)
             except Exception:  # the loop never stops for one frame
                 self.counters.frame_errors += 1
                 log.exception("frame %s failed", frame.frame_id)
-                payloads = []
+                message = None
             else:
                 if on_frame is not None:
                     on_frame(frame)
             started = time.perf_counter()
-            for payload in payloads:
-                if self.publisher:
-                    self.publisher.publish(self.publisher.topics.output(str(payload["model"])),
-                                           payload)
+            if message is not None and self.publisher:
+                self.payloads.send(message, self.publisher, self.config.publish)
             self.overhead.publish_ms += (time.perf_counter() - started) * 1e3
             self.counters.frames += 1
             if time.monotonic() - last_status > STATUS_EVERY_S:

@@ -1,5 +1,6 @@
 """`mlink-agent watch`: a live terminal view for a person at a subscriber — per device its
-status line, per model the latest value, executed or predicted, and estimated agreement."""
+status line, per camera and model the latest value (from the frame messages), executed or
+predicted, and estimated agreement."""
 
 from __future__ import annotations
 
@@ -21,14 +22,19 @@ CLEAR = "\x1b[H\x1b[2J"
 
 def _read(output: dict[str, Any]) -> str:
     """The output as a person reads it: the decoded label, labels, box or number."""
-    decoded = output.get("decoded") or {}
+    if output.get("withheld"):
+        return f"(withheld: {output['withheld']})"
+    decoded = output.get("decoded")
+    if decoded is not None and not isinstance(decoded, dict):  # already read: words, a name
+        return decoded if isinstance(decoded, str) else json.dumps(decoded)
+    decoded = decoded or {}
     if "name" in decoded:
         return str(decoded["name"])
     for key in ("labels", "box", "value", "tokens"):
         if key in decoded:
             value = decoded[key]
             return json.dumps(value) if not isinstance(value, float) else f"{value:.3f}"
-    values = output.get("value", [])
+    values = output.get("value") or []
     shown = ", ".join(f"{v:.3f}" for v in values[:4])
     return f"[{shown}{', ...' if len(values) > 4 else ''}]"
 
@@ -50,7 +56,7 @@ class Watch:
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         root = f"{self.prefix}/{self.device or '+'}"
         client.subscribe([(f"{root}/status", 1), (f"{root}/availability", 1),
-                          (f"{root}/models/+/output", 0)])
+                          (f"{root}/frames/+", 0)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         ref = parse(message.topic, self.prefix)
@@ -64,9 +70,12 @@ class Watch:
                     entry["availability"] = message.payload.decode("utf-8", "replace")
                 elif ref.kind == "status":
                     entry["status"] = json.loads(message.payload)
-                elif ref.kind == "output":
-                    entry["models"][ref.name] = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError):
+                elif ref.kind == "frames":
+                    frame = json.loads(message.payload)
+                    for model, output in frame["outputs"].items():
+                        entry["models"][f"{ref.name}/{model}"] = {**output,
+                                                                  "frame_id": frame["frame_id"]}
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             log.debug("unreadable message on %s", message.topic)
 
     def start(self) -> Watch:
@@ -91,11 +100,11 @@ class Watch:
         lines = []
         for device, entry in sorted(devices.items()):
             lines.append(self._status_line(device, entry))
-            lines.append(f"  {'model':<16} {'provenance':<10} {'est.agr':>7} {'latency':>9} "
+            lines.append(f"  {'camera/model':<24} {'provenance':<10} {'est.agr':>7} {'latency':>9} "
                          f"{'frame':>8}  value")
             for model, output in sorted(entry["models"].items()):
                 lines.append(
-                    f"  {model:<16} {output.get('provenance', '?'):<10} "
+                    f"  {model:<24} {output.get('provenance', '?'):<10} "
                     f"{output.get('est_agreement', 0.0):>7.3f} "
                     f"{output.get('latency_ms', 0.0):>7.2f}ms {output.get('frame_id', ''):>8}  "
                     f"{_read(output)}")

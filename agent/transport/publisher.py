@@ -60,16 +60,22 @@ class Publisher:
         self.mqtt.wait_connected(timeout_s)
 
     # -- publishing ------------------------------------------------------------------------------
+    @property
+    def next_seq(self) -> int:
+        """The first frame message's `seq` for this process: on from the outbox's last."""
+        return self.outbox.next_key if self.outbox is not None else 1
+
     def publish(self, topic: str, payload: Any, qos: int | None = None,
-                retain: bool = False) -> None:
-        """Outputs (not retained) go through the durable outbox when there is one; retained
-        topics keep their latest value and are republished after each connect."""
+                retain: bool = False, key: int | None = None) -> None:
+        """Outputs (not retained) go through the durable outbox when there is one (`key`: a
+        frame message's `seq`, kept with its row); retained topics keep their latest value
+        and are republished after each connect."""
         data = encode(payload)
         qos = self.config.qos if qos is None else qos
         if retain:
             self.mqtt.retain(topic, data, qos)
         elif self.sender is not None:
-            self.sender.stage(topic, data, qos)
+            self.sender.stage(topic, data, qos, key)
         else:
             self.mqtt.send_direct(topic, data, qos, False)
 

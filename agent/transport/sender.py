@@ -29,7 +29,7 @@ from collections import deque
 import paho.mqtt.client as mqtt
 
 from agent.transport.mqtt import WAKE_ACKS, WINDOW, MqttClient, dumps
-from agent.transport.outbox import Message, Outbox
+from agent.transport.outbox import Message, Outbox, Staged
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class OutboxSender:
         self.mqtt = mqtt_client
         self.outbox = outbox
         self.wake = threading.Event()
-        self._staged: deque[tuple[str, bytes, int]] = deque()
+        self._staged: deque[Staged] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._row_topics: dict[int, str] = {}  # outbox row id in flight -> its topic
         self._cursor = 0  # highest outbox row id handed to paho in this process
@@ -80,11 +80,11 @@ class OutboxSender:
         self._holding: str | None = None  # why the loop skips frames now
 
     # -- the loop's side -----------------------------------------------------------------------
-    def stage(self, topic: str, data: bytes, qos: int) -> None:
-        """Queue one output; the sender thread stores and sends it. Beyond STAGED_MAX waiting
-        for the disk, wait (the disk is slower than the loop), or drop, counted, when the disk
-        is full."""
-        self._staged.append((topic, data, qos))
+    def stage(self, topic: str, data: bytes, qos: int, key: int | None = None) -> None:
+        """Queue one output (`key`: a frame message's `seq`); the sender thread stores and
+        sends it. Beyond STAGED_MAX waiting for the disk, wait (the disk is slower than the
+        loop), or drop, counted, when the disk is full."""
+        self._staged.append((topic, data, qos, key))
         self.staged_total += 1
         self.wake.set()
         while len(self._staged) > STAGED_MAX and self.running and not self._closing:
@@ -245,7 +245,7 @@ class OutboxSender:
             log.warning("the outbox is written again (disk no longer full)")
         if direct:
             self._hand_over([Message(i, topic, data, qos, False)
-                             for i, (topic, data, qos) in zip(ids, batch, strict=True)])
+                             for i, (topic, data, qos, _) in zip(ids, batch, strict=True)])
 
     def _take_acked(self) -> list[int]:
         """The outbox rows of the PUBACKs received since the last wake-up."""

@@ -27,7 +27,7 @@ def backlog(digits_build, tmp_path: Path) -> Iterator[tuple[LocalBroker, AgentPr
         client = Client(broker.port)
         agent = AgentProcess(config)
         try:
-            client.wait(lambda: client.json_on("models/digit/output")[3:])
+            client.wait(lambda: client.outputs_of("digit")[3:])
             broker.stop()
             outbox = state / "outbox.sqlite"
             client.wait(lambda: outbox_depth(outbox) >= 30, timeout_s=30)
