@@ -39,13 +39,20 @@ def attributes_template(model: str) -> str:
 
 
 def camera_names(config: AgentConfig) -> tuple[str, ...]:
-    """The cameras' names as the sources will give them (`Source.cameras` reads only the
-    source's config), without opening a source."""
+    """The cameras' names as the sources will give them: from the source's config where its
+    `cameras` reads only that, else from the source opened for the moment (a replay)."""
     configs = [config.source] if config.source is not None else list(config.sources)
     names: list[str] = []
     for source in configs:
         cameras: Any = SOURCES[source.type].cameras  # the property itself
-        names.extend(cameras.fget(SimpleNamespace(config=source)))
+        try:
+            names.extend(cameras.fget(SimpleNamespace(config=source)))
+        except AttributeError:  # it reads what the source opened (a recording's cameras)
+            opened = SOURCES[source.type](source)
+            try:
+                names.extend(opened.cameras)
+            finally:
+                opened.close()
     return tuple(names)
 
 

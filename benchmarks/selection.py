@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.config import AgentConfig, load_config  # noqa: E402
 from agent.costs import Cost  # noqa: E402
+from agent.output import Payloads, model_entries  # noqa: E402
 from agent.scheduler import Agent  # noqa: E402
 from agent.selection import POLICIES, Problem, SelectionError, get_policy  # noqa: E402
 from agent.transport import Publisher, dumps  # noqa: E402
@@ -134,7 +135,7 @@ def achieved(agent: Agent, frames: list, exact: dict[str, list[np.ndarray]]) -> 
     model got no output, as with `standalone`)."""
     scores = {m: [] for m in agent.models}
     for row, frame in enumerate(frames):
-        got = {str(p["model"]): p for p in agent.process(frame)}
+        got = {str(p["model"]): p for p in model_entries(agent.process(frame))}
         for m in agent.models:
             if m not in got:
                 scores[m].append(0.0)
@@ -285,24 +286,30 @@ def count_model_cpu(agent: Agent) -> list[float]:
 
 
 def overhead_pass(agent: Agent, frames: list, model_cpu: list[float],
-                  publisher: Publisher | None = None) -> PassTimes:
+                  publisher: Publisher | None = None, per_model: bool = False) -> PassTimes:
     """One pass of the frames: the executed models' time and the agent's own, per frame. With
-    a publisher every output goes through it (outbox, MQTT) and the pass ends when the broker
-    has acknowledged them all, so the sender's and paho's threads are counted."""
+    a publisher every frame's message goes through it (outbox, MQTT; `per_model`: one message
+    per model instead, each through the outbox, as before the frames topic) and the pass
+    ends when the broker has acknowledged them all, so the sender's and paho's threads are
+    counted."""
     model_ms = agent_ms = 0.0
     model_cpu[0] = 0.0
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     for frame in frames:
         start = time.perf_counter()
-        payloads = agent.process(frame)
-        for payload in payloads:
-            if publisher is None:
-                dumps(payload)
-            else:
-                publisher.publish(publisher.topics.output(str(payload["model"])), payload)
+        message = agent.process(frame)
+        if message is None:
+            continue
+        if publisher is None:
+            dumps(message)
+        elif per_model:
+            for entry in model_entries(message):
+                publisher.publish(publisher.topics.output(entry["model"]), entry)
+        else:
+            Payloads.send(message, publisher, agent.config.publish)
         agent_ms += (time.perf_counter() - start) * 1e3
-        model_ms += sum(float(p["latency_ms"]) for p in payloads
-                        if p["provenance"] == "executed")
+        model_ms += sum(float(e["latency_ms"]) for e in message["outputs"].values()
+                        if e["provenance"] == "executed")
     if publisher is not None:
         if not publisher.drain(60.0):
             raise RuntimeError("the broker did not acknowledge every output within 60 s")
@@ -313,10 +320,13 @@ def overhead_pass(agent: Agent, frames: list, model_cpu: list[float],
                      (cpu_ms - models_cpu_ms) / n)
 
 
-OVERHEAD_MODES = (  # label, timeout_ms, publishing
-    ("runner thread, timeout 5 s", 5000.0, False),
-    ("inline (timeout 0)", 0.0, False),
-    ("runner thread, publishing (outbox, Mosquitto)", 5000.0, True),
+OVERHEAD_MODES = (  # label, timeout_ms, publishing: None, "model" or "frame"
+    ("runner thread, timeout 5 s", 5000.0, None),
+    ("inline (timeout 0)", 0.0, None),
+    ("runner thread, publishing one message per model (before; outbox, Mosquitto)", 5000.0,
+     "model"),
+    ("runner thread, publishing one message per frame (frames/<camera>; outbox, Mosquitto)",
+     5000.0, "frame"),
 )
 
 
@@ -350,7 +360,8 @@ def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
             publisher = open_publisher(config, broker, Path(work)) if publishing and broker \
                 else None
             try:
-                results = sorted((overhead_pass(agent, frames, model_cpu, publisher)
+                results = sorted((overhead_pass(agent, frames, model_cpu, publisher,
+                                                per_model=publishing == "model")
                                   for _ in range(passes)),
                                  key=lambda r: r.agent_cpu / r.models_cpu)
             finally:
