@@ -44,7 +44,7 @@ def test_select_prints_every_policy(config: Path, capsys: pytest.CaptureFixture[
 
 def test_select_text_without_tensorflow(config: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "select",
+        [sys.executable, str(ROOT / "tests" / "support" / "agent_without_tensorflow.py"), "select",
          "--config", str(config), "--budget", "memory_mb=1000,delay_ms=1000"],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]

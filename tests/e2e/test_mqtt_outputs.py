@@ -25,7 +25,7 @@ MEMORY_BUDGET_MB = 1.0  # below the digit model's own cost: something must be pr
 
 def run_agent(config: Path, frames: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "run",
+        [sys.executable, str(ROOT / "tests" / "support" / "agent_without_tensorflow.py"), "run",
          "--config", str(config), "--frames", str(frames)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )

@@ -59,8 +59,8 @@ class AgentProcess:
                  frames: int | None = None, log_file: Path | None = None) -> None:
         """`log_file`: the agent's output goes there rather than to a pipe read at the stop
         (a long run fills a pipe's buffer, and then every thread that logs blocks)."""
-        args = [sys.executable, str(ROOT / "tests" / "agent_without_tensorflow.py"), "run",
-                "--config", str(config)]
+        args = [sys.executable, str(ROOT / "tests" / "support" / "agent_without_tensorflow.py"),
+                "run", "--config", str(config)]
         if frames:
             args += ["--frames", str(frames)]
         self.log_file = log_file
