@@ -356,9 +356,10 @@ class RecordingPublisher:
         self.published = 0
         self.pending = 0
         self.outbox = None
+        self.next_seq = 1
 
     def publish(self, topic: str, payload: object, qos: int | None = None,
-                retain: bool = False) -> None:
+                retain: bool = False, key: int | None = None) -> None:
         self.sent.append((topic, payload))
 
     def hold_frame(self) -> bool:
