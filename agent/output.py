@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from agent.transport import Publisher
 
 Provenance = Literal["executed", "predicted", "prior"]
-Message = dict[str, Any]
+FrameMessage = dict[str, Any]  # on frames/<camera>: the frame's fields and `outputs`
+Entry = dict[str, Any]  # one model's output in it (with the frame's fields: a per-model topic)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def readable_value(spec: TaskSpec, value: np.ndarray, decimals: int | None) -> o
     return decode(spec, value)
 
 
-def model_entries(message: Message | None) -> list[Message]:
+def model_entries(message: FrameMessage | None) -> list[Entry]:
     """A frame message's entries one per model, each with the frame's fields and `model`:
     what a per-model topic carries (none for no message)."""
     if message is None:
@@ -69,7 +70,7 @@ class Payloads:
         self._seq = itertools.count(first_seq)
 
     def make(self, frame: Frame, outputs: Iterable[Output], settings: PublishConfig,
-             specs: Mapping[str, TaskSpec]) -> Message | None:
+             specs: Mapping[str, TaskSpec]) -> FrameMessage | None:
         """The frame's message, or None where no model of the frame is published."""
         published = None if settings.models is None else set(settings.models)
         entries = {output.model: self._entry(output, specs[output.model], settings)
@@ -81,8 +82,8 @@ class Payloads:
                 "stream_ts": frame.stream_ts, "outputs": entries}
 
     @staticmethod
-    def _entry(output: Output, spec: TaskSpec, settings: PublishConfig) -> Message:
-        entry: Message
+    def _entry(output: Output, spec: TaskSpec, settings: PublishConfig) -> Entry:
+        entry: Entry
         if output.withheld is not None:
             entry = {"value": None, "withheld": output.withheld}
         else:
@@ -98,7 +99,7 @@ class Payloads:
         return entry
 
     @staticmethod
-    def send(message: Message, publisher: Publisher, settings: PublishConfig) -> None:
+    def send(message: FrameMessage, publisher: Publisher, settings: PublishConfig) -> None:
         """The frame message on `frames/<camera>` (QoS 1, through the outbox, keyed by its
         `seq`); each model's entry also on `models/<id>/output` (`topic` qos0: now or never;
         qos1: through the outbox) and retained on `models/<id>/last` where its rules ask."""

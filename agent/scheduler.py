@@ -42,7 +42,7 @@ from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_ru
 from agent.executor import ModelExecutor, Ran
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
-from agent.output import Message, Output, Payloads
+from agent.output import FrameMessage, Output, Payloads
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
@@ -384,7 +384,7 @@ class Agent:
             return None
         return Output(target, prediction.value, "prior", (), prediction.est_agreement, 0.0)
 
-    def process(self, frame: Frame) -> Message | None:
+    def process(self, frame: Frame) -> FrameMessage | None:
         """One frame: its message (every published model's output, executed or predicted),
         None where no model is published."""
         with self.lock:
@@ -400,13 +400,13 @@ class Agent:
             return message
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
-                  ) -> tuple[list[Output], Message | None]:
+                  ) -> tuple[list[Output], FrameMessage | None]:
         """The frame's outputs, and its message."""
         outputs = self._frame_outputs(frame, executed)
         return outputs, self.payloads.make(frame, outputs, self.config.publish,
                                            self.bundle.models)
 
-    def _process(self, frame: Frame) -> tuple[list[Output], Message | None]:
+    def _process(self, frame: Frame) -> tuple[list[Output], FrameMessage | None]:
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
             self._count_failure(failure)
@@ -430,7 +430,7 @@ class Agent:
         # same handoff (the caches the models left are the ones the links read), unless one
         # fails.
         then = None if profiling else partial(self._messages, frame)
-        made: tuple[list[Output], Message | None] | None = None
+        made: tuple[list[Output], FrameMessage | None] | None = None
         while True:
             active = self.selection.active
             to_run = [m for m in sorted(active) if m not in tried]
