@@ -73,8 +73,8 @@ class Watch:
                 elif ref.kind == "frames":
                     frame = json.loads(message.payload)
                     for model, output in frame["outputs"].items():
-                        entry["models"][f"{ref.name}/{model}"] = {**output,
-                                                                  "frame_id": frame["frame_id"]}
+                        entry["models"][(model, ref.name)] = {**output,
+                                                              "frame_id": frame["frame_id"]}
         except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             log.debug("unreadable message on %s", message.topic)
 
@@ -93,18 +93,20 @@ class Watch:
 
     def render(self) -> str:
         with self._lock:
-            devices = json.loads(json.dumps(self.devices))
+            devices = {d: {**e, "models": dict(e["models"])} for d, e in self.devices.items()}
         if not devices:
             where = self.device or "any device"
             return f"waiting for {self.prefix}/{where} on {self._host}:{self._port} ...\n"
         lines = []
         for device, entry in sorted(devices.items()):
             lines.append(self._status_line(device, entry))
-            lines.append(f"  {'camera/model':<24} {'provenance':<10} {'est.agr':>7} {'latency':>9} "
-                         f"{'frame':>8}  value")
-            for model, output in sorted(entry["models"].items()):
+            lines.append(f"  {'model[@camera]':<24} {'provenance':<10} {'est.agr':>7} "
+                         f"{'latency':>9} {'frame':>8}  value")
+            cameras = {camera for _, camera in entry["models"]}
+            for (model, camera), output in sorted(entry["models"].items()):
+                name = model if len(cameras) == 1 else f"{model}@{camera}"
                 lines.append(
-                    f"  {model:<24} {output.get('provenance', '?'):<10} "
+                    f"  {name:<24} {output.get('provenance', '?'):<10} "
                     f"{output.get('est_agreement', 0.0):>7.3f} "
                     f"{output.get('latency_ms', 0.0):>7.2f}ms {output.get('frame_id', ''):>8}  "
                     f"{_read(output)}")

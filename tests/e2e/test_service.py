@@ -328,7 +328,7 @@ def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broke
         assert arrived
         # the restarted agent reports what it found in its outbox
         client.latest("status", lambda s: s["state"] == "running"
-                      and s["outbox"]["recovered"] >= len(kept))
+                      and s["outbox"]["recovered"] >= len(messages))
         # MQTT 3.1.1: no properties, the answer goes to the default response topic
         answer = client.request("config/set", {"transaction": "v311", "version": 1,
                                                "budget": {"memory_mb": 2.0}})
