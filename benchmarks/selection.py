@@ -60,7 +60,8 @@ from links_tflite.interpreter import TFLiteRunner  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "selection.md"
 POLICY_ORDER = ("exact", "activation", "standalone", "all")
-OVERHEAD_TARGET = 0.05  # of the executed models' time
+OVERHEAD_TARGET = 0.05  # the agent's whole work with publishing, of the executed models' time
+FRAME_WORK_TARGET = 0.03  # the frame's own work (links, payloads), of the same
 
 
 @dataclass
@@ -89,19 +90,21 @@ OVERHEAD_NOTE = (
     "models' size. With the test-size zoos (models of 0.005-0.15 ms) it is many times the "
     "models' time; with the city zoo at edge size (`--model-size edge`, every model a 5.7 "
     "M-parameter CNN of about 4 ms on one core, three executed and two predicted per frame) "
-    "the frame's own work (links, ensembles, payloads, JSON) was 0.44-0.56 ms inline and "
-    "0.70-0.88 ms with the watchdog (runs of this script): 3.8-4.8% and 6.0-7.3% of the "
-    "models' 12 ms. Publishing every output as the service does (durable outbox, QoS 1 to a "
-    "local Mosquitto, the pass ending when every PUBACK is in) adds about 0.8-1.0 ms of CPU per"
-    " frame of five outputs, on the outbox's sender thread and paho's network thread, so the "
-    "agent's whole work was 1.44-1.73 ms of CPU (12-15%; 8-9% of wall time, the publisher "
-    "runs beside the loop). The publishing side is paho's per-message work and the thread "
-    "wake-ups it makes (about 120 us of CPU per QoS-1 message on this VM, measured alone: a "
-    "byte to its socket pair wakes its thread for every publish, then the PUBACK), and "
-    "SQLite; the sender now writes one transaction per wake-up (0.7 -> 0.45 ms a frame). So "
-    "the 5% target holds for the frame's own work inline, not with the watchdog at this model"
-    " size (from about 15 ms of executed models per frame), and not once publishing is counted"
-    " (from about 30-35 ms). Most of the frame's own work is cache misses, not instructions: "
+    "the frame's own work (links, ensembles, payloads, JSON) is 0.5-0.6 ms inline and "
+    "0.7-0.9 ms with the watchdog (runs of this script): 4-5% and 6-7% of the models' 12-14 "
+    "ms. Publishing as the service does (durable outbox, QoS 1 to a local Mosquitto, the "
+    "pass ending when every PUBACK is in) adds CPU on the outbox's sender thread and paho's "
+    "network thread, measured side by side in one run: one message per model (five a frame, "
+    "the contract before the frames topic) about 1.0 ms a frame, the agent's whole work "
+    "1.83 ms (13.7%); one message per frame on `frames/<camera>` about 0.4 ms, the whole "
+    "work 1.27 ms (9.8%). The frames topic removes about 60% of the publishing cost: what "
+    "is left is one paho QoS-1 round trip (about 120 us of CPU per message on this VM: a "
+    "byte to its socket pair wakes its thread for every publish, then the PUBACK) and one "
+    "SQLite transaction per frame at this rate (the sender gathers what comes within 5 ms "
+    "into one). So neither target holds at this model size on this 2-core VM: the whole "
+    "work with publishing is 9.8% (target 5%), the frame's own work 6.2% with the watchdog "
+    "and 4.5% inline (target 3%); the frame's own work alone is over 5% with the watchdog. "
+    "Most of the frame's own work is cache misses, not instructions: "
     "the same work costs a fifth as much between the test-size models, because each edge "
     "model streams 22 MB of weights through the caches. So a frame's model calls run back to "
     "back and the agent's work follows the last (checking three outputs went from 0.12 to "
@@ -380,8 +383,9 @@ def overhead_rows(build: Path, frames_n: int, findings: Findings, name: str,
 
 def overhead_section(builds: dict[str, Path], frames_n: int, findings: Findings) -> list[str]:
     lines = ["## Agent overhead per frame (memory budget 2/3, `exact`)", "",
-             "Agent time = time in `Agent.process` (models, links, ensembles, payloads) plus "
-             "JSON-encoding every payload, minus the executed models' own inference time "
+             "Agent time = time in `Agent.process` (models, links, ensembles, the frame's "
+             "message) plus JSON-encoding it, or publishing it, minus the executed models' "
+             "own inference time "
              "(timed where the model runs). The target is under 5% of the executed "
              "models' time.", "", OVERHEAD_NOTE, "",
              "| workload | watchdog | active | models CPU ms/frame | agent CPU ms/frame | "
@@ -426,8 +430,11 @@ def targets_section(findings: Findings) -> list[str]:
                  f"{', '.join(better) or 'no workload budget'}; synthetic: "
                  f"{findings.synthetic_wins} instances |")
     for where, cpu, wall in findings.overhead:
-        lines.append(f"| agent's own work < {OVERHEAD_TARGET:.0%} of the executed models' "
-                     f"(CPU time): {where} | {'yes' if cpu < OVERHEAD_TARGET else 'no'} | "
+        # publishing: the agent's whole work; else the frame's own work (links, payloads)
+        target, what = (OVERHEAD_TARGET, "agent's whole work") if "publishing" in where \
+            else (FRAME_WORK_TARGET, "frame's own work")
+        lines.append(f"| {what} <= {target:.0%} of the executed models' "
+                     f"(CPU time): {where} | {'yes' if cpu <= target else 'no'} | "
                      f"{cpu:.1%} (wall time: {wall:.1%}) |")
     return lines
 

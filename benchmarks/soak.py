@@ -326,6 +326,7 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
                "outbox_dropped": int(final.get("counters", {}).get("outbox_dropped", 0))}
     last_seq = max(seen, default=0)
     missing = last_seq - len(seen)  # seqs given to a message and never received
+    gaps = _ranges(sorted(set(range(1, last_seq + 1)) - set(seen)))
     left = _depth(outbox)
     if tmpfs:
         subprocess.run(["umount", str(state)], check=False)
@@ -339,6 +340,7 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
             refused[k] = refused.get(k, 0) + int(v)
     return {
         "exit_code": agent.poll(), "frames": done_frames, "fps": fps,
+        "workload": device.removesuffix("-demo"), "build": build.name,
         "elapsed_s": elapsed, "phases": phases.done, "outage_s": outage_s,
         "deny_s": deny_s, "full_s": full_s if tmpfs else 0.0, "disk_mb": disk_mb,
         "models": models, "last_seq": last_seq, "received": sum(seen.values()),
@@ -348,9 +350,21 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
         "unmarked": extra["unmarked"], **counted,
         "skipped_by": skipped_by, "refused": refused,
         "lost": missing - counted["unstored"] - counted["outbox_dropped"],
+        "gaps": gaps[:10],
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
         "outbox_left": left, "log_tail": log[-2000:],
     }
+
+
+def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive numbers, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
 
 
 def report(result: dict[str, object], frames: int, restarts: int, every_s: float) -> str:
@@ -363,7 +377,8 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("frame messages denied by the ACL (PUBACK 135)",
              f"{done['deny']} x {result['deny_s']:g} s; refused: {result['refused'] or '-'}"),
             ("state dir's disk full", f"{done['full']} x {result['full_s']:g} s "
-             f"(tmpfs of {result['disk_mb']} MB)" if done["full"] else "not run (needs root)"),
+             f"(tmpfs of {result['disk_mb']} MB)" if done["full"]
+             else "not run (--full 0, or not root)"),
             ("models", ", ".join(result["models"])),  # type: ignore[arg-type]
             ("frames skipped by back-pressure (status)",
              f"{result['frames_skipped']} {result['skipped_by'] or ''}"),
@@ -378,24 +393,26 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("- redelivered by the broker (MQTT DUP flag)", result["redelivered"]),
             ("- neither", result["unmarked"]),
             ("lost without a count (seqs never received - counted)", result["lost"]),
+            ("seqs never received (first runs)", result["gaps"] or "-"),
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
             ("agent exit status", result["exit_code"])]
     lines = [
-        "# Soak: the city stream at full speed through a full disk, a denying ACL, "
-        "broker restarts and agent SIGKILLs",
+        f"# Soak: the {result['workload']} stream at full speed through a full disk, a "
+        "denying ACL, broker restarts and agent SIGKILLs",
         "",
         f"Regenerate: `.venv/bin/python benchmarks/soak.py --frames {frames} --restarts "
         f"{restarts} --kills {done['kill']} --every {every_s:g} --outage "
-        f"{result['outage_s']:g} --deny "
+        f"{result['outage_s']:g} --build {result['build']} --deny "
         f"{result['deny_s']:g} --full {result['full_s']:g}` as root (build steps in the "
         "script's docstring). Measured "
         f"{datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} "
-        "cores shared with other jobs (the fps moves with them). The agent runs the city "
-        "source with `fps = 0` (as fast as it goes) and the config `mlink-train zoo` wrote "
-        "(its budget); while it runs, the tmpfs under the state dir is filled by a ballast "
-        "file during a broker outage (so that the outbox must grow: its WAL is reused), "
+        "cores shared with other jobs (the fps moves with them). The agent runs the build's "
+        "source (looping) with `fps = 0` (as fast as it goes) and the config "
+        "`mlink-train zoo` wrote (its budget); while it runs, the tmpfs under the state "
+        "dir is filled by a ballast file during a broker outage (so that the outbox must "
+        "grow: its WAL is reused), "
         "then Mosquitto's ACL denies the frames topic (reloaded with SIGHUP), then, in turn, "
         "the agent is killed (SIGKILL) and started again for the frames left and Mosquitto "
         "is stopped and started again, with service in between; a subscriber with a "
