@@ -27,6 +27,7 @@ class Publisher:
                                wake=self._wake)
         if outbox is not None:
             self.sender = OutboxSender(self.mqtt, outbox)
+        self.qos0_unsent = 0  # per-model QoS 0 messages not sent: the broker was away
 
     def _wake(self) -> None:
         if self.sender is not None:
@@ -80,10 +81,12 @@ class Publisher:
             self.mqtt.send_direct(topic, data, qos, False)
 
     def publish_now(self, topic: str, payload: Any, qos: int = 0) -> None:
-        """Not through the outbox: lost while the broker is away (`[publish.per_model]
-        topic = "qos0"`)."""
+        """Not through the outbox (`[publish.per_model.<id>] topic = "qos0"`): while the broker
+        is away it is not sent, and counted (`status.delivery.qos0_unsent`)."""
         if self.connected:
             self.mqtt.send_direct(topic, encode(payload), qos, False)
+        else:
+            self.qos0_unsent += 1
 
     def respond(self, topic: str, payload: Any, correlation_data: bytes | None = None) -> None:
         """A response (not retained, QoS 1), echoing the request's MQTT v5 CorrelationData."""
@@ -137,7 +140,7 @@ class Publisher:
                 "refused_waiting": sender.refused_waiting if sender else 0,
                 "responses_dropped": self.responses_dropped,
                 "disk_full": self.disk_full, "unstored": self.unstored,
-                "frames_skipped": dict(self.frames_skipped)}
+                "frames_skipped": dict(self.frames_skipped), "qos0_unsent": self.qos0_unsent}
 
     # -- shutdown ------------------------------------------------------------------------------
     def drain(self, timeout_s: float = 30.0) -> bool:
