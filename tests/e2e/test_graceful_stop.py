@@ -12,9 +12,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 from tests.support.agent_process import AgentProcess, Client, outbox_depth, retained, write_config
+
+pytestmark = pytest.mark.broker  # each test starts its own Mosquitto
 
 
 @contextlib.contextmanager
