@@ -11,14 +11,15 @@ from typing import Any
 from agent.config import MqttConfig
 from agent.transport.mqtt import MessageHandler, MqttClient, encode
 from agent.transport.outbox import Outbox
-from agent.transport.sender import OutboxSender
+from agent.transport.sender import WAKE_EVERY_S, OutboxSender
 from agent.transport.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
 class Publisher:
-    def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None) -> None:
+    def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None,
+                 gather_s: float = WAKE_EVERY_S) -> None:
         self.config = config
         self.topics = Topics(config.prefix, device_id)
         self.outbox = outbox
@@ -26,7 +27,7 @@ class Publisher:
         self.mqtt = MqttClient(config, self.topics, take_back=outbox is not None,
                                wake=self._wake)
         if outbox is not None:
-            self.sender = OutboxSender(self.mqtt, outbox)
+            self.sender = OutboxSender(self.mqtt, outbox, gather_s)
         self.qos0_unsent = 0  # per-model QoS 0 messages not sent: the broker was away
 
     def _wake(self) -> None:
