@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from agent.config import AgentConfig, BudgetConfig, ConfigError, load_config
-from agent.publisher import PublishError
 from agent.recorder import record_to_file
 from agent.scheduler import Agent
 from agent.selection import POLICIES, Problem, SelectionError, get_policy
+from agent.transport import PublishError
 from links_tflite import package_version
 from links_tflite.bundle import BundleError
 from links_tflite.interpreter import InterpreterUnavailable
@@ -179,7 +179,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         problems = preflight(config)
         if args.connect and not problems:
-            from agent.publisher import try_connect
+            from agent.transport import try_connect
 
             refused = try_connect(config.mqtt, config.device_id)
             if refused is not None:

@@ -51,15 +51,15 @@ from agent.executor import ModelExecutor, Ran
 from agent.gate import Gate
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, ModelFailure, make_model
-from agent.output import Output, Payloads
+from agent.output import FrameMessage, Output, Payloads
 from agent.planning import PREDICT, PRIOR, RUN, Action
-from agent.publisher import Publisher
 from agent.publishrules import PublishRules
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources import Frame, Source, open_sources
 from agent.state import AgentState
 from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
 from agent.timetable import Timetable
+from agent.transport import Publisher
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
@@ -119,7 +119,8 @@ class Agent:
         self.window = window
         self.ensembles = ensembles
         self.publisher = publisher
-        self.payloads = payloads or Payloads(source.cameras)
+        self.payloads = payloads or Payloads(source.cameras,
+                                             publisher.next_seq if publisher else 1)
         self.publish_rules = publish_rules or PublishRules(config.publish)
         self.status_builder = status_builder or StatusBuilder()
         self.timetable = timetable or Timetable()
@@ -519,16 +520,16 @@ class Agent:
             return None
         return Output(target, prediction.value, "prior", (), prediction.est_agreement, 0.0)
 
-    def process(self, frame: Frame) -> list[dict[str, object]]:
-        """One frame: the messages of every published model's output, executed or
-        predicted."""
+    def process(self, frame: Frame) -> FrameMessage | None:
+        """One frame: its message (every published model's output, executed or predicted),
+        None where no model is published."""
         with self.lock:
             self.last_frame = frame
             started = time.perf_counter()
             window_frames = self.window.stats.frames
             outputs: list[Output] = []
             try:
-                outputs, payloads = self._process(frame)
+                outputs, message = self._process(frame)
             finally:
                 elapsed = (time.perf_counter() - started) * 1e3
                 self.overhead.loop_ms += elapsed
@@ -538,11 +539,11 @@ class Agent:
             if self.window.stats.frames == window_frames:  # not a window's frame
                 self.own_ms.append(elapsed - models_ms - sum(
                     o.latency_ms for o in outputs if o.provenance == "predicted"))
-            return payloads
+            return message
 
     def _messages(self, frame: Frame, executed: dict[str, Ran]
-                  ) -> tuple[list[Output], list[dict[str, object]]]:
-        """The frame's outputs, and the messages of those the publishing rules let out."""
+                  ) -> tuple[list[Output], FrameMessage | None]:
+        """The frame's outputs, and the message of those the publishing rules let out."""
         outputs = self._gated(frame, self._frame_outputs(frame, executed))
         published = self.publish_rules.apply(outputs, self.bundle.models, frame.camera)
         return outputs, self.payloads.make(frame, published, self.config.publish,
@@ -558,7 +559,7 @@ class Agent:
         return self.selection.active | frozenset(
             m for m in self.timetable.due(camera) if m not in failed)
 
-    def _process(self, frame: Frame) -> tuple[list[Output], list[dict[str, object]]]:
+    def _process(self, frame: Frame) -> tuple[list[Output], FrameMessage | None]:
         self.timetable.tick(frame.camera)
         back, failures = self.executor.retry_due(frame)
         for failure in failures:
@@ -583,7 +584,7 @@ class Agent:
         # same handoff (the caches the models left are the ones the links read), unless one
         # fails.
         then = None if profiling else partial(self._messages, frame)
-        made: tuple[list[Output], list[dict[str, object]]] | None = None
+        made: tuple[list[Output], FrameMessage | None] | None = None
         while True:
             active = self._runs(frame.camera)
             to_run = [m for m in sorted(active) if m not in tried]
@@ -621,7 +622,7 @@ class Agent:
                 self._calibrate({m: r.output for m, r in executed.items()})
                 extra_ms += (time.perf_counter() - start) * 1e3
             made = self._messages(frame, executed)
-        outputs, payloads = made
+        outputs, message = made
         self.counters.executed += sum(o.executed for o in outputs)
         self.counters.predicted += sum(o.provenance == "predicted" for o in outputs)
         self.counters.prior += sum(o.provenance == "prior" for o in outputs)
@@ -631,7 +632,7 @@ class Agent:
 
         if self.window.count_frame(profiling, extra_ms):
             self._end_window()
-        return outputs, payloads
+        return outputs, message
 
     def _end_window(self) -> None:
         assert self.selection is not None
@@ -712,19 +713,17 @@ class Agent:
             held = self.publisher is not None and self.publisher.hold_frame()
             self.counters.frames_skipped += held
             try:
-                payloads = [] if held else self.process(frame)
+                message = None if held else self.process(frame)
             except Exception:  # the loop never stops for one frame
                 self.counters.frame_errors += 1
                 log.exception("frame %s failed", frame.frame_id)
-                payloads = []
+                message = None
             else:
                 if on_frame is not None:
                     on_frame(frame)
             started = time.perf_counter()
-            for payload in payloads:
-                if self.publisher:
-                    self.publisher.publish(self.publisher.topics.output(str(payload["model"])),
-                                           payload)
+            if message is not None and self.publisher:
+                self.payloads.send(message, self.publisher, self.config.publish)
             self.overhead.publish_ms += (time.perf_counter() - started) * 1e3
             self.counters.frames += 1
             if time.monotonic() - last_status > STATUS_EVERY_S:

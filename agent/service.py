@@ -24,12 +24,12 @@ from typing import Any
 
 from agent.config import AgentConfig, ConfigError, load_config, missing_model_files
 from agent.control import Control, RequestError, StateStore
-from agent.outbox import Outbox
-from agent.publisher import Publisher
 from agent.scheduler import Agent, Counters
 from agent.sdnotify import Notifier
 from agent.selection import SelectionError
 from agent.sources import Frame
+from agent.transport import Publisher
+from agent.transport.outbox import Outbox
 from links_tflite.bundle import Bundle
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def run(config_path: str | Path, frames: int | None = None,
     outbox = Outbox(file_config.state.dir / "outbox.sqlite", config.state.outbox_max_messages,
                     config.state.synchronous)
     groups = tuple(config.fleet.groups)
-    publisher = Publisher(config.mqtt, config.device_id, outbox, groups)
+    publisher = Publisher(config.mqtt, config.device_id, outbox, groups=groups)
     notifier = Notifier()
     agent = Agent.from_config(config, publisher)
     service = Service(agent, notifier)

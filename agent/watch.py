@@ -1,5 +1,6 @@
 """`mlink-agent watch`: a live terminal view for a person at a subscriber — per device its
-status line, per model the latest value, executed or predicted, and estimated agreement."""
+status line, per camera and model the latest value (from the frame messages), executed or
+predicted, and estimated agreement."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
 
-from agent.publisher import PublishError
+from agent.transport import PublishError, parse
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +22,19 @@ CLEAR = "\x1b[H\x1b[2J"
 
 def _read(output: dict[str, Any]) -> str:
     """The output as a person reads it: the decoded label, labels, box or number."""
-    decoded = output.get("decoded") or {}
+    if output.get("withheld"):
+        return f"(withheld: {output['withheld']})"
+    decoded = output.get("decoded")
+    if decoded is not None and not isinstance(decoded, dict):  # already read: words, a name
+        return decoded if isinstance(decoded, str) else json.dumps(decoded)
+    decoded = decoded or {}
     if "name" in decoded:
         return str(decoded["name"])
     for key in ("labels", "box", "value", "tokens"):
         if key in decoded:
             value = decoded[key]
             return json.dumps(value) if not isinstance(value, float) else f"{value:.3f}"
-    values = output.get("value", [])
+    values = output.get("value") or []
     shown = ", ".join(f"{v:.3f}" for v in values[:4])
     return f"[{shown}{', ...' if len(values) > 4 else ''}]"
 
@@ -50,24 +56,26 @@ class Watch:
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         root = f"{self.prefix}/{self.device or '+'}"
         client.subscribe([(f"{root}/status", 1), (f"{root}/availability", 1),
-                          (f"{root}/models/+/output", 0)])
+                          (f"{root}/frames/+", 0)])
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) < 3:
+        ref = parse(message.topic, self.prefix)
+        if ref is None:
             return
-        device = parts[1]
         try:
             with self._lock:
-                entry = self.devices.setdefault(device, {"models": {}, "status": None,
-                                                         "availability": "?"})
-                if parts[2] == "availability":
+                entry = self.devices.setdefault(ref.device, {"models": {}, "status": None,
+                                                             "availability": "?"})
+                if ref.kind == "availability":
                     entry["availability"] = message.payload.decode("utf-8", "replace")
-                elif parts[2] == "status":
+                elif ref.kind == "status":
                     entry["status"] = json.loads(message.payload)
-                elif parts[2] == "models" and len(parts) == 5:
-                    entry["models"][parts[3]] = json.loads(message.payload)
-        except (ValueError, UnicodeDecodeError):
+                elif ref.kind == "frames":
+                    frame = json.loads(message.payload)
+                    for model, output in frame["outputs"].items():
+                        entry["models"][(model, ref.name)] = {**output,
+                                                              "frame_id": frame["frame_id"]}
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             log.debug("unreadable message on %s", message.topic)
 
     def start(self) -> Watch:
@@ -85,18 +93,20 @@ class Watch:
 
     def render(self) -> str:
         with self._lock:
-            devices = json.loads(json.dumps(self.devices))
+            devices = {d: {**e, "models": dict(e["models"])} for d, e in self.devices.items()}
         if not devices:
             where = self.device or "any device"
             return f"waiting for {self.prefix}/{where} on {self._host}:{self._port} ...\n"
         lines = []
         for device, entry in sorted(devices.items()):
             lines.append(self._status_line(device, entry))
-            lines.append(f"  {'model':<16} {'provenance':<10} {'est.agr':>7} {'latency':>9} "
-                         f"{'frame':>8}  value")
-            for model, output in sorted(entry["models"].items()):
+            lines.append(f"  {'model[@camera]':<24} {'provenance':<10} {'est.agr':>7} "
+                         f"{'latency':>9} {'frame':>8}  value")
+            cameras = {camera for _, camera in entry["models"]}
+            for (model, camera), output in sorted(entry["models"].items()):
+                name = model if len(cameras) == 1 else f"{model}@{camera}"
                 lines.append(
-                    f"  {model:<16} {output.get('provenance', '?'):<10} "
+                    f"  {name:<24} {output.get('provenance', '?'):<10} "
                     f"{output.get('est_agreement', 0.0):>7.3f} "
                     f"{output.get('latency_ms', 0.0):>7.2f}ms {output.get('frame_id', ''):>8}  "
                     f"{_read(output)}")

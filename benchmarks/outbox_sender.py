@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from agent.config import MqttConfig
-from agent.outbox import Outbox
-from agent.publisher import Publisher
+from agent.transport import Publisher
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 
 

@@ -21,16 +21,16 @@ import timeit
 from pathlib import Path
 
 import numpy as np
+from agent.outbox import Outbox
 
 from agent.config import ModelPublishConfig, MqttConfig, PublishConfig
 from agent.costs import CostStats
-from agent.outbox import Outbox
 from agent.output import Output
-from agent.publisher import Publisher, dumps
 from agent.publishrules import PublishRules
 from agent.readable import readable
 from agent.sources.city import CAPTION_LEN, CAPTION_VOCAB, TRAFFIC
 from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
+from agent.transport import Publisher, dumps
 from links_tflite.tasks import TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent

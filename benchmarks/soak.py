@@ -1,18 +1,24 @@
 """Soak: the agent at full speed on the city stream for a fixed number of frames through
-phases of trouble: the broker restarted several times, then an ACL that denies the outputs
-for a while (PUBACK 135), then the state dir's disk full for a while (a tmpfs filled with a
-ballast file; needs root, else skipped). Every output is counted by (frame, model) at a
-subscriber with a persistent session, and the agent's last status is read for what it
-counted: frames skipped by back-pressure, outputs unstored or dropped.
+phases of trouble: the state dir's disk full for a while (a tmpfs filled with a ballast file;
+needs root, else skipped), an ACL that denies the frames topic for a while (PUBACK 135), the
+broker restarted several times, and the agent killed (SIGKILL) and started again several
+times. Every frame message on `frames/<camera>` is counted by its `seq` at a subscriber with a
+persistent session (frame ids start again at each start of the agent; `seq` goes on from the
+outbox's last), and the agent's statuses are read for what it counted: frames skipped by
+back-pressure, messages unstored or dropped.
 
     .venv/bin/mlink-train zoo --workload city --out build/soak
     .venv/bin/mlink-train links build/soak/recording.npz --out build/soak/bundle \
         --train-fraction 0.7
-    .venv/bin/python benchmarks/soak.py --build build/soak [--frames 40000] [--restarts 4]
+    .venv/bin/python benchmarks/soak.py --build build/soak [--frames 40000] [--restarts 4] \
+        [--kills 3]
 
-Writes benchmarks/results/soak.md (and prints it): frames, outputs published, received,
-duplicates, the losses the agent counted, lost without a count (must be 0), the agent's peak
-RSS and the outbox's peak depth.
+Writes benchmarks/results/soak.md (and prints it): frame messages received, duplicates and
+how each was marked, the losses the agent counted, lost without a count (a `seq` never
+received and not counted: must be 0), the agent's peak RSS and the outbox's peak depth. A
+SIGKILL loses what the loop had made but the sender not yet written (at most one wake-up of
+the sender, 5 ms and a transaction): those messages never left the box and their `seq`s are
+given again by the next start, so they show as frames not processed, not as gaps.
 """
 
 from __future__ import annotations
@@ -37,25 +43,30 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from agent.config import load_config
-from agent.outbox import Outbox
-from agent.sources.city import start_index
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "soak.md"
 KEPT_SECTION = "\n## Hostile requests"  # written by tests/e2e/test_fuzz_broker.py's long run
-DEVICE = "city-demo"
 ALLOW = "topic readwrite #\n"
-DENY_OUTPUTS = "".join(f"topic readwrite mlink/{DEVICE}/{t}\n" for t in (
-    "status/#", "availability", "config/#", "cmd/#", "reply/#")) + "topic read #\n"
+
+
+def deny_frames(device: str) -> str:
+    """An ACL that lets the agent publish everything but its frames."""
+    return "".join(f"topic readwrite mlink/{device}/{t}\n" for t in (
+        "status/#", "availability", "config/#", "cmd/#", "reply/#")) + "topic read #\n"
 
 
 class Counter:
     """A QoS 1 subscriber with a persistent session: the broker (persistence on) keeps what
-    arrives for it while it is away, across its own restarts."""
+    arrives for it while it is away, across its own restarts. Counts frame messages by
+    `seq`."""
 
-    def __init__(self, port: int) -> None:
-        self.seen: dict[tuple[int, str], int] = {}
+    def __init__(self, port: int, device: str) -> None:
+        self.seen: dict[int, int] = {}  # seq -> copies received
+        self.outputs = 0  # model outputs in the unique frame messages
+        self.models: set[str] = set()
         # extra copies: marked `possible_duplicate` by the agent (resent from its outbox),
         # redelivered by the broker to this session (MQTT DUP flag), or neither
         self.extra = {"marked": 0, "redelivered": 0, "unmarked": 0}
@@ -67,7 +78,7 @@ class Counter:
                                   clean_session=False)
         self.status: dict | None = None  # the agent's latest (retained) status
         self.client.on_connect = lambda c, *_: c.subscribe(
-            [(f"mlink/{DEVICE}/models/+/output", 1), (f"mlink/{DEVICE}/status", 1)])
+            [(f"mlink/{device}/frames/+", 1), (f"mlink/{device}/status", 1)])
         self.client.on_subscribe = lambda *_: ready.set()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
@@ -82,12 +93,15 @@ class Counter:
         if message.topic.endswith("/status"):
             self.status = output
             return
-        key = (int(output["frame_id"]), str(output["model"]))
+        key = int(output["seq"])
         with self.lock:
             if key in self.seen:  # an extra copy: who sent it again?
                 kind = ("marked" if output.get("possible_duplicate") else
                         "redelivered" if message.dup else "unmarked")
                 self.extra[kind] += 1
+            else:
+                self.outputs += len(output["outputs"])
+                self.models.update(output["outputs"])
             self.seen[key] = self.seen.get(key, 0) + 1
             self.last = time.monotonic()
 
@@ -100,6 +114,8 @@ def _config(build: Path, port: int, state: Path) -> Path:
     text = (build / "agent.toml").read_text()
     text = text.replace("port = 1883", f"port = {port}")
     text = re.sub(r"(?m)^fps = .*$", "fps = 0", text)  # as fast as it goes
+    text = re.sub(r"(?m)^loop = .*\n", "", text)
+    text = text.replace("[source]\n", "[source]\nloop = true\n")  # a replay goes on
     text += f'\n[state]\ndir = "{state}"\n'
     path = build / "soak-agent.toml"
     path.write_text(text)
@@ -131,20 +147,70 @@ def _fill(path: Path) -> None:
                 ballast.write(b"\0")
 
 
+class AgentRun:
+    """The agent as a process, started again after each SIGKILL for the frames left; its
+    log and, per process, the last status seen (what it counted dies with it)."""
+
+    def __init__(self, config: Path, frames: int, counter: Counter) -> None:
+        self.config, self.frames, self.counter = config, frames, counter
+        self.log_lines: list[str] = []
+        self.killed: list[dict] = []  # the last status of each killed process
+        self.process: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.start(frames)
+
+    def start(self, frames: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config),
+             "--frames", str(frames)], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        process = self.process
+        self._reader = threading.Thread(
+            target=lambda: self.log_lines.extend(process.stdout or []), daemon=True)
+        self._reader.start()
+
+    def kill_and_restart(self) -> None:
+        assert self.process is not None
+        self.killed.append(dict(self.counter.status or {}))
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        if self._reader is not None:
+            self._reader.join(5)
+        self.log_lines.append("soak: SIGKILL\n")
+        with self.counter.lock:
+            self.counter.status = None  # the next is the new process's
+        left = self.frames - sum(int(s.get("frames", 0)) for s in self.killed)
+        self.start(max(left, 1000))
+
+    def poll(self) -> int | None:
+        assert self.process is not None
+        return self.process.poll()
+
+
 class Phases:
-    """The trouble, one phase after another, timed from the agent's start: broker restarts,
-    outputs denied by the ACL, the state dir's disk full. `step()` is called every 0.25 s."""
+    """The trouble, one phase after another, timed from the agent's start: the state dir's
+    disk full, the frames denied by the ACL, broker restarts, agent SIGKILLs. `step()` is
+    called every 0.25 s."""
 
     def __init__(self, broker: LocalBroker, acl: Path, state: Path, restarts: int,
                  outage_s: float, every_s: float, deny_s: float, full_s: float,
-                 tmpfs: bool, flowing: Callable[[], bool]) -> None:
-        self.broker, self.acl, self.state = broker, acl, state
+                 tmpfs: bool, flowing: Callable[[], bool], agent: AgentRun,
+                 kills: int, device: str) -> None:
+        self.broker, self.acl, self.state, self.agent = broker, acl, state, agent
+        self.device = device
         # the full disk first: later, the outbox's file has free pages from its peak to reuse
         plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
         plan += [("deny", deny_s)] if deny_s > 0 else []
-        plan += [("restart", outage_s)] * restarts
+        # restarts and kills in turn: a kill while outputs flow, a broker restart after
+        others = [("restart", outage_s)] * restarts
+        kills_left = [("kill", 0.0)] * kills
+        while others or kills_left:
+            if kills_left:
+                plan.append(kills_left.pop())
+            if others:
+                plan.append(others.pop())
         self.plan = plan
-        self.done: dict[str, int] = {"restart": 0, "deny": 0, "full": 0}
+        self.done: dict[str, int] = {"restart": 0, "deny": 0, "full": 0, "kill": 0}
         self.every_s = every_s
         self.next_at = time.monotonic() + 2 * every_s
         self.current: tuple[str, float] | None = None  # phase, ends at
@@ -173,8 +239,10 @@ class Phases:
         if kind == "restart":
             self.broker.stop()
         elif kind == "deny":
-            self.acl.write_text(DENY_OUTPUTS)
+            self.acl.write_text(deny_frames(self.device))
             self.broker._process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
+        elif kind == "kill":
+            self.agent.kill_and_restart()
         else:  # during an outage, so that the outbox must grow (its WAL is reused)
             self.broker.stop()
             _fill(self.state / "ballast")
@@ -185,7 +253,7 @@ class Phases:
         elif kind == "deny":
             self.acl.write_text(ALLOW)
             self.broker._process.send_signal(signal.SIGHUP)
-        else:
+        elif kind == "full":
             (self.state / "ballast").unlink()
             self.broker.start()
         self.done[kind] += 1
@@ -197,7 +265,7 @@ class Phases:
 
 
 def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: float,
-         deny_s: float, full_s: float, disk_mb: int) -> dict[str, object]:
+         deny_s: float, full_s: float, disk_mb: int, kills: int) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mlink-soak-"))
     store = work / "mosquitto-db"
     store.mkdir()
@@ -211,76 +279,92 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     acl.write_text(ALLOW)
     broker = LocalBroker(extra_config=f"persistence true\npersistence_location {store}/\n"
                                       f"max_queued_messages 0\nacl_file {acl}\n").start()
-    counter = Counter(broker.port)
     config = _config(build, broker.port, state)
+    device = load_config(config).device_id
+    counter = Counter(broker.port, device)
     started = time.monotonic()
-    agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config),
-                              "--frames", str(frames)], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    log_lines: list[str] = []
-    reader = threading.Thread(target=lambda: log_lines.extend(agent.stdout or []), daemon=True)
-    reader.start()
-    process = psutil.Process(agent.pid)
+    agent = AgentRun(config, frames, counter)
     peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
     phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
-                    lambda: time.monotonic() - counter.last < 0.5)
+                    lambda: time.monotonic() - counter.last < 0.5, agent, kills, device)
     while agent.poll() is None:
         try:
-            peak_rss = max(peak_rss, process.memory_info().rss)
+            assert agent.process is not None
+            peak_rss = max(peak_rss, psutil.Process(agent.process.pid).memory_info().rss)
         except psutil.NoSuchProcess:
-            break
+            pass
         peak_depth = max(peak_depth, _depth(outbox))
         phases.step()
         time.sleep(0.25)
     phases.finish()
     elapsed = time.monotonic() - started
     print(f"soak: the agent ended after {elapsed:.0f} s", file=sys.stderr, flush=True)
-    reader.join(10)
-    log = "".join(log_lines)
+    if agent._reader is not None:
+        agent._reader.join(10)
+    log = "".join(agent.log_lines)
     (work / "agent.log").write_text(log)
     print(f"soak: the agent's log is {work / 'agent.log'}", file=sys.stderr, flush=True)
     match = re.search(r"done: (\d+) frames at ([\d.]+) fps", log)
-    done_frames = int(match.group(1)) if match else 0
     fps = float(match.group(2)) if match else 0.0
     while time.monotonic() - counter.last < 5.0:  # let the broker hand over its queue
         time.sleep(0.5)
     counter.stop()
     broker.stop()
     with counter.lock:
-        seen, extra, status = dict(counter.seen), dict(counter.extra), counter.status or {}
-    models = sorted({m for _, m in seen})
-    source = load_config(config).source
-    first = start_index(source.start_day, source.start_hour, source.cameras)
-    frame_ids = range(first, first + done_frames)
-    unique = {k for k in seen if k[0] in frame_ids}
-    counters = status.get("counters", {})
-    delivery = status.get("delivery") or {}
-    skipped = int(counters.get("frames_skipped", 0))
-    # what the agent says it did not deliver: skipped frames (none of their outputs made),
-    # outputs it could not store (full disk) or dropped at the outbox's cap
-    counted = {"frames_skipped": skipped, "skipped_outputs": skipped * len(models),
-               "unstored": int(delivery.get("unstored", 0)),
-               "outbox_dropped": int(counters.get("outbox_dropped", 0))}
-    # the outputs the frames processed made (a prediction without a source is not made)
-    made = int(counters.get("executed", 0)) + int(counters.get("predicted", 0))
+        seen, extra = dict(counter.seen), dict(counter.extra)
+        final, outputs, models = counter.status or {}, counter.outputs, sorted(counter.models)
+    statuses = [*agent.killed, final]
+    done_frames = sum(int(s.get("frames", 0)) for s in statuses)
+    skipped = sum(int(s.get("counters", {}).get("frames_skipped", 0)) for s in statuses)
+    # what the agent says it did not deliver: skipped frames (no message made), messages it
+    # could not store (full disk; each process its own count) or dropped at the outbox's
+    # cap (persistent: the last process's count covers the earlier ones)
+    counted = {"frames_skipped": skipped,
+               "unstored": sum(int((s.get("delivery") or {}).get("unstored", 0))
+                               for s in statuses),
+               "outbox_dropped": int(final.get("counters", {}).get("outbox_dropped", 0))}
+    last_seq = max(seen, default=0)
+    missing = last_seq - len(seen)  # seqs given to a message and never received
+    gaps = _ranges(sorted(set(range(1, last_seq + 1)) - set(seen)))
     left = _depth(outbox)
     if tmpfs:
         subprocess.run(["umount", str(state)], check=False)
+    skipped_by: dict[str, int] = {}
+    refused: dict[str, int] = {}
+    for s in statuses:
+        delivery = s.get("delivery") or {}
+        for k, v in (delivery.get("frames_skipped") or {}).items():
+            skipped_by[k] = skipped_by.get(k, 0) + int(v)
+        for k, v in (delivery.get("refused") or {}).items():
+            refused[k] = refused.get(k, 0) + int(v)
     return {
-        "exit_code": agent.returncode, "frames": done_frames, "fps": fps,
+        "exit_code": agent.poll(), "frames": done_frames, "fps": fps,
+        "workload": device.removesuffix("-demo"), "build": build.name,
         "elapsed_s": elapsed, "phases": phases.done, "outage_s": outage_s,
         "deny_s": deny_s, "full_s": full_s if tmpfs else 0.0, "disk_mb": disk_mb,
-        "models": models, "expected": made, "received": sum(seen.values()),
-        "unique": len(unique), "duplicates": sum(n - 1 for n in seen.values()),
+        "models": models, "last_seq": last_seq, "received": sum(seen.values()),
+        "unique": len(seen), "outputs": outputs,
+        "duplicates": sum(n - 1 for n in seen.values()),
         "marked": extra["marked"], "redelivered": extra["redelivered"],
         "unmarked": extra["unmarked"], **counted,
-        "skipped_by": delivery.get("frames_skipped", {}), "refused": delivery.get("refused", {}),
-        "lost": made - counted["unstored"] - counted["outbox_dropped"] - len(unique),
-        "unexpected": len(set(seen) - unique),
+        "skipped_by": skipped_by, "refused": refused,
+        "lost": missing - counted["unstored"] - counted["outbox_dropped"],
+        "gaps": gaps[:10],
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
         "outbox_left": left, "log_tail": log[-2000:],
     }
+
+
+def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive numbers, as (first, last)."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and runs[-1][1] == n - 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
 
 
 def report(result: dict[str, object], frames: int, restarts: int, every_s: float) -> str:
@@ -289,47 +373,58 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("agent fps (mean, skipped frames included)", f"{result['fps']:.1f}"),
             ("wall time", f"{result['elapsed_s']:.0f} s"),
             ("broker restarts", f"{done['restart']} (each {result['outage_s']:g} s down)"),
-            ("outputs denied by the ACL (PUBACK 135)",
+            ("agent killed (SIGKILL) and started again", done["kill"]),
+            ("frame messages denied by the ACL (PUBACK 135)",
              f"{done['deny']} x {result['deny_s']:g} s; refused: {result['refused'] or '-'}"),
             ("state dir's disk full", f"{done['full']} x {result['full_s']:g} s "
-             f"(tmpfs of {result['disk_mb']} MB)" if done["full"] else "not run (needs root)"),
+             f"(tmpfs of {result['disk_mb']} MB)" if done["full"]
+             else "not run (--full 0, or not root)"),
             ("models", ", ".join(result["models"])),  # type: ignore[arg-type]
             ("frames skipped by back-pressure (status)",
              f"{result['frames_skipped']} {result['skipped_by'] or ''}"),
-            ("outputs made (status: executed + predicted)", result["expected"]),
-            ("outputs unstored, full disk (status, counted)", result["unstored"]),
-            ("outputs dropped at the outbox cap (status, counted)", result["outbox_dropped"]),
-            ("outputs received", result["received"]), ("unique received", result["unique"]),
+            ("frame messages made (the last `seq`)", result["last_seq"]),
+            ("messages unstored, full disk (status, counted)", result["unstored"]),
+            ("messages dropped at the outbox cap (status, counted)", result["outbox_dropped"]),
+            ("frame messages received", result["received"]),
+            ("unique received (by `seq`)", result["unique"]),
+            ("model outputs in them", result["outputs"]),
             ("duplicates", result["duplicates"]),
             ("- marked `possible_duplicate` by the agent", result["marked"]),
             ("- redelivered by the broker (MQTT DUP flag)", result["redelivered"]),
             ("- neither", result["unmarked"]),
-            ("lost without a count (made - counted - unique received)", result["lost"]),
+            ("lost without a count (seqs never received - counted)", result["lost"]),
+            ("seqs never received (first runs)", result["gaps"] or "-"),
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
             ("agent exit status", result["exit_code"])]
     lines = [
-        "# Soak: the city stream at full speed through a full disk, a denying ACL and "
-        "broker restarts",
+        f"# Soak: the {result['workload']} stream at full speed through a full disk, a "
+        "denying ACL, broker restarts and agent SIGKILLs",
         "",
         f"Regenerate: `.venv/bin/python benchmarks/soak.py --frames {frames} --restarts "
-        f"{restarts} --every {every_s:g} --outage {result['outage_s']:g} --deny "
+        f"{restarts} --kills {done['kill']} --every {every_s:g} --outage "
+        f"{result['outage_s']:g} --build {result['build']} --deny "
         f"{result['deny_s']:g} --full {result['full_s']:g}` as root (build steps in the "
         "script's docstring). Measured "
         f"{datetime.now(timezone.utc):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} "
-        "cores shared with other jobs (the fps moves with them). The agent runs the city "
-        "source with `fps = 0` (as fast as it goes) and the config `mlink-train zoo` wrote "
-        "(its budget); while it runs, the tmpfs under the state dir is filled by a ballast "
-        "file during a broker outage (so that the outbox must grow: its WAL is reused), "
-        "then Mosquitto's ACL denies the output topics (reloaded with SIGHUP), then "
-        "Mosquitto is stopped and started again, each for a while with service in between; "
-        "a subscriber "
-        "with a persistent QoS 1 session counts every output by (frame, model). Duplicates "
+        "cores shared with other jobs (the fps moves with them). The agent runs the build's "
+        "source (looping) with `fps = 0` (as fast as it goes) and the config "
+        "`mlink-train zoo` wrote (its budget); while it runs, the tmpfs under the state "
+        "dir is filled by a ballast file during a broker outage (so that the outbox must "
+        "grow: its WAL is reused), "
+        "then Mosquitto's ACL denies the frames topic (reloaded with SIGHUP), then, in turn, "
+        "the agent is killed (SIGKILL) and started again for the frames left and Mosquitto "
+        "is stopped and started again, with service in between; a subscriber with a "
+        "persistent QoS 1 session counts every frame message by its `seq` (frame ids start "
+        "again at each start of the agent, `seq` goes on from the outbox's last). A "
+        "SIGKILL loses what the loop made and the sender had not yet written (at most one "
+        "wake-up, 5 ms and a transaction): those never left the box and their `seq`s are "
+        "given again, so they count as frames not processed. Duplicates "
         "are allowed (delivery is at least once) and should carry a mark: the agent's "
         "`possible_duplicate` on what it resends from its outbox, or MQTT's DUP flag on what "
         "the broker redelivers. Losses the agent counts in its status (frames skipped by "
-        "back-pressure, outputs it could not store) are listed; lost without a count must "
+        "back-pressure, messages it could not store) are listed; lost without a count must "
         "be 0.",
         "",
         "| measure | value |",
@@ -353,15 +448,17 @@ def main() -> int:
     parser.add_argument("--full", type=float, default=5.0,
                         help="seconds the state dir's disk is full (0: no such phase; root)")
     parser.add_argument("--disk-mb", type=int, default=96, help="the state dir's tmpfs size")
+    parser.add_argument("--kills", type=int, default=3,
+                        help="times the agent is killed (SIGKILL) and started again")
     args = parser.parse_args()
     result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every,
-                  args.deny, args.full, args.disk_mb)
+                  args.deny, args.full, args.disk_mb, args.kills)
     text = report(result, args.frames, args.restarts, args.every)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's
     RESULTS.write_text(text.rstrip("\n") + "\n" + kept)
     print(text)
-    if result["lost"] or result["exit_code"] != 0:
+    if result["lost"] or result["unmarked"] or result["exit_code"] != 0:
         print(result["log_tail"], file=sys.stderr)
         return 1
     return 0

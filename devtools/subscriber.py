@@ -1,4 +1,5 @@
-"""A subscriber to one agent's topics: collects outputs, status and availability.
+"""A subscriber to one agent's topics: collects its frame messages (and each model's output
+in them), status and availability.
 
 Used by the demo and the tests to see what a real MQTT client sees.
 """
@@ -14,7 +15,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.publisher import Topics
+from agent.output import model_entries
+from agent.transport import Topics
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 class Collector:
     def __init__(self, host: str, port: int, prefix: str, device_id: str) -> None:
         self.topics = Topics(prefix, device_id)
-        self.outputs: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []  # the frame messages
+        self.outputs: list[dict[str, Any]] = []  # every model's entry, with the frame's fields
         self.retained: dict[str, Any] = {}
         self.availability: list[str] = []
         self._lock = threading.Lock()
@@ -41,12 +44,17 @@ class Collector:
         client.subscribe(f"{self.topics.root}/#", qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        ref = self.topics.parse(message.topic)
         with self._lock:
-            if message.topic == self.topics.availability:
+            if ref is None:
+                return
+            if ref.kind == "availability":
                 self.availability.append(message.payload.decode())
-            elif message.topic.endswith("/output"):
-                self.outputs.append(json.loads(message.payload))
-            else:
+            elif ref.kind == "frames":
+                frame = json.loads(message.payload)
+                self.frames.append(frame)
+                self.outputs.extend(model_entries(frame))
+            elif ref.kind != "output":
                 self.retained[message.topic] = json.loads(message.payload)
 
     def start(self, timeout_s: float = 10.0) -> Collector:

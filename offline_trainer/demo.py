@@ -132,7 +132,7 @@ def score(collected: list[dict[str, Any]], stream: Recording) -> list[dict[str, 
     row_of = {int(f): i for i, f in enumerate(stream.frame_ids)}
     table = []
     for model_id, spec in stream.tasks.items():
-        mine = [o for o in collected if o["model"] == model_id]
+        mine = [o for o in collected if o["model"] == model_id and o["value"] is not None]
         if not mine:
             table.append({"model": model_id, "provenance": "none", "messages": 0})
             continue

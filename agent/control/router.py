@@ -40,8 +40,8 @@ from agent.limits import (
     clip,
     parse_json,
 )
-from agent.publisher import Publisher
 from agent.security import SignatureError, Verifier, is_envelope
+from agent.transport import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,7 @@ class Control:
         """What a request topic asks for: its suffix below the agent's root (`config/set`,
         `cmd/reselect`); the whole topic when it is not under the root. The one place a
         request topic is parsed."""
-        topics = self.publisher.topics
-        for root in (topics.root, *topics.group_roots):
-            if topic.startswith(f"{root}/"):
-                return topic[len(root) + 1:]
-        return topic
+        return self.publisher.topics.request_suffix(topic)
 
     def route(self, topic: str) -> Route:
         suffix = self.suffix(topic)

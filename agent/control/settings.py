@@ -32,7 +32,7 @@ from agent.controlled import Controlled
 from agent.errors import RequestError
 from agent.homeassistant import discovery_payload, discovery_topic
 from agent.limits import MAX_VERSION, check_version
-from agent.publisher import Publisher, dumps
+from agent.transport import Publisher, dumps
 
 log = logging.getLogger(__name__)
 

@@ -99,7 +99,7 @@ class Inbox:
     def __init__(self, config: Any, device_id: str) -> None:
         import paho.mqtt.client as mqtt
 
-        from agent.publisher import secure
+        from agent.transport.mqtt import secure
 
         self._client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=f"mlink-source-{device_id}-{os.getpid()}",

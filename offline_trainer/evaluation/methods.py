@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.costs import Cost
+from agent.output import model_entries
 from agent.scheduler import Agent
 from agent.selection import Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
@@ -92,8 +93,9 @@ def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
     for frame in frames:
         start = time.perf_counter()
         if frame_filter is None or frame_filter.should_process(frame):
-            payloads = agent.process(frame)
+            message = agent.process(frame)
             elapsed += time.perf_counter() - start
+            payloads = model_entries(message)
             processed += 1
             last[frame.camera] = {str(p["model"]): np.asarray(p["value"], np.float32)
                                   for p in payloads}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agent.config import load_config
+from agent.output import model_entries
 from agent.scheduler import Agent
 
 onnx = pytest.importorskip("onnx")
@@ -56,7 +57,7 @@ def test_onnx_model_runs_in_the_agent(digits_fixture, tmp_path: Path) -> None:
     assert agent.models["parity"].loaded
     for _ in range(3):
         frame = next(frames)
-        parity = {p["model"]: p for p in agent.process(frame)}["parity"]
+        parity = {p["model"]: p for p in model_entries(agent.process(frame))}["parity"]
         assert parity["provenance"] == "executed"
         logits = frame.modalities["image"].reshape(64).astype(np.float32) @ weights + bias
         expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()

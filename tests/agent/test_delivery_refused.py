@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import MqttConfig
-from agent.outbox import Outbox
-from agent.publisher import Publisher
+from agent.transport import Publisher
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 from tests.support.agent_process import Subscriber, wait_until
 from tests.support.broker_security import password_file
@@ -48,7 +48,7 @@ def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
         publisher = Publisher(MqttConfig(port=broker.port, username="box",
                                          password_file=tmp_path / "box-password"),
                               DEVICE, outbox)
-        caplog.set_level(logging.ERROR, logger="agent.publisher")
+        caplog.set_level(logging.ERROR, logger="agent.transport")
         publisher.connect(10)
         try:
             for i in range(30):
@@ -84,14 +84,14 @@ def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     """SQLite's own "database or disk is full" (SQLITE_FULL, made by a page limit on the
     outbox) during a broker outage."""
-    from agent.publisher import STAGED_MAX
+    from agent.transport import STAGED_MAX
 
     broker = persistent_broker
     watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w2")
     outbox = Outbox(tmp_path / "outbox.sqlite")
     publisher = Publisher(MqttConfig(port=broker.port, client_id="full-disk"), DEVICE, outbox)
     publisher.connect(10)
-    caplog.set_level(logging.WARNING, logger="agent.publisher")
+    caplog.set_level(logging.WARNING, logger="agent.transport")
     total = 3 * STAGED_MAX
     try:
         broker.stop()
@@ -108,7 +108,7 @@ def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
         assert health["state"] == "degraded" and health["disk_full"], health
         assert any("disk_full" in p for p in health["problems"]), health
         assert publisher.unstored > 0
-        wait_until(lambda: outbox.depth + len(publisher._staged) + publisher.unstored
+        wait_until(lambda: outbox.depth + publisher.sender.staged + publisher.unstored
                    == total, 10, "every output stored, waiting or counted")
         assert sum("cannot be written" in r.message for r in caplog.records) == 1
 

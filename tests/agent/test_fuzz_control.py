@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from agent.config import load_config
 from agent.control import Control, StateStore, changed_paths
-from agent.publisher import Topics
+from agent.transport import Topics
 from tests.agent.test_control import TWO_MODELS
 from tests.core.test_bundle import make_bundle
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.outbox import Outbox, OutboxError
+from agent.transport.outbox import Outbox, OutboxError
 from tests.agent.test_config import GOOD
 
 

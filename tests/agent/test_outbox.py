@@ -6,12 +6,13 @@ real Mosquitto, with a relay that swallows the broker's answers (tests/support/f
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 
 from agent.config import MqttConfig
-from agent.outbox import Outbox
-from agent.publisher import POSSIBLE_DUPLICATE, Publisher
+from agent.transport import POSSIBLE_DUPLICATE, Publisher
+from agent.transport.outbox import Outbox
 from tests.support.agent_process import Subscriber
 from tests.support.faults import LossyLink
 
@@ -36,8 +37,40 @@ def test_put_ack_and_drop_oldest_survive_reopening(tmp_path: Path) -> None:
 def _publisher(port: int, outbox_path: Path) -> Publisher:
     config = MqttConfig(port=port, client_id="outbox-test-agent")
     publisher = Publisher(config, "box", Outbox(outbox_path))
-    publisher._client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
+    publisher.mqtt.client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)
     return publisher
+
+
+def test_frame_numbers_go_on_after_the_rows_are_acknowledged_and_reopened(
+        tmp_path: Path) -> None:
+    """A frame message's `seq` is its row's key: the highest stays known once its row is
+    gone, so a restarted agent never numbers a new message like one that may be replayed."""
+    path = tmp_path / "outbox.sqlite"
+    box = Outbox(path)
+    assert box.next_key == 1
+    ids = box.store([("f/0", b"{}", 1, 7), ("f/0", b"{}", 1, 8), ("m/x", b"{}", 1, None)])
+    assert box.next_key == 9
+    box.ack(ids)
+    box.close()
+    again = Outbox(path)
+    assert again.depth == 0 and again.next_key == 9
+    again.close()
+
+
+def test_an_outbox_from_before_keys_opens_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(str(path))
+    db.executescript("CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT "
+                     "NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, created REAL NOT "
+                     "NULL, sent INTEGER NOT NULL DEFAULT 0);"
+                     "INSERT INTO outbox (topic, payload, qos, created) "
+                     "VALUES ('t', x'7b7d', 1, 0);")
+    db.close()
+    box = Outbox(path)
+    assert box.depth == 1 and box.next_key == 1
+    box.store([("f/0", b"{}", 1, 3)])
+    assert box.next_key == 4
+    box.close()
 
 
 def test_steady_outputs_cost_one_transaction_per_wake_up(persistent_broker,

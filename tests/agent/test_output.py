@@ -1,12 +1,16 @@
-"""Outputs become messages once, where the [publish] settings apply."""
+"""Outputs become one message per frame, once, where the [publish] settings apply; per-model
+topics and the retained latest value where a model's rules ask for them."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from agent.config import PublishConfig
-from agent.output import Output, Payloads
+from agent.output import Output, Payloads, model_entries
 from agent.sources import Frame
+from agent.transport import Topics
 from links_tflite.tasks import TaskSpec
 from tests.support.contract import validate
 
@@ -21,42 +25,92 @@ OUTPUTS = [
 ]
 
 
-def test_every_output_becomes_a_valid_message_with_its_decoded_value() -> None:
-    payloads = Payloads().make(FRAME, OUTPUTS, PublishConfig(), SPECS)
-    assert [p["model"] for p in payloads] == ["digit", "count"]
-    assert [p["seq"] for p in payloads] == [1, 2]
-    digit = payloads[0]
+def test_a_frame_becomes_one_valid_message_holding_every_output() -> None:
+    message = Payloads().make(FRAME, OUTPUTS, PublishConfig(), SPECS)
+    assert message is not None
+    validate("frame", message)
+    assert list(message["outputs"]) == ["digit", "count"] and message["seq"] == 1
+    digit = message["outputs"]["digit"]
     assert digit["decoded"] == {"label": 1, "name": "one"} and digit["provenance"] == "executed"
-    assert digit["sources"] == ["digit"] and digit["frame_id"] == 7
-    for payload in payloads:
-        validate("output", payload)
-        assert payload["camera"] == "0" and payload["stream_ts"] is None  # one unnamed source
+    assert digit["sources"] == ["digit"] and message["frame_id"] == 7
+    assert message["camera"] == "0" and message["stream_ts"] is None  # one unnamed source
+    assert message["ts"] > 1.7e9, "ts is the wall clock, not the stream's"
+    for entry in model_entries(message):
+        validate("output", entry)
 
 
 def test_a_message_names_its_frame_s_camera_and_carries_its_stream_time() -> None:
     frame = Frame(frame_id=3, ts=2.0, modalities={}, camera=1, stream_ts=0.4)
-    payloads = Payloads(("gate", "yard")).make(frame, OUTPUTS, PublishConfig(), SPECS)
-    assert {p["camera"] for p in payloads} == {"yard"}
-    assert {p["stream_ts"] for p in payloads} == {0.4}
-    for payload in payloads:
-        validate("output", payload)
+    message = Payloads(("gate", "yard"), first_seq=41).make(frame, OUTPUTS, PublishConfig(),
+                                                            SPECS)
+    assert message is not None
+    assert message["camera"] == "yard" and message["stream_ts"] == 0.4
+    assert message["seq"] == 41, "seq goes on from where the outbox left it"
+    validate("frame", message)
 
 
-def test_unpublished_models_make_no_message_and_decoding_is_only_done_when_on(
+def test_a_withheld_output_has_a_null_value_and_says_why() -> None:
+    withheld = Output("count", np.array([2.0], np.float32), "predicted", ("digit",), 0.2, 0.01,
+                      withheld="low agreement")
+    message = Payloads().make(FRAME, [OUTPUTS[0], withheld], PublishConfig(), SPECS)
+    assert message is not None
+    validate("frame", message)
+    entry = message["outputs"]["count"]
+    assert entry["value"] is None and entry["withheld"] == "low agreement"
+    assert "decoded" not in entry and entry["est_agreement"] == 0.2
+
+
+def test_unpublished_models_are_left_out_and_decoding_is_only_done_when_on(
         monkeypatch) -> None:
     decoded: list[str] = []
     import agent.output
 
     real = agent.output.decode
 
-    def counting(spec: TaskSpec, numbers: list[float]) -> object:
+    def counting(spec: TaskSpec, numbers: Any) -> object:
         decoded.append(spec.kind)
         return real(spec, numbers)
 
     monkeypatch.setattr(agent.output, "decode", counting)
     payloads = Payloads()
     only_count = payloads.make(FRAME, OUTPUTS, PublishConfig(models=["count"]), SPECS)
-    assert [p["model"] for p in only_count] == ["count"] and decoded == ["regression"]
+    assert only_count is not None and list(only_count["outputs"]) == ["count"]
+    assert decoded == ["regression"]
     plain = payloads.make(FRAME, OUTPUTS, PublishConfig(decoded=False), SPECS)
-    assert all("decoded" not in p for p in plain) and decoded == ["regression"]
-    assert [p["seq"] for p in only_count + plain] == [1, 2, 3]  # one per message sent
+    assert plain is not None and decoded == ["regression"]
+    assert all("decoded" not in e for e in plain["outputs"].values())
+    assert payloads.make(FRAME, OUTPUTS, PublishConfig(models=[]), SPECS) is None
+    assert [only_count["seq"], plain["seq"]] == [1, 2]  # one per message made
+
+
+class Recorder:
+    """What `Payloads.send` hands a publisher."""
+
+    def __init__(self) -> None:
+        self.topics = Topics("mlink", "box")
+        self.sent: list[tuple[str, str, int, bool]] = []  # how, topic, qos, retain
+
+    def publish(self, topic: str, payload: Any, qos: int | None = None, retain: bool = False,
+                key: int | None = None) -> None:
+        self.sent.append(("outbox" if not retain else "retained", topic, qos or 0, retain))
+
+    def publish_now(self, topic: str, payload: Any, qos: int = 0) -> None:
+        self.sent.append(("now", topic, qos, False))
+
+
+def test_per_model_topics_and_the_latest_value_only_where_asked() -> None:
+    message = Payloads().make(FRAME, OUTPUTS, PublishConfig(), SPECS)
+    assert message is not None
+    plain = Recorder()
+    Payloads.send(message, plain, PublishConfig())  # type: ignore[arg-type]
+    assert plain.sent == [("outbox", "mlink/box/frames/0", 1, False)], "off by default"
+    rules = PublishConfig.model_validate({"per_model": {
+        "digit": {"topic": "qos1", "last": True}, "count": {"topic": "qos0"}}})
+    asked = Recorder()
+    Payloads.send(message, asked, rules)  # type: ignore[arg-type]
+    assert asked.sent == [
+        ("outbox", "mlink/box/frames/0", 1, False),
+        ("outbox", "mlink/box/models/digit/output", 1, False),
+        ("retained", "mlink/box/models/digit/last", 0, True),
+        ("now", "mlink/box/models/count/output", 0, False),
+    ]

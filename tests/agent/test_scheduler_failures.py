@@ -15,6 +15,7 @@ import pytest
 import tests.support.python_models as pm
 from agent.config import load_config
 from agent.models import ModelFailure, check_output
+from agent.output import model_entries
 from agent.runner import Runner
 from agent.scheduler import Agent
 from agent.selection import Selection
@@ -53,8 +54,8 @@ def models(digits_fixture) -> Iterator[None]:
     pm.reset()
 
 
-def by_model(payloads: list[dict]) -> dict[str, dict]:
-    return {str(p["model"]): p for p in payloads}
+def by_model(message: dict | None) -> dict[str, dict]:
+    return {str(p["model"]): p for p in model_entries(message)}
 
 
 @pytest.mark.parametrize(("mode", "kind"), [("raise", "error"), ("exit", "error"),
@@ -281,7 +282,7 @@ def test_status_reports_the_agents_own_time_per_frame(digits_fixture, models,
 
     agent = Agent.from_config(load_config(python_config(tmp_path, digits_fixture.root)))
     frames = agent.start()
-    payloads = [agent.process(next(frames)) for _ in range(4)]
+    payloads = [model_entries(agent.process(next(frames))) for _ in range(4)]
     overhead = agent.status("running")["overhead"]
     validate("status", agent.status("running"))
     executed_ms = sum(p["latency_ms"] for frame in payloads for p in frame

@@ -14,6 +14,7 @@ import pytest
 
 import tests.support.python_models as pm
 from agent.config import load_config
+from agent.output import model_entries
 from agent.scheduler import Agent
 from agent.selection import Selection
 from links_tflite.bundle import MANIFEST, PROFILE, write_manifest
@@ -68,7 +69,7 @@ def run_with(config: Path, active: set[str], uses_links: bool, frames: int = 3
     stream = agent.start()
     others = tuple(m for m in agent.problem().models if m not in active)
     agent.apply(Selection("test", frozenset(active), others, {}, 0.0, uses_links))
-    payloads = [p for _ in range(frames) for p in agent.process(next(stream))]
+    payloads = [p for _ in range(frames) for p in model_entries(agent.process(next(stream)))]
     agent.close()
     return agent, payloads
 

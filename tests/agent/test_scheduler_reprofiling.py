@@ -14,6 +14,7 @@ import pytest
 import tests.support.python_models as pm
 from agent.config import load_config
 from agent.costs import MB, rss_bytes
+from agent.output import model_entries
 from agent.scheduler import Agent
 from agent.sources import open_source
 from tests.agent.test_scheduler_failures import python_config
@@ -212,7 +213,8 @@ def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
         assert predicted == max(figures, key=figures.__getitem__), figures
         assert after.expected_agreement == pytest.approx((2 + figures[predicted]) / 3, abs=1e-6)
         assert after.use["memory_mb"] <= CITY_BUDGET_MB
-        payload = next(p for p in agent.process(evening[-1]) if p["model"] == predicted)
+        payload = next(p for p in model_entries(agent.process(evening[-1]))
+                       if p["model"] == predicted)
         assert payload["provenance"] == "predicted"
         assert payload["est_agreement"] == pytest.approx(figures[predicted], abs=1e-6)
     finally:

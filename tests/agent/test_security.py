@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.config import ConfigError, MqttConfig, TlsConfig
-from agent.publisher import Publisher, PublishError
+from agent.transport import Publisher, PublishError
 from tests.support.agent_process import DEVICE, AgentProcess, Client, write_config
 from tests.support.broker_security import Certificates, make_certificates, secured_broker
 
@@ -187,7 +187,7 @@ def test_agent_over_tls_with_a_credential_obeys_only_the_acl(digits_build, broke
     agent = AgentProcess(config, env={"CREDENTIALS_DIRECTORY": str(credentials)})
     try:
         operator.latest("status", lambda s: s["state"] == "running" and s["selection"])
-        operator.wait(lambda: operator.json_on("models/digit/output")[2:])
+        operator.wait(lambda: operator.outputs_of("digit")[2:])
         # the intruder may read, but its request never reaches the agent
         intruder.client.publish(f"mlink/{DEVICE}/config/set", json.dumps(
             {"transaction": "evil", "version": 50, "selection": {"policy": "all"}}), qos=1)

@@ -142,8 +142,8 @@ def test_the_agent_reads_frames_through_its_own_connection(broker, digits_fixtur
                                                            tmp_path: Path) -> None:
     """npy frames published to the agent's broker are run by the fixture's TFLite models
     exactly as the replayed stream is: the agent's connection delivers them, in order."""
-    from agent.publisher import Publisher
     from agent.scheduler import Agent
+    from agent.transport import Publisher
 
     root = digits_fixture.root
     config_path = tmp_path / "agent.toml"

@@ -13,6 +13,7 @@ import pytest
 
 from agent.cli import main as agent_main
 from agent.config import load_config, validate
+from agent.output import model_entries
 from agent.sources import open_sources
 from links_tflite.recording import Recording
 from tests.support import text_models
@@ -170,7 +171,7 @@ def test_text_record_links_run(kind: str, path: Path, modality: str, tmp_path: P
     agree, served = 0, 0
     camera = "reviews" if kind == "lines" else "orders"
     for frame in frames:
-        for payload in agent.process(frame):
+        for payload in model_entries(agent.process(frame)):
             check_schema("output", payload)
             assert payload["camera"] == camera
             if payload["provenance"] not in ("predicted", "prior"):  # links, or the prior

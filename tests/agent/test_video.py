@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.config import ConfigError, validate
+from agent.output import model_entries
 from agent.sources import open_source, open_sources
 from agent.sources.decode import LiveReader, VideoError, open_container
 from devtools.broker import free_port, port_open
@@ -182,7 +183,7 @@ def test_two_video_cameras_through_the_agent_with_tflite_models(city_build, clip
     frames = agent.start()
     persons = TFLiteRunner(city_build.model_file("persons"))
     for frame in frames:
-        payloads = agent.process(frame)
+        payloads = model_entries(agent.process(frame))
         assert {p["camera"] for p in payloads} == {("gate", "yard")[frame.camera]}
         executed = {p["model"]: p for p in payloads if p["provenance"] == "executed"}
         assert set(executed) == {"persons", "traffic", "vehicles"}

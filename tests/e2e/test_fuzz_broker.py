@@ -71,7 +71,7 @@ class Watcher:
 
     def _keep(self, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
-        if topic.endswith("/output"):
+        if "/frames/" in topic:
             self.outputs += 1
             return
         if topic == f"{ROOT}/config/state":

@@ -12,9 +12,13 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.outbox import Outbox
+import pytest
+
+from agent.transport.outbox import Outbox
 from devtools.broker import LocalBroker
 from tests.support.agent_process import AgentProcess, Client, outbox_depth, retained, write_config
+
+pytestmark = pytest.mark.broker  # each test starts its own Mosquitto
 
 
 @contextlib.contextmanager
@@ -27,7 +31,7 @@ def backlog(digits_build, tmp_path: Path) -> Iterator[tuple[LocalBroker, AgentPr
         client = Client(broker.port)
         agent = AgentProcess(config)
         try:
-            client.wait(lambda: client.json_on("models/digit/output")[3:])
+            client.wait(lambda: client.outputs_of("digit")[3:])
             broker.stop()
             outbox = state / "outbox.sqlite"
             client.wait(lambda: outbox_depth(outbox) >= 30, timeout_s=30)

@@ -161,6 +161,6 @@ def test_the_agent_still_serves_after_all_of_it(rig: Rig) -> None:
     assert retained(rig.broker.port, "config/state") == rig.config_state
     bundles = rig.state / "bundles"
     assert not bundles.exists() or not any(bundles.iterdir()), "a refused bundle was kept"
-    n = len(rig.client.json_on("models/digit/output"))
-    rig.client.wait(lambda: len(rig.client.json_on("models/digit/output")) > n + 3)
+    n = len(rig.client.outputs_of("digit"))
+    rig.client.wait(lambda: len(rig.client.outputs_of("digit")) > n + 3)
     assert rig.client.request("cmd/reselect", {"transaction": "fine"})["status"] == "ok"

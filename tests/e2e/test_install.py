@@ -78,7 +78,7 @@ def test_installed_service_runs_as_an_unprivileged_user(digits_build,
                        120, "availability online")
             assert agent.poll() is None, agent.communicate()[0][-3000:]
             outputs = wait_until(lambda: [t for t, _, _ in client.messages
-                                          if t.endswith("/output")], 120, "outputs")
+                                          if "/frames/" in t], 120, "outputs")
             assert outputs
         finally:
             agent.send_signal(signal.SIGTERM)

@@ -3,14 +3,14 @@
 1. PUBACKs lost: a relay in front of the broker (tests/support/faults.py) lets the agent's PUBLISHes
    through and swallows the broker's answers, then cuts the connection. The agent reconnects
    and sends what was in flight again, marked `possible_duplicate`.
-2. Broker away: Mosquitto is stopped while the agent runs at full speed; tens of thousands of
-   outputs pile up in the outbox on disk, and the agent's RSS stays flat: nothing is queued in
-   memory (paho is handed nothing while the connection is down).
+2. Broker away: Mosquitto is stopped while the agent runs at full speed; thousands of frame
+   messages (three outputs each) pile up in the outbox on disk, and the agent's RSS stays
+   flat: nothing is queued in memory (paho is handed nothing while the connection is down).
 3. Broker back, SIGTERM: the agent drains its outbox and exits 0.
 
-A subscriber with a persistent session counts every output by (frame, model) and its `seq` (the
-stream loops, so a frame id comes back every pass): each arrives at least once, none is lost,
-and every extra copy carries the mark.
+A subscriber with a persistent session counts every frame message by its `seq` (the stream
+loops, so a frame id comes back every pass): each arrives at least once, none is lost, and
+every extra copy carries the mark.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from tests.support.agent_process import (
 from tests.support.contract import validate
 from tests.support.faults import LossyLink
 
-MODELS = 3  # tests/conftest.py LINKED_MODELS: every frame publishes one output per model
-WARM_UP_OUTPUTS = 5_000  # SQLite's page cache (2 MB) and the allocator settle meanwhile
-OUTAGE_OUTPUTS = 20_000  # piled up on disk after the warm-up, at full speed (a few seconds)
+MODELS = 3  # tests/conftest.py LINKED_MODELS: every frame message holds one output per model
+WARM_UP_OUTPUTS = 5_000 // MODELS  # frame messages: SQLite's page cache (2 MB) and the
+# allocator settle meanwhile
+OUTAGE_OUTPUTS = 20_000 // MODELS  # frame messages of 20000 outputs, piled up on disk after the
+# warm-up, at full speed (a few seconds)
 # RSS may grow by at most this while the outputs above pile up. Measured on a 2-core box:
 # +0.0 to +2.3 MB over 20000 outputs (allocator and SQLite page-cache noise), with RSS about
 # 81-83 MB throughout. With the publisher broken to hand every output to paho while the
@@ -65,7 +67,7 @@ def test_outage_loses_nothing_marks_duplicates_and_keeps_memory_flat(
     state = tmp_path / "state"
     outbox = state / "outbox.sqlite"
     link = LossyLink(broker.port)
-    subscriber = Subscriber(broker.port, f"mlink/{DEVICE}/models/+/output", key="seq",
+    subscriber = Subscriber(broker.port, f"mlink/{DEVICE}/frames/+", key="seq",
                             client_id="outage-counter")
     agent = AgentProcess(write_config(digits_build.root, link.port, state, fps=0))
     process = psutil.Process(agent.process.pid)
@@ -105,7 +107,7 @@ def test_outage_loses_nothing_marks_duplicates_and_keeps_memory_flat(
     status = json.loads(retained(broker.port, "status"))
     assert status["state"] == "stopped" and outbox_depth(outbox) == 0
     assert status["outbox"]["dropped"] == 0 and status["counters"]["frame_errors"] == 0
-    expected = status["frames"] * MODELS
+    expected = status["frames"]  # one message per frame
     assert expected > WARM_UP_OUTPUTS + OUTAGE_OUTPUTS
 
     seen = subscriber.wait_for(expected, timeout_s=60)
@@ -114,7 +116,8 @@ def test_outage_loses_nothing_marks_duplicates_and_keeps_memory_flat(
     copies = _copies(subscriber)
     sent_again = broker_redelivered = 0
     for seq, received in copies.items():
-        assert len({(p["frame_id"], p["model"]) for p, _ in received}) == 1, (seq, received)
+        assert len({p["frame_id"] for p, _ in received}) == 1, (seq, received)
+        assert len(received[0][0]["outputs"]) == MODELS
         for payload, redelivered in received[1:]:
             if redelivered:  # the broker's own resend to this subscriber, after its restart
                 broker_redelivered += 1
@@ -126,6 +129,6 @@ def test_outage_loses_nothing_marks_duplicates_and_keeps_memory_flat(
     assert sent_again > 0, "the lost PUBACKs should have made the agent send outputs again"
     marked = next(p for received in copies.values() for p, _ in received
                   if p.get("possible_duplicate"))
-    validate("output", marked)
+    validate("frame", marked)
     with pytest.raises(ValidationError):
-        validate("output", {**marked, "possible_duplicate": False})  # only ever true
+        validate("frame", {**marked, "possible_duplicate": False})  # only ever true

@@ -50,9 +50,11 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         validate("status", status)
         assert status["config_version"] == 0 and status["outbox"]["depth"] >= 0
         assert status["selection"]["predicted"], "a 1 MB budget must leave something predicted"
-        outputs = client.wait(lambda: client.json_on("models/digit/output")[2:])
+        outputs = client.wait(lambda: client.outputs_of("digit")[2:])
         for output in outputs:
             validate("output", output)
+        for frame in client.json_on("frames/0")[:3]:  # one unnamed source: camera "0"
+            validate("frame", frame)
         assert client.texts_on("availability")[-1] == "online"
         config_state = client.latest("config/state")
         validate("config-state", config_state)
@@ -74,8 +76,8 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
             "selection"]["policy"] == "all"
         status = _running(client, config_version=3)
         assert status["selection"]["policy"] == "all" and not status["selection"]["predicted"]
-        seen = len(client.json_on("models/parity/output"))
-        fresh = client.wait(lambda: client.json_on("models/parity/output")[seen + 2:])
+        seen = len(client.outputs_of("parity"))
+        fresh = client.wait(lambda: client.outputs_of("parity")[seen + 2:])
         assert all(o["provenance"] == "executed" and "decoded" not in o for o in fresh)
 
         # an invalid request: every problem named by its path, nothing changed
@@ -163,7 +165,7 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
             capture_output=True, text=True, check=True).stdout)
         sensors = {c["name"]: c for c in discovery["components"].values()}
         assert set(sensors) == {"digit", "parity", "frames per second"}
-        assert sensors["digit"]["state_topic"] == f"{ROOT_TOPIC}/models/digit/output"
+        assert sensors["digit"]["state_topic"] == f"{ROOT_TOPIC}/frames/0"
         assert discovery["availability_topic"] == f"{ROOT_TOPIC}/availability"
         status = _running(client, config_version=10)
         costs = client.latest("status/costs", lambda c: set(c["models"]) == {"digit", "parity"})
@@ -175,17 +177,17 @@ def test_contract_remote_config_restart_and_reload(digits_build, broker, tmp_pat
         assert tight["errors"][0]["path"] == "budget"
         assert client.latest("config/state")["version"] == 10
         assert _running(client)["selection"] == status["selection"]
-        seen = len(client.json_on("models/inkbox/output"))
-        digits = len(client.json_on("models/digit/output"))
-        client.wait(lambda: len(client.json_on("models/digit/output")) > digits + 5)
-        assert len(client.json_on("models/inkbox/output")) <= seen + 1
+        seen = len(client.outputs_of("inkbox"))
+        digits = len(client.outputs_of("digit"))
+        client.wait(lambda: len(client.outputs_of("digit")) > digits + 5)
+        assert len(client.outputs_of("inkbox")) <= seen + 1
         # enabled again: measured on this box, selected, published
         back = client.request("config/set", {"transaction": "back", "version": 12,
                                              "models": {"inkbox": {"enabled": True}}})
         assert back["status"] == "ok" and back["applied"] == ["models.inkbox.enabled"], back
         _running(client, config_version=12)
         client.latest("status/costs", lambda c: set(c["models"]) == {"digit", "parity", "inkbox"})
-        client.wait(lambda: client.json_on("models/inkbox/output")[seen + 3:])
+        client.wait(lambda: client.outputs_of("inkbox")[seen + 3:])
     finally:
         code, log = again.stop()
     assert code == 0, log[-3000:]
@@ -263,8 +265,8 @@ def test_bundle_push_swaps_atomically_and_refuses_a_corrupted_one(digits_build, 
 
         after = _running(client)
         assert after["bundle"] == str(installed)  # the old one still serves
-        n = len(client.json_on("models/digit/output"))
-        client.wait(lambda: len(client.json_on("models/digit/output")) > n + 3)
+        n = len(client.outputs_of("digit"))
+        client.wait(lambda: len(client.outputs_of("digit")) > n + 3)
         assert sorted(p.name for p in (state / "bundles").iterdir()) == [installed.name]
 
         # what a person at a subscriber sees
@@ -295,7 +297,7 @@ def _evil_archive() -> bytes:
 
 def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broker,
                                                               tmp_path: Path) -> None:
-    from agent.outbox import Outbox
+    from agent.transport.outbox import Outbox
 
     state = tmp_path / "state"
     config = write_config(digits_build.root, broker.port, state)
@@ -304,15 +306,15 @@ def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broke
     client = Client(broker.port)
     agent = AgentProcess(config)
     try:
-        client.wait(lambda: client.json_on("models/digit/output")[5:])
+        client.wait(lambda: client.outputs_of("digit")[5:])
         broker.stop()
         outbox = state / "outbox.sqlite"
         client.wait(lambda: Outbox(outbox).depth >= 20, timeout_s=30)
         agent.signal(signal.SIGKILL)  # crash while the broker is away
         agent.process.wait(10)
         stranded = Outbox(outbox)
-        kept = {(json.loads(m.payload)["frame_id"], json.loads(m.payload)["model"])
-                for m in stranded.after(0, 100_000)}
+        messages = [json.loads(m.payload) for m in stranded.after(0, 100_000)]
+        kept = {(m["frame_id"], model) for m in messages for model in m["outputs"]}
         stranded.close()
         assert len(kept) >= 20
 
@@ -322,12 +324,12 @@ def test_outputs_survive_an_outage_and_a_crash_over_mqtt_311(digits_build, broke
         again = AgentProcess(config)
         arrived = client.wait(lambda: kept <= {(o["frame_id"], o["model"]) for model in
                                                ("digit", "parity", "inkbox")
-                                               for o in client.json_on(f"models/{model}/output")}
+                                               for o in client.outputs_of(model)}
                               , timeout_s=60)
         assert arrived
         # the restarted agent reports what it found in its outbox
         client.latest("status", lambda s: s["state"] == "running"
-                      and s["outbox"]["recovered"] >= len(kept))
+                      and s["outbox"]["recovered"] >= len(messages))
         # MQTT 3.1.1: no properties, the answer goes to the default response topic
         answer = client.request("config/set", {"transaction": "v311", "version": 1,
                                                "budget": {"memory_mb": 2.0}})
@@ -348,7 +350,7 @@ class RecordingPublisher:
     """What the agent hands a publisher: every message kept, nothing sent."""
 
     def __init__(self) -> None:
-        from agent.publisher import Topics
+        from agent.transport import Topics
 
         self.topics = Topics("mlink", "test")
         self.sent: list[tuple[str, object]] = []
@@ -356,9 +358,10 @@ class RecordingPublisher:
         self.published = 0
         self.pending = 0
         self.outbox = None
+        self.next_seq = 1
 
     def publish(self, topic: str, payload: object, qos: int | None = None,
-                retain: bool = False) -> None:
+                retain: bool = False, key: int | None = None) -> None:
         self.sent.append((topic, payload))
         self.kept.append((topic, payload, retain))
 

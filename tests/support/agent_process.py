@@ -20,7 +20,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.outbox import Outbox
+from agent.output import model_entries
+from agent.transport.outbox import Outbox
 from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import agent_config_text
 from tests.conftest import LINKED_MODELS
@@ -116,6 +117,13 @@ class Client:
     def json_on(self, topic: str) -> list[Any]:
         with self._lock:
             return [json.loads(p) for t, p, _ in self.messages if t == f"{self.root}/{topic}"]
+
+    def outputs_of(self, model: str) -> list[Any]:
+        """`model`'s entries of every frame message (any camera), with the frame's fields."""
+        with self._lock:
+            frames = [json.loads(p) for t, p, _ in self.messages
+                      if t.startswith(f"{self.root}/frames/")]
+        return [e for m in frames for e in model_entries(m) if e["model"] == model]
 
     def texts_on(self, topic: str) -> list[str]:
         with self._lock:

@@ -6,9 +6,13 @@ Bounded: beyond `max_messages` the oldest rows are dropped (drop-oldest: a subsc
 more about the present than a backlog) and every drop is counted, persistently, for the status.
 One connection guarded by a lock: the loop thread writes, the sender thread reads and deletes.
 
+A row carries its message's `key` where it has one: a frame message's `seq`. The highest key
+ever stored is kept (`next_key`), so that a restarted agent numbers its frame messages on
+from there and a replayed copy never shares its `seq` with a new message.
+
 Each row remembers whether it was ever handed to MQTT (`sent`, committed before the hand-over):
 a row sent before and still here may have reached the broker with its PUBACK lost, so its
-next copy is published marked as a possible duplicate (agent/publisher.py).
+next copy is published marked as a possible duplicate (agent/transport/sender.py).
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
+
+Staged = tuple[str, bytes, int, "int | None"]  # topic, payload, qos, key
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -31,7 +38,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     created REAL NOT NULL,
-    sent INTEGER NOT NULL DEFAULT 0
+    sent INTEGER NOT NULL DEFAULT 0,
+    key INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -84,6 +92,8 @@ class Outbox:
         self.last_id = int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox")
                            .fetchone()[0])  # the newest row's id
         self.dropped = self._counter("dropped")
+        self.next_key = max(self._counter("key"), int(self._db.execute(
+            "SELECT COALESCE(MAX(key), 0) FROM outbox").fetchone()[0])) + 1
 
     def _migrate(self) -> None:
         """Outboxes written before `sent` existed: their rows may have been sent, so they
@@ -92,6 +102,8 @@ class Outbox:
         if "sent" not in columns:
             self._db.execute("ALTER TABLE outbox ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
             self._db.execute("UPDATE outbox SET sent = 1")
+        if "key" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN key INTEGER")
 
     def _counter(self, name: str) -> int:
         row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
@@ -107,9 +119,9 @@ class Outbox:
 
     def put_many(self, messages: list[tuple[str, bytes, int]]) -> list[int]:
         """Store messages in one transaction, then drop the oldest beyond the bound."""
-        return self.store(messages)
+        return self.store([(topic, payload, qos, None) for topic, payload, qos in messages])
 
-    def store(self, messages: list[tuple[str, bytes, int]], sent: bool = False,
+    def store(self, messages: Sequence[Staged], sent: bool = False,
               acked: list[int] | None = None) -> list[int]:
         """Delete acknowledged rows and store new messages in one transaction (the sender's
         one write per wake-up; `sent`: they are handed to MQTT right after the commit), then
@@ -124,9 +136,16 @@ class Outbox:
                     "DELETE FROM outbox WHERE id = ?", [(i,) for i in acked]
                 ).rowcount if acked else 0
                 ids = [int(self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, created, sent) "
-                    "VALUES (?, ?, ?, ?, ?)", (topic, payload, qos, now, int(sent))).lastrowid or 0)
-                    for topic, payload, qos in messages]
+                    "INSERT INTO outbox (topic, payload, qos, created, sent, key) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, payload, qos, now, int(sent), key)).lastrowid or 0)
+                    for topic, payload, qos, key in messages]
+                keys = [key for *_, key in messages if key is not None]
+                if keys:
+                    self._db.execute(
+                        "INSERT INTO counters (name, value) VALUES ('key', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+                        (max(keys),))
                 excess = self._depth - removed + len(messages) - self.max_messages
                 deleted = 0
                 if excess > 0:
@@ -146,6 +165,8 @@ class Outbox:
             self._depth += len(messages) - deleted - removed
             self.acked += removed
             self.last_id = max([self.last_id, *ids])
+            if keys:
+                self.next_key = max(self.next_key, max(keys) + 1)
             if deleted:
                 if self.dropped == 0:
                     log.warning("outbox full (%d messages): dropping the oldest", self.max_messages)
