@@ -31,7 +31,7 @@ def test_a_frame_becomes_one_valid_message_holding_every_output() -> None:
     validate("frame", message)
     assert list(message["outputs"]) == ["digit", "count"] and message["seq"] == 1
     digit = message["outputs"]["digit"]
-    assert digit["decoded"] == {"label": 1, "name": "one"} and digit["provenance"] == "executed"
+    assert digit["decoded"] == "one" and digit["provenance"] == "executed"
     assert digit["sources"] == ["digit"] and message["frame_id"] == 7
     assert message["camera"] == "0" and message["stream_ts"] is None  # one unnamed source
     assert message["ts"] > 1.7e9, "ts is the wall clock, not the stream's"
@@ -65,13 +65,13 @@ def test_unpublished_models_are_left_out_and_decoding_is_only_done_when_on(
     decoded: list[str] = []
     import agent.output
 
-    real = agent.output.decode
+    real = agent.output.readable
 
-    def counting(spec: TaskSpec, numbers: Any) -> object:
+    def counting(spec: TaskSpec, numbers: Any, **options: Any) -> object:
         decoded.append(spec.kind)
-        return real(spec, numbers)
+        return real(spec, numbers, **options)
 
-    monkeypatch.setattr(agent.output, "decode", counting)
+    monkeypatch.setattr(agent.output, "readable", counting)
     payloads = Payloads()
     only_count = payloads.make(FRAME, OUTPUTS, PublishConfig(models=["count"]), SPECS)
     assert only_count is not None and list(only_count["outputs"]) == ["count"]

@@ -16,7 +16,7 @@ import pytest
 import tests.support.python_models as pm
 from agent.config import load_config
 from agent.costs import Cost
-from agent.output import Output, Payloads
+from agent.output import Output, Payloads, model_entries
 from agent.planning import Action, Plan, standing_options
 from agent.scheduler import Agent
 from agent.selection import Selection
@@ -86,7 +86,7 @@ def test_run_p_runs_staggered_and_is_reused_with_its_age(digits_fixture, models,
                       "inkbox": Action("run", 3)})
     offsets = {m: agent.timetable.offsets[m] for m in ("parity", "inkbox")}
     assert offsets["parity"] != offsets["inkbox"]  # staggered: never both on one frame
-    payloads = [p for _ in range(12) for p in agent.process(next(stream))]
+    payloads = [p for _ in range(12) for p in model_entries(agent.process(next(stream)))]
     last: dict[str, tuple[int, list[float]]] = {}
     fallbacks = 0
     for n, outputs in enumerate(kept.frames):
@@ -147,7 +147,7 @@ def test_predict_prior_and_none_are_served_and_counted(digits_fixture, models,
     agent, kept, stream = started(python_config(tmp_path, build))
     with_plan(agent, {"digit": Action("run"), "parity": Action("prior"),
                       "inkbox": Action("none")})
-    payloads = [p for _ in range(3) for p in agent.process(next(stream))]
+    payloads = [p for _ in range(3) for p in model_entries(agent.process(next(stream)))]
     assert {p["model"] for p in payloads} == {"digit", "parity"}
     assert all(p["value"] == PARITY_PRIOR for p in payloads if p["model"] == "parity")
     assert agent.counters.prior == 3 and agent.counters.no_output == 3
@@ -242,7 +242,7 @@ def test_the_gate_runs_predicted_models_in_the_spare_delay(digits_fixture, model
                       "inkbox": Action("prior")})
     assert set(agent.gate.models) == {"parity"}  # loaded for it; inkbox is not predicted
     assert agent.models["parity"].loaded
-    payloads = [p for _ in range(4) for p in agent.process(next(stream))]
+    payloads = [p for _ in range(4) for p in model_entries(agent.process(next(stream)))]
     for frame in kept.frames:  # spare delay for every frame: each prediction is replaced
         assert frame["parity"].provenance == "gated" and frame["parity"].sources == ("parity",)
         assert frame["inkbox"].provenance == "prior"

@@ -142,6 +142,7 @@ def test_the_agent_reads_frames_through_its_own_connection(broker, digits_fixtur
                                                            tmp_path: Path) -> None:
     """npy frames published to the agent's broker are run by the fixture's TFLite models
     exactly as the replayed stream is: the agent's connection delivers them, in order."""
+    from agent.output import model_entries
     from agent.scheduler import Agent
     from agent.transport import Publisher
 
@@ -171,7 +172,8 @@ def test_the_agent_reads_frames_through_its_own_connection(broker, digits_fixtur
 
         send(feeder, "feed/frames", [npy(row) for row in range(12)])
         frames = agent.start()
-        payloads = [p for frame in itertools.islice(frames, 12) for p in agent.process(frame)]
+        payloads = [p for frame in itertools.islice(frames, 12)
+                    for p in model_entries(agent.process(frame))]
         status = agent.status("running")
     finally:
         feeder.loop_stop()
