@@ -61,9 +61,11 @@ class PlanRun:
 
 
 def run_plan(agent: Agent, frames: Sequence[Frame], plan: Plan, delays: dict[str, float],
-             warmup: int = 5) -> PlanRun:
+             lead: Sequence[Frame] = (), warmup: int = 5) -> PlanRun:
     """Run the plan over the frames (module doc); the first `warmup` frames run every
-    resident model once, untimed (first inferences allocate)."""
+    resident model once, untimed (first inferences allocate). The plan runs on the `lead`
+    frames first, neither timed nor scored: the stream before these frames, so that a
+    `run/p` model has its last output at the first frame, as on a stream that goes on."""
     resident = sorted(m for m, a in plan.actions.items() if a.kind == RUN)
     agent.executor.unload_all(keep=resident)
     for model in resident:
@@ -78,7 +80,12 @@ def run_plan(agent: Agent, frames: Sequence[Frame], plan: Plan, delays: dict[str
     values: dict[str, list[np.ndarray | None]] = {m: [] for m in plan.actions}
     elapsed = model_ms = 0.0
     runs = 0
-    for frame in frames:
+    scored_from = len(lead)
+    for index, frame in enumerate([*lead, *frames]):
+        if index == scored_from:
+            elapsed = model_ms = 0.0
+            runs = 0
+            values = {m: [] for m in plan.actions}
         start = time.perf_counter()
         t = seen.get(frame.camera, 0)
         seen[frame.camera] = t + 1
