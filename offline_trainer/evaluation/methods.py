@@ -238,7 +238,9 @@ class Evaluator:
 
     def plan_budget(self, resource: str, share: float) -> dict[str, float]:
         budget = share * self.total[resource]
-        return {resource: max(0.0, budget - self.own_ms) if resource == "delay_ms" else budget}
+        # where the agent's own work takes the whole budget only the free actions fit (a
+        # budget of exactly 0 divides by zero in agent.planning's budget shares)
+        return {resource: max(1e-9, budget - self.own_ms) if resource == "delay_ms" else budget}
 
     def ceiling(self, resource: str, share: float) -> Ceiling:
         """The best plan by the test part's own figures (module doc)."""
