@@ -453,8 +453,8 @@ def plan_reading(ev: Evaluation) -> list[str]:
                      "is not the best on the test frames.")
     if ev.settings.workload == "city":
         low = [f"{s:.2f}: {_ceiling(ev, 'delay_ms', s):.3f} < {v:.3f}"
-               for s, v in PAPER_CITY.items() if _ceiling(ev, "delay_ms", s) < v
-               and s in ev.settings.shares]
+               for s, v in PAPER_CITY.items()
+               if s in ev.settings.shares and _ceiling(ev, "delay_ms", s) < v]
         if low:
             lines.append("- Ceiling below the paper's City figure under delay budgets ("
                          + "; ".join(low) + "): no plan in the action space does better "
