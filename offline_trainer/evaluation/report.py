@@ -436,6 +436,16 @@ def plan_reading(ev: Evaluation) -> list[str]:
             "action space."
             + (" Strictly (what is resident at once) the plan is at or above every method."
                if strict_ok else ""))
+    total = sum(c.get("delay_ms") for c in ev.model_costs.values())
+    swamped = [s for s in ev.settings.shares if ev.own_ms >= s * total]
+    if swamped:
+        lines.append(
+            f"- The agent's own fixed work per frame ({ev.own_ms:.3f} ms) is at least the "
+            f"delay budget at shares {', '.join(f'{s:.2f}' for s in swamped)} (the models "
+            f"take {total:.3f} ms a frame in all): held to it, the plan can only serve the "
+            "free actions there (the priors). The other methods are charged the models and "
+            "links alone, not this work; their measured time per frame (section 3) is what "
+            "they cost with it.")
     gaps = []
     for resource in ("memory_mb", "delay_ms"):
         for share in ev.settings.shares:
