@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--epochs", type=int, default=LinkTraining.epochs)
     evaluate.add_argument("--frames", type=int, default=0, help="stream frames (0: all)")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--model-size", choices=("small", "edge"), default=None,
+                          help="city only: the zoo's model size (`edge`: models of about 4 ms "
+                               "a frame on one core, the issue's claims)")
+    evaluate.add_argument("--curve", action="store_true",
+                          help="also the finer curve over memory shares 0.1 ... 1.0")
     demo = sub.add_parser("demo", help="train, deploy and run the agent end to end")
     demo.add_argument("--out", type=Path, default=Path("build/demo"))
     return parser
@@ -61,14 +66,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _evaluate(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     from offline_trainer.evaluation.report import write_report
-    from offline_trainer.evaluation.run import EvaluationSettings, evaluate
+    from offline_trainer.evaluation.run import CURVE_SHARES, EvaluationSettings, evaluate
 
+    suffix = f"-{args.model_size}" if args.model_size else ""
     settings = EvaluationSettings(
         workload=args.workload,
-        out=args.out or Path("build/eval") / args.workload,
+        out=args.out or Path("build/eval") / f"{args.workload}{suffix}",
         results=args.results or Path("benchmarks/results") / f"evaluation-{args.workload}.md",
         models=tuple(m for m in args.models.split(",") if m),
         epochs=args.epochs, frames=args.frames, seed=args.seed, zoo=args.zoo,
+        model_size=args.model_size or "", curve_shares=CURVE_SHARES if args.curve else (),
     )
     command = " ".join(["mlink-train", *(sys.argv[1:] if argv is None else argv)])
     path = write_report(evaluate(settings), command)

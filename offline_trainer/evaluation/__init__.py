@@ -4,8 +4,11 @@ run, side by side with the baselines.
 - `fractions`: link agreement vs the share of the recording trained on;
 - `filtering`: the Reducto-like frame filter and its threshold calibration;
 - `stream`: the agent config and the stream frames an evaluation runs on;
-- `methods`: Standalone, MLink (both rules), filtering, MLink + filtering, all — each run
-  through the real agent under a budget and scored;
+- `methods`: Standalone (alone, + prior), MLink (both rules), filtering, MLink + filtering,
+  the planner, all — each run under a budget and scored, and the ceiling;
+- `actions`: every action's agreement (reuse by age, each source subset's ensemble, the
+  prior) measured on consecutive frames of the stream;
+- `plans`: a plan run on the stream with the agent's parts (until the loop runs plans);
 - `rss_probe`: the agent's memory in a fresh process, with or without TensorFlow;
 - `run`: the whole evaluation, reusing what is up to date; `report`: the results file.
 """

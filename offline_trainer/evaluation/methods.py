@@ -2,22 +2,34 @@
 
 Every method is the agent (`agent.scheduler.Agent`, LiteRT, no TensorFlow in the path) with
 an activated set, optionally behind a frame filter:
-- `standalone`: the cheapest models first while they fit, no links (the rest get their prior
-  where the bundle has one, as the agent serves it, else nothing);
+- `standalone`: the cheapest models first while they fit, no links, nothing for the rest (the
+  paper's baseline);
+- `standalone+prior`: the same set, the bundle's prior for every other model (as the agent
+  serves it): the simplest thing a user could pick without training links;
 - `mlink-activation` / `mlink-exact`: the agent's selection policies under the budget;
 - `filtering`: every model, but only on the frames the filter lets through; the others reuse
   the last processed frame's outputs;
 - `mlink+filtering`: an activated set chosen under budget / q, behind a filter processing a
   share q of the frames, with q picked on the calibration frames among the shares that
   include both ingredients alone (q = 1: MLink; all models at q = budget share: filtering);
+- `plan`: the planner (`agent.planning.plan_exact`): an action per model (`run`, `run/p` with
+  its output reused in between, `predict`, `prior`), fitted on the per-action agreements
+  measured on the stream's profiling part (`actions`), run on the test part
+  (`plans.run_plan`). Under a delay budget the agent's own fixed work per frame (what is not
+  a model or a link: output checks, messages, the runner's handoff; measured with every model
+  running on the profiling part) is taken off the budget first: the plan is charged it;
 - `all`: every model on every frame, the reference.
+Beside them, the *ceiling*: the best expected agreement of any plan in the action space at the
+budget, from the per-action agreements measured on the test part itself (an oracle).
 
 A budget share b means b x the models' total measured cost of one resource. A filter saves
 computation, not memory: filtering methods are charged q x the use of their set (the share
 of frames processed times what runs on them) in both resources. That is the reading of the
 paper's frame-filtering baseline (a budget of 1/3 of the models is 1/3 of the inference
 computations), and it favours filtering under a memory budget, where its peak is the
-whole set's memory: the tables report that peak beside.
+whole set's memory: the tables report that peak beside, and the *strict* reading (what must
+be resident at once fits the budget; a filter saves no memory, so strictly it keeps only the
+models that fit: Standalone+prior's set for `filtering`, MLink's for `mlink+filtering`).
 """
 
 from __future__ import annotations
@@ -32,19 +44,25 @@ import numpy as np
 
 from agent.costs import Cost
 from agent.output import model_entries
+from agent.planning import PREDICT, PRIOR, RUN, Action, Plan, plan_exact, run_agreement
 from agent.scheduler import Agent
-from agent.selection import Problem, Selection, SelectionError, get_policy
+from agent.selection import RESOURCES, Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
 from links_tflite.agreement import mean_agreement
+from offline_trainer.evaluation.actions import MAX_AGE, ActionFigures, measure_actions
 from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
+from offline_trainer.evaluation.plans import run_plan
 from offline_trainer.evaluation.stream import Stream
 
 log = logging.getLogger(__name__)
 
-METHODS = ("standalone", "mlink-activation", "mlink-exact", "filtering", "mlink+filtering",
-           "all")
-POLICY_OF = {"standalone": "standalone", "mlink-activation": "activation",
-             "mlink-exact": "exact", "all": "all"}
+METHODS = ("standalone", "standalone+prior", "mlink-activation", "mlink-exact", "filtering",
+           "mlink+filtering", "plan", "all")
+POLICY_OF = {"standalone": "standalone", "standalone+prior": "standalone",
+             "mlink-activation": "activation", "mlink-exact": "exact", "all": "all"}
+# strictly (what must be resident at once within a memory budget), a method whose peak does
+# not fit keeps the models that fit: this method's result stands for it
+STRICT_FALLBACK = {"filtering": "standalone+prior", "mlink+filtering": "mlink-exact"}
 COMBINED_SHARES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 WARMUP_FRAMES = 5
 
@@ -74,12 +92,26 @@ class MethodResult:
     replaced_delay_ms: float  # measured delay of the models predicted or skipped
     scored: Scored | None  # None: nothing fits
     note: str = ""
+    actions: dict[str, str] = field(default_factory=dict)  # `plan`: each model's action
+    on_test: float | None = None  # `plan`: its expected agreement from the test's figures
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """The best plan at a budget by the test part's own per-action figures (an oracle)."""
+
+    resource: str
+    share: float
+    budget: float  # what the plans were given (the agent's own fixed work taken off delay)
+    value: float
+    actions: dict[str, str]
 
 
 def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
                exact: dict[str, np.ndarray], truth: dict[str, np.ndarray],
-               frame_filter: FrameFilter | None = None) -> Scored:
-    """Run the agent over the frames with this activated set and score what it published."""
+               frame_filter: FrameFilter | None = None, priors: bool = True) -> Scored:
+    """Run the agent over the frames with this activated set and score what it published
+    (without the priors it served, where `priors` is False)."""
     agent.apply(selection)
     for frame in frames[:WARMUP_FRAMES]:  # first inferences allocate: not timed, not scored
         agent.process(frame)
@@ -98,7 +130,7 @@ def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
             payloads = model_entries(message)
             processed += 1
             last[frame.camera] = {str(p["model"]): np.asarray(p["value"], np.float32)
-                                  for p in payloads}
+                                  for p in payloads if priors or p["provenance"] != "prior"}
             model_ms += sum(float(p["latency_ms"]) for p in payloads
                             if p["provenance"] == "executed")
         else:
@@ -114,6 +146,23 @@ def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
         model_ms_per_frame=model_ms / n,
         processed_share=processed / n,
     )
+
+
+def own_work_ms(agent: Agent, frames: Sequence[Frame]) -> float:
+    """The agent's own fixed work per frame with every model running: the median over the
+    frames of the wall time less the models' inference (the median: a 2-core box shared
+    with other work deschedules the loop now and then, which is not the agent's)."""
+    agent.apply(get_policy("all").select(agent.problem({})))
+    for frame in frames[:WARMUP_FRAMES]:
+        agent.process(frame)
+    own = []
+    for frame in frames:
+        start = time.perf_counter()
+        payloads = model_entries(agent.process(frame))
+        wall = (time.perf_counter() - start) * 1e3
+        own.append(wall - sum(float(p["latency_ms"]) for p in payloads
+                              if p["provenance"] == "executed"))
+    return max(0.0, float(np.median(own))) if own else 0.0
 
 
 def _score(agent: Agent, values: dict[str, list[np.ndarray | None]],
@@ -172,6 +221,35 @@ class Evaluator:
         self._frozen = self.agent.problem({})
         self._thresholds: dict[float, float] = {}
         self._results: dict[tuple[str, str, float], MethodResult] = {}
+        rules = {t: self.agent.ensembles.rule(t) for t in self.agent.models}
+        stream = self.stream
+        # the plan's figures: the profiling part; the ceiling's: the test part itself
+        self.profiled = measure_actions(self.agent.bundle, rules, stream.calibration_exact,
+                                        np.array([f.camera for f in stream.calibration]))
+        self.tested = measure_actions(self.agent.bundle, rules, stream.exact,
+                                      np.array([f.camera for f in stream.test]))
+        self._own_ms: float | None = None
+
+    @property
+    def own_ms(self) -> float:
+        """The agent's own fixed work per frame (not models, not links), measured with every
+        model running on the profiling part: what a plan's delay budget leaves out."""
+        if self._own_ms is None:
+            self._own_ms = own_work_ms(self.agent, self.stream.calibration)
+        return self._own_ms
+
+    def plan_budget(self, resource: str, share: float) -> dict[str, float]:
+        budget = share * self.total[resource]
+        # where the agent's own work takes the whole budget only the free actions fit (a
+        # budget of exactly 0 divides by zero in agent.planning's budget shares)
+        return {resource: max(1e-9, budget - self.own_ms) if resource == "delay_ms" else budget}
+
+    def ceiling(self, resource: str, share: float) -> Ceiling:
+        """The best plan by the test part's own figures (module doc)."""
+        budget = self.plan_budget(resource, share)
+        plan = plan_exact(self.tested.problem(self._frozen, budget))
+        return Ceiling(resource, share, budget[resource], plan.expected_agreement,
+                       {m: str(a) for m, a in plan.actions.items()})
 
     @property
     def costs(self) -> dict[str, Cost]:
@@ -204,15 +282,50 @@ class Evaluator:
                                 self.stream.test, self.stream.exact, self.stream.truth)
         if method == "mlink+filtering":
             return self._combined(resource, share, budget)
+        if method == "plan":
+            return self._plan(resource, share, budget)
         raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
 
     def _policy(self, method: str, resource: str, share: float, budget: float) -> MethodResult:
         policy = POLICY_OF[method]
         selection = select(self.problem({} if policy == "all" else {resource: budget}), policy)
+        if selection is None and method == "standalone+prior":  # the priors, free
+            return self._run_plan(method, resource, share, budget, Plan(
+                {m: Action(PRIOR) for m in self.agent.models}, {r: 0.0 for r in RESOURCES},
+                float(np.mean([self.profiled.priors.get(m, 0.0) for m in self.agent.models]))),
+                0.0)
         if selection is None:
             return self._nothing(method, resource, share, budget)
         return self._result(method, resource, share, budget, selection, 1.0,
-                            self.stream.test, self.stream.exact, self.stream.truth)
+                            self.stream.test, self.stream.exact, self.stream.truth,
+                            priors=method != "standalone")
+
+    def _plan(self, resource: str, share: float, budget: float) -> MethodResult:
+        plan = plan_exact(self.profiled.problem(self._frozen,
+                                                self.plan_budget(resource, share)))
+        return self._run_plan("plan", resource, share, budget, plan,
+                              self.own_ms if resource == "delay_ms" else 0.0)
+
+    def _run_plan(self, method: str, resource: str, share: float, budget: float, plan: Plan,
+                  own: float) -> MethodResult:
+        delays = {m: c.get("delay_ms") for m, c in self.costs.items()}
+        # the stream goes on from the profiling part: the plan's last outputs are there
+        lead = self.stream.calibration[-MAX_AGE * len(self.agent.source.cameras):]
+        ran = run_plan(self.agent, self.stream.test, plan, delays, lead)
+        scored = Scored(agreement=_score(self.agent, ran.values, self.stream.exact),
+                        accuracy=_score(self.agent, ran.values, self.stream.truth),
+                        ms_per_frame=ran.ms_per_frame, model_ms_per_frame=ran.model_ms_per_frame,
+                        processed_share=1.0)
+        runs = {m: a.period for m, a in plan.actions.items() if a.kind == RUN}
+        replaced = sum(c.get("delay_ms") * (1.0 - 1.0 / runs[m] if m in runs else 1.0)
+                       for m, c in self.costs.items())
+        return MethodResult(
+            method=method, resource=resource, share=share, budget=budget,
+            active=tuple(sorted(runs)), filter_share=1.0,
+            expected=plan.expected_agreement, use=plan.use[resource] + own,
+            peak=plan.use[resource] + own, replaced_delay_ms=replaced, scored=scored,
+            actions={m: str(a) for m, a in plan.actions.items()},
+            on_test=plan_value(plan, self.tested))
 
     def _combined(self, resource: str, share: float, budget: float) -> MethodResult:
         """The best (q, activated set under budget / q) on the calibration frames."""
@@ -235,15 +348,17 @@ class Evaluator:
                             self.stream.test, self.stream.exact, self.stream.truth)
 
     def _run(self, selection: Selection, q: float, frames: list[Frame],
-             exact: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> Scored:
+             exact: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+             priors: bool = True) -> Scored:
         frame_filter = FrameFilter(self.threshold(q)) if q < 1.0 else None
-        return run_frames(self.agent, frames, selection, exact, truth, frame_filter)
+        return run_frames(self.agent, frames, selection, exact, truth, frame_filter, priors)
 
     def _result(self, method: str, resource: str, share: float, budget: float,
                 selection: Selection, q: float, frames: list[Frame],
-                exact: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> MethodResult:
+                exact: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+                priors: bool = True) -> MethodResult:
         peak = selection.use[resource]  # at selection time: running updates the delays
-        scored = self._run(selection, q, frames, exact, truth)
+        scored = self._run(selection, q, frames, exact, truth, priors)
         return MethodResult(
             method=method, resource=resource, share=share, budget=budget,
             active=tuple(sorted(selection.active)), filter_share=q,
@@ -258,3 +373,17 @@ class Evaluator:
         return MethodResult(method=method, resource=resource, share=share, budget=budget,
                             active=(), filter_share=1.0, expected=None, use=0.0, peak=0.0,
                             replaced_delay_ms=0.0, scored=None, note="nothing fits")
+
+
+def plan_value(plan: Plan, figures: ActionFigures) -> float:
+    """A plan's expected agreement by these per-action figures (the objective of
+    `agent.planning`, evaluated with another stretch's figures)."""
+    total = 0.0
+    for model, action in plan.actions.items():
+        if action.kind == RUN:
+            total += run_agreement(figures.reuse.get(model, ()), action.period)
+        elif action.kind == PREDICT:
+            total += figures.profile.ensemble_agreement(model, plan.active)
+        else:
+            total += figures.priors.get(model, 0.0) if action.kind == "prior" else 0.0
+    return total / max(1, len(plan.actions))

@@ -16,11 +16,13 @@ from agent.costs import Cost
 from agent.scheduler import Agent
 from links_tflite.bundle import Profile, link_name, load_bundle, sha256_file
 from links_tflite.recording import Recording
+from offline_trainer.evaluation.actions import ActionFigures
 from offline_trainer.evaluation.fractions import fraction_table
-from offline_trainer.evaluation.methods import METHODS, Evaluator, MethodResult
+from offline_trainer.evaluation.methods import METHODS, Ceiling, Evaluator, MethodResult
 from offline_trainer.evaluation.stream import evaluation_config, load_stream, reuse_agreement
 from offline_trainer.links import LinkTraining
 from offline_trainer.train_links import train_bundle_report
+from offline_trainer.workloads import get_workload
 from offline_trainer.zoo import build_zoo
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ RESOURCES = ("memory_mb", "delay_ms")
 # tables are retrained (2: localization links learn presence + box, boxes pooled by a vote).
 TRAINER_VERSION = 2
 CURVE_SHARES = tuple(round(0.1 * i, 1) for i in range(1, 11))
+SHARES = (1 / 6, 1 / 3, 1 / 2, 2 / 3)  # the budgets of issue 20, for both resources
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,15 @@ class EvaluationSettings:
     results: Path  # the markdown results file; plots go beside it
     models: tuple[str, ...] = ()  # default: every model of the workload
     fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.20, 0.48)
-    shares: tuple[float, ...] = (1 / 3, 2 / 3)
-    curve_shares: tuple[float, ...] = CURVE_SHARES
+    shares: tuple[float, ...] = SHARES
+    curve_shares: tuple[float, ...] = ()  # memory shares of the finer curve (CURVE_SHARES)
     epochs: int = LinkTraining.epochs
     seed: int = 0
     frames: int = 0  # stream frames used (0: all)
     calibration_share: float = 0.25
     rss_frames: int = 200  # 0: skip the LiteRT vs TensorFlow memory comparison
     zoo: Path | None = None  # default: out / "zoo"
+    model_size: str = ""  # the workload's model size (city: small, edge); "": its default
 
     @property
     def zoo_dir(self) -> Path:
@@ -67,6 +71,10 @@ class Evaluation:
     reuse_agreement: float  # the previous frame's exact outputs vs the frame's (test frames)
     table: list[MethodResult]
     curve: list[MethodResult]
+    ceilings: list[Ceiling]
+    profiled: ActionFigures  # per-action agreements on the profiling part (the plan's)
+    tested: ActionFigures  # ... and on the test part (the ceiling's)
+    own_ms: float  # the agent's own fixed work per frame, taken off a plan's delay budget
     rss: list[dict[str, object]] = field(default_factory=list)
     machine: str = field(default_factory=lambda: (
         f"{platform.machine()}, {platform.platform()}, Python {platform.python_version()}"))
@@ -113,7 +121,8 @@ def measure_rss(settings: EvaluationSettings, bundle: Path, models: tuple[str, .
 def evaluate(settings: EvaluationSettings) -> Evaluation:
     settings.out.mkdir(parents=True, exist_ok=True)
     zoo = settings.zoo_dir
-    build_zoo(settings.workload, zoo, settings.seed)
+    options = {"model_size": settings.model_size} if settings.model_size else {}
+    build_zoo(settings.workload, zoo, settings.seed, get_workload(settings.workload, **options))
     full = Recording.load(zoo / "recording.npz")
     models = settings.models or tuple(full.models)
     recording = full.select_models(models)
@@ -137,6 +146,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
              for m in METHODS]
     curve = [evaluator.method(m, "memory_mb", s) for s in settings.curve_shares
              for m in METHODS]
+    ceilings = [evaluator.ceiling(r, s) for r in RESOURCES for s in settings.shares]
     rss = measure_rss(settings, bundle, models) if settings.rss_frames > 0 else []
     return Evaluation(
         settings=settings, models=models, recording_frames=len(recording),
@@ -144,5 +154,6 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
         link_costs=evaluator.problem({}).link_costs, probe=agent.executor.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
         reuse_agreement=reuse_agreement(stream, agent.bundle.models),
-        table=table, curve=curve, rss=rss,
+        table=table, curve=curve, ceilings=ceilings, profiled=evaluator.profiled,
+        tested=evaluator.tested, own_ms=evaluator.own_ms, rss=rss,
     )

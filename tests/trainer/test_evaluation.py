@@ -59,8 +59,8 @@ def evaluation(digits_build, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("evaluation")
     settings = EvaluationSettings(
         workload="digits", out=out / "build", results=out / "results" / "evaluation-digits.md",
-        models=LINKED_MODELS, fractions=(0.05, 0.48), curve_shares=(1 / 3, 2 / 3, 1.0),
-        epochs=5, frames=80, rss_frames=0, zoo=digits_build.root,
+        models=LINKED_MODELS, fractions=(0.05, 0.48), shares=(1 / 3, 2 / 3),
+        curve_shares=(1 / 3, 1.0), epochs=5, frames=80, rss_frames=0, zoo=digits_build.root,
     )
     result = evaluate(settings)
     return result, write_report(result, "mlink-train evaluate (test)")
@@ -70,8 +70,8 @@ def test_results_file_has_every_part(evaluation) -> None:
     _, path = evaluation
     text = path.read_text()
     for heading in ("## 1. Link agreement vs training data", "## 2. Ensembles",
-                    "## 3. Methods under a budget", "## 4. Agreement vs memory budget",
-                    "## 5. Overhead", "## Claims"):
+                    "## 3. Methods under a budget", "## 4. Per-action agreements",
+                    "## 5. Agreement vs budget", "## 6. Overhead", "## Claims"):
         assert heading in text
     for png in ("evaluation-digits-fractions.png", "evaluation-digits-budget.png"):
         data = (path.parent / "evaluation" / png).read_bytes()
@@ -137,3 +137,36 @@ def test_evaluate_cli_refuses_unknown_models(tmp_path: Path, digits_build) -> No
                  "--zoo", str(digits_build.root), "--out", str(tmp_path / "b"),
                  "--results", str(tmp_path / "r.md")])
     assert code == 2
+
+
+def test_stagger_spreads_periodic_runs_over_the_cycle() -> None:
+    from agent.planning import Action, Plan
+    from offline_trainer.evaluation.plans import stagger
+
+    actions = {"a": Action("run", 2), "b": Action("run", 2), "c": Action("run", 4),
+               "d": Action("run", 4), "e": Action("run"), "f": Action("prior")}
+    plan = Plan(actions, {}, 0.0)
+    delays = {m: 1.0 for m in actions}
+    offsets = stagger(plan, delays)
+    assert set(offsets) == {"a", "b", "c", "d"}
+    load = [sum(1 for m, o in offsets.items() if (slot + o) % actions[m].period == 0)
+            for slot in range(4)]
+    # 6 runs in 4 slots: a and b alternate, c and d land on different slots
+    assert sum(load) == 6 and max(load) == 2
+
+
+def test_plan_value_follows_the_figures() -> None:
+    from agent.planning import Action, Plan
+    from links_tflite.bundle import Profile
+    from offline_trainer.evaluation.actions import ActionFigures
+    from offline_trainer.evaluation.methods import plan_value
+
+    figures = ActionFigures(
+        frames=10,
+        profile=Profile(pairwise={"b": {"a": 0.6}}, ensembles={"b": {frozenset({"a"}): 0.7}}),
+        priors={"b": 0.5, "c": 0.4}, reuse={"c": (0.8, 0.6)})
+    plan = Plan({"a": Action("run"), "b": Action("predict", sources=("a",)),
+                 "c": Action("run", 3)}, {}, 0.0)
+    assert plan_value(plan, figures) == pytest.approx((1.0 + 0.7 + (1 + 0.8 + 0.6) / 3) / 3)
+    prior = Plan({"a": Action("run"), "b": Action("prior"), "c": Action("none")}, {}, 0.0)
+    assert plan_value(prior, figures) == pytest.approx((1.0 + 0.5) / 3)
