@@ -61,6 +61,7 @@ def test_without_notify_socket_nothing_is_sent() -> None:
     assert other_pid.watchdog_interval_s is None  # the watchdog is for another process
 
 
+@pytest.mark.broker
 def test_agent_life_cycle_over_notify_socket(digits_build, tmp_path: Path) -> None:
     path = tmp_path / "notify.sock"
     with LocalBroker() as broker, _listen(str(path)) as sock:
