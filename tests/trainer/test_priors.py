@@ -37,6 +37,7 @@ def test_regression_outputs_are_clamped_to_the_recorded_range() -> None:
     assert clamp(values, None) is values
 
 
+@pytest.mark.trainer
 def test_calibration_weights_beat_in_sample_weights() -> None:
     """An overfit link is perfect on its own training frames and poor elsewhere: weights fit
     in-sample give it the ensemble; weights fit on calibration frames do not."""
