@@ -2,7 +2,8 @@
 
 The architecture follows the (source, target) output formats: vec2vec is the paper's
 Dense(2*out) -> Dropout -> ReLU -> Dense(out, task activation), trained with RMSprop on the
-target model's own (soft) outputs; seq2vec, vec2seq and seq2seq are in `seq_links`.
+target model's own (soft) outputs (in numpy, `offline_trainer.mlp`: Keras's per-model graph
+tracing costs more than the whole fit); seq2vec, vec2seq and seq2seq are in `seq_links`.
 `train_link` picks and trains one; what it returns says which Keras models to export.
 
 The task activation is the model's last layer, but what is exported is the model up to the
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from links_tflite.tasks import TaskSpec, gate_box, link_width
+from offline_trainer.mlp import train_mlp
 from offline_trainer.seq_links import (
     SeqSizes,
     as_source,
@@ -134,31 +136,63 @@ def fit_rows(model: Any, x: Any, y: np.ndarray, training: LinkTraining, validati
               verbose=0, shuffle=True, validation_data=validation, callbacks=callbacks)
 
 
+def standardisation(target: TaskSpec, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) a link learns its targets in: regression outputs (counts, masses: any
+    scale) are standardised, everything else is learnt as it is."""
+    if target.kind == "regression":
+        return y.mean(axis=0), y.std(axis=0) + 1e-6
+    return np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
+
+
+def fold_scale(model: Any, mean: np.ndarray, std: np.ndarray) -> None:
+    """Fold a regression link's standardisation back into its logits layer, so that the
+    exported file outputs the model's own units."""
+    logits = model.get_layer("logits")
+    kernel, bias = logits.get_weights()
+    logits.set_weights([kernel * std[None, :], bias * std + mean])
+
+
 def fit_link(model: Any, target: TaskSpec, x: Any, y: np.ndarray, training: LinkTraining,
              validation: Validation = None) -> None:
-    """Fit a vector-target link, stopping early on `validation` (inputs, target outputs)
-    where given. Regression targets (counts, masses: any scale) are learnt standardised, then
-    the scale is folded back into the logits layer, so the exported file still outputs the
-    model's own units."""
+    """Fit a vector-target link with Keras, stopping early on `validation` (inputs, target
+    outputs) where given; a regression link learns standardised outputs (`standardisation`)."""
     y = training_targets(target, y)
-    mean, std = np.zeros(y.shape[1], np.float32), np.ones(y.shape[1], np.float32)
-    if target.kind == "regression":
-        mean, std = y.mean(axis=0), y.std(axis=0) + 1e-6
+    mean, std = standardisation(target, y)
     checked = None
     if validation is not None and len(validation[1]):
         checked = (validation[0], (training_targets(target, validation[1]) - mean) / std)
     fit_rows(model, x, (y - mean) / std, training, checked)
     if target.kind == "regression":
-        logits = model.get_layer("logits")
-        kernel, bias = logits.get_weights()
-        logits.set_weights([kernel * std[None, :], bias * std + mean])
+        fold_scale(model, mean, std)
+
+
+def fit_vec2vec(model: Any, target: TaskSpec, x: np.ndarray, y: np.ndarray,
+                training: LinkTraining, validation: Validation = None) -> None:
+    """Fit a vec2vec link in numpy (`offline_trainer.mlp`) and set its weights into `model`
+    (`build_vec2vec`): the same network, loss, optimizer and early stopping as a Keras fit,
+    without tracing Keras's graphs for every link."""
+    y = training_targets(target, y)
+    mean, std = standardisation(target, y)
+    checked = None
+    if validation is not None and len(validation[1]):
+        checked = (np.asarray(validation[0], np.float32),
+                   (training_targets(target, validation[1]) - mean) / std)
+    trained = train_mlp(target.kind, np.asarray(x, np.float32), (y - mean) / std,
+                        2 * link_width(target), epochs=training.epochs,
+                        batch_size=training.batch_size, learning_rate=training.learning_rate,
+                        dropout=training.dropout, seed=training.seed, validation=checked,
+                        patience=training.patience, min_delta=training.min_delta,
+                        check_every=max(1, min(training.passes_per_epoch, training.epochs)))
+    model.set_weights(trained.weights())
+    if target.kind == "regression":
+        fold_scale(model, mean, std)
 
 
 def train_vec2vec(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
                   training: LinkTraining, validation: Validation = None) -> Any:
     model = build_vec2vec(source, target, training)
     checked = None if validation is None else (validation[0].astype(np.float32), validation[1])
-    fit_link(model, target, x.astype(np.float32), y, training, checked)
+    fit_vec2vec(model, target, x.astype(np.float32), y, training, checked)
     return model
 
 

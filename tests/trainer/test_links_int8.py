@@ -42,8 +42,17 @@ def test_int8_links_agree_with_float_originals(digits_build) -> None:
         same = int8_float_agreement(spec.kind, spec, result.held_out_outputs,
                                     result.held_out_float)
         assert same >= 0.97, (result.source, result.target, same)
-        # and the int8 file predicts the target model about as well as the float link
-        assert result.agreement >= result.float_agreement - 0.03, result
+        # and the int8 file predicts the target model about as well as the float link, where
+        # the float link tells its classes apart (parity->digit cannot: even digits all rate
+        # about 0.2, and which of them either file picks is arbitrary)
+        if spec.kind != "single_label" or near_tied_share(result.held_out_float) <= 0.03:
+            assert result.agreement >= result.float_agreement - 0.03, result
+
+
+def near_tied_share(probabilities: np.ndarray) -> float:
+    """Share of frames whose two most probable classes are within FLOAT_TIE."""
+    top = np.sort(probabilities, axis=1)[:, -2:]
+    return float(np.mean(top[:, 1] - top[:, 0] < FLOAT_TIE))
 
 
 def test_profile_is_measured_on_held_out_frames(digits_build) -> None:
