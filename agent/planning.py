@@ -111,13 +111,16 @@ class _Budget:
     def __init__(self, problem: Problem) -> None:
         self.dims = [i for i, r in enumerate(RESOURCES) if r in problem.budget]
         self.limit = {i: problem.budget[RESOURCES[i]] for i in self.dims}
+        # what a share is taken of: the limit, but never 0 (a zero budget fits only what is
+        # free, and a share of it must still compare)
+        self.scale = {i: max(limit, EPS) for i, limit in self.limit.items()}
 
     def share(self, cost: Sequence[float]) -> float:
         """What a cost takes of the budgets, summed (the tie-break towards cheaper plans);
         delay where nothing is budgeted."""
         if not self.dims:
             return float(cost[RESOURCES.index("delay_ms")])
-        return sum(cost[i] / self.limit[i] for i in self.dims)
+        return sum(cost[i] / self.scale[i] for i in self.dims)
 
 
 def _complete(items: list[list[_Option]], room: dict[int, float], budget: _Budget
@@ -145,9 +148,9 @@ def _complete(items: list[list[_Option]], room: dict[int, float], budget: _Budge
                        for kept in states):
                 states.append(state)
     value, cost, picks = max(((v, c, p) for c, v, p in states),
-                             key=lambda s: (s[0], -sum(s[1][i] / budget.limit[d]
+                             key=lambda s: (s[0], -sum(s[1][i] / budget.scale[d]
                                                        for i, d in enumerate(dims))))
-    return value, sum(cost[i] / budget.limit[d] for i, d in enumerate(dims)), picks
+    return value, sum(cost[i] / budget.scale[d] for i, d in enumerate(dims)), picks
 
 
 def _best_unbounded(options: list[_Option], budget: _Budget) -> int:
@@ -287,7 +290,7 @@ def plan_greedy(problem: Problem) -> Plan:
     for j, options in enumerate(items):
         for o, option in enumerate(options):
             value[j, o], cost[j, o] = option.value, option.cost
-    weight = np.array([1.0 / problem.budget[r] if r in problem.budget else 0.0
+    weight = np.array([1.0 / max(problem.budget[r], EPS) if r in problem.budget else 0.0
                        for r in RESOURCES])
     if not problem.budget:
         weight[RESOURCES.index("delay_ms")] = 1.0

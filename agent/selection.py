@@ -205,7 +205,7 @@ def scalar_costs(problem: Problem) -> dict[str, float]:
     """One cost per model: its share of each budget, summed (delay if no budget is set)."""
     budget = problem.budget or {"delay_ms": 1.0}
     raw = {
-        m: sum(problem.model_costs[m].get(r) / limit for r, limit in budget.items())
+        m: sum(problem.model_costs[m].get(r) / max(limit, 1e-9) for r, limit in budget.items())
         for m in problem.models
     }
     floor = max(max(raw.values(), default=0.0) * 1e-3, 1e-12)
@@ -392,7 +392,7 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
         masks, bits = masks[keep], bits[keep]
         if not len(masks):
             continue
-        alone = sum((bits @ model_cost[r] / limit for r, limit in budget.items()),
+        alone = sum((bits @ model_cost[r] / max(limit, 1e-9) for r, limit in budget.items()),
                     np.zeros(len(masks)))
         best = _better(best, bits.sum(axis=1), alone, masks, False)
         # predicted[:, j] = 1 where model j (over all models) is not activated
@@ -408,7 +408,7 @@ def exact_best(problem: Problem) -> tuple[frozenset[str], bool]:
                 links[:, j] = reader(bits, link_cost[r][:, j], linked[:, j])
             use = bits @ model_cost[r] + (links * predicted).sum(axis=1)
             fits &= use <= limit + 1e-12
-            share += use / limit
+            share += use / max(limit, 1e-9)
         if not fits.any():
             continue
         score = bits.sum(axis=1)

@@ -163,6 +163,16 @@ def test_nothing_fits_serves_the_priors() -> None:
     assert plan.actions == {"a": Action(PRIOR), "b": Action(PRIOR)}
 
 
+@pytest.mark.parametrize("planner", [plan_exact, plan_greedy])
+def test_a_zero_budget_serves_what_is_free(planner) -> None:
+    """A budget of exactly 0 (e.g. a delay budget the agent's own work uses up) is a plan of
+    free actions, not a division by zero."""
+    for resource in ("delay_ms", "memory_mb"):
+        plan = planner(two_models(budget={resource: 0.0}))
+        assert plan.actions == {"a": Action(PRIOR), "b": Action(PRIOR)}
+        assert plan.use[resource] == 0.0
+
+
 @pytest.mark.parametrize(("planner", "k", "seconds"), [(plan_exact, 12, 5.0),
                                                         (plan_greedy, 64, 1.0)])
 def test_planners_finish_on_large_instances(planner, k: int, seconds: float) -> None:
