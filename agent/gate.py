@@ -22,6 +22,7 @@ prediction is least likely to agree with it, with the delay the plan leaves unus
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -155,8 +156,7 @@ class Gate:
                 candidates.append((self.calibration.confidence(
                     model, scores[model], output.est_agreement), model))
         chosen = set(self.choose(candidates))
-        if not chosen:
-            return outputs
+        confidence = {model: round(float(c), 4) for c, model in candidates}
         result = []
         for output in outputs:
             ran = run(output.model) if output.model in chosen else None
@@ -165,6 +165,8 @@ class Gate:
                 self.calibration.add(output.model, scores[output.model], mean_agreement(
                     specs[output.model], output.value, value))
                 output = Output(output.model, value, "gated", (output.model,), 1.0, ms)
+            elif output.model in confidence:  # published with the prediction
+                output = dataclasses.replace(output, confidence=confidence[output.model])
             result.append(output)
         return result
 

@@ -44,6 +44,7 @@ class Output:
     latency_ms: float
     withheld: str | None = None  # why the value is not published (e.g. "low agreement")
     age: int | None = None  # reused: frames of its camera since the model's output was made
+    confidence: float | None = None  # predicted, where the gate is on: calibrated P(agrees)
 
     @property
     def executed(self) -> bool:
@@ -100,6 +101,8 @@ class Payloads:
             entry["age"] = output.age
         entry["sources"] = list(output.sources)
         entry["est_agreement"] = output.est_agreement
+        if output.confidence is not None:
+            entry["confidence"] = output.confidence
         entry["latency_ms"] = output.latency_ms
         return entry
 

@@ -258,6 +258,17 @@ def test_the_gate_runs_predicted_models_in_the_spare_delay(digits_fixture, model
     served = [f["parity"].provenance for f in kept.frames[before:]]
     assert 2 <= served.count("gated") <= 12 // 3 + 1
     assert set(served) == {"gated", "predicted"}
+    # a prediction the gate weighed goes out with its calibrated confidence
+    predicted = [f["parity"] for f in kept.frames[before:] if f["parity"].provenance
+                 == "predicted"]
+    assert all(o.confidence is not None and 0.0 <= o.confidence <= 1.0 for o in predicted)
+    message = Payloads(agent.source.cameras).make(
+        next(stream), [*predicted[:1], kept.frames[-1]["digit"]], agent.config.publish,
+        agent.bundle.models)
+    assert message is not None
+    validate("frame", message)
+    assert message["outputs"]["parity"]["confidence"] == predicted[0].confidence
+    assert "confidence" not in message["outputs"]["digit"]
     status = agent.status("running")
     validate("status", status)
     assert status["counters"]["gated"] == 4 + served.count("gated")  # type: ignore[index]
