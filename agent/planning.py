@@ -257,9 +257,13 @@ def plan_greedy(problem: Problem) -> Plan:
     order = sorted(problem.candidates, key=lambda m: (-scores[m], m))
     model_cost = np.array([[problem.model_costs[m].get(r) for r in RESOURCES] for m in models])
     link_cost = np.zeros((len(RESOURCES), k, k))  # [resource, source, target]
-    for (s, t), link in problem.link_costs.items():
-        if s in position and t in position:
-            link_cost[:, position[s], position[t]] = [link.get(r) for r in RESOURCES]
+    pairs = [(position[s], position[t], link) for (s, t), link in problem.link_costs.items()
+             if s in position and t in position]
+    if pairs:  # filled in one assignment per resource: k = 64 has thousands of links
+        sources, targets, links = zip(*pairs, strict=True)
+        for r, resource in enumerate(RESOURCES):
+            link_cost[r, sources, targets] = [getattr(link, resource) or 0.0
+                                              for link in links]
     limit = np.array([problem.budget.get(r, np.inf) for r in RESOURCES])
     inside = np.zeros(k, dtype=bool)
     spent = np.zeros(len(RESOURCES))
