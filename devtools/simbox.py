@@ -20,20 +20,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.control.patching import merge
+
 SETTABLE: dict[str, Any] = {"budget": {"memory_mb": 100.0, "delay_ms": None},
                             "selection": {"policy": "exact"},
                             "profiling": {"period_frames": 0},
                             "publish": {"decoded": True}}
-
-
-def merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in change.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 class SimBox:
@@ -41,7 +33,7 @@ class SimBox:
                  host: str = "127.0.0.1") -> None:
         self.root = f"{prefix}/{device}"
         self.version = 1
-        self.settable = json.loads(json.dumps(SETTABLE))
+        self.settable = merge(SETTABLE, {})  # a deep copy
         self.published = 0
         self.lock = threading.Lock()
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,

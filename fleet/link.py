@@ -5,7 +5,8 @@ responses matched by transaction id.
 Responses are read on each box's own response topics (`config/response`,
 `cmd/<name>/response`), not on an MQTT v5 ResponseTopic, so the tool works through bridged
 brokers whatever the bridge's protocol version. Every payload read here is bounded and parsed
-as JSON; one that is not is ignored and counted (`ignored`)."""
+as JSON; one that is not is ignored and counted (`ignored`). Topics are read by the contract's
+one parser (agent.transport.topics.parse)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from agent.transport.topics import parse
 
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -77,11 +80,11 @@ class FleetLink:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) < 3 or len(message.payload) > MAX_PAYLOAD_BYTES:
+        ref = parse(message.topic, self.prefix)
+        if ref is None or len(message.payload) > MAX_PAYLOAD_BYTES:
             self.ignored += 1
             return
-        device, kind = parts[1], "/".join(parts[2:])
+        device, kind = ref.device, ref.kind
         if kind == "availability":
             self._update(device, availability=message.payload.decode("utf-8", "replace"))
             return
@@ -97,9 +100,10 @@ class FleetLink:
                 box = self._boxes.get(device, Box(device))
                 self._boxes[device] = replace(box, status=payload, status_seen=time.monotonic(),
                                               statuses=box.statuses + 1)
-        elif kind == "config/state":
+        elif kind == "config_state":
             self._update(device, state=payload)
-        elif isinstance(payload.get("transaction"), str):  # a response
+        elif kind in ("config_response", "command_response") \
+                and isinstance(payload.get("transaction"), str):
             with self._lock:
                 self._responses[f"{device}/{payload['transaction']}"] = payload
 
