@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.support.python_models as pm
 from agent.config import ModelPublishConfig, PublishConfig, load_config
 from agent.output import Output
 from agent.publishrules import LOW_AGREEMENT, PublishRules
@@ -122,14 +121,6 @@ def test_new_settings_apply_from_the_next_frame() -> None:
     assert publish.apply([out("cls", [0.1, 0.8, 0.1])], SPECS)[0].withheld is None
     publish.settings = PublishConfig(per_model={"cls": ModelPublishConfig(min_agreement=0.9)})
     assert publish.apply([out("cls", [0.1, 0.8, 0.1])], SPECS)[0].withheld == LOW_AGREEMENT
-
-
-@pytest.fixture()
-def models(digits_fixture):
-    pm.reset()
-    pm.MODEL_DIR = digits_fixture.root / "models"
-    yield
-    pm.reset()
 
 
 def test_a_high_min_agreement_withholds_the_predicted_outputs_end_to_end(

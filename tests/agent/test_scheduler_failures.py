@@ -6,7 +6,6 @@ trained."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +42,6 @@ def python_config(root: Path, build_root: Path, policy: str = "all", budget: str
     path = root / "agent.toml"
     path.write_text(text)
     return path
-
-
-@pytest.fixture()
-def models(digits_fixture) -> Iterator[None]:
-    pm.reset()
-    pm.MODEL_DIR = digits_fixture.root / "models"
-    yield
-    pm.RELEASE.set()  # let any hung call return
-    pm.reset()
 
 
 def by_model(message: dict | None) -> dict[str, dict]:

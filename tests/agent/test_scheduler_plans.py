@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tests.support.python_models as pm
 from agent.config import load_config
 from agent.costs import Cost
 from agent.output import Output, Payloads, model_entries
@@ -55,14 +54,6 @@ class Kept(Payloads):
         outputs = list(outputs)
         self.frames.append({o.model: o for o in outputs})
         return super().make(frame, outputs, settings, specs)
-
-
-@pytest.fixture()
-def models(digits_fixture):
-    pm.reset()
-    pm.MODEL_DIR = digits_fixture.root / "models"
-    yield
-    pm.reset()
 
 
 def started(config: Path) -> tuple[Agent, Kept, Iterable]:

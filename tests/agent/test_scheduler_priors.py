@@ -10,9 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-import tests.support.python_models as pm
 from agent.config import load_config
 from agent.output import model_entries
 from agent.scheduler import Agent
@@ -51,14 +49,6 @@ def with_priors(fixture: Path, root: Path, drop_links_into: str | None = None) -
     (bundle / PROFILE).write_text(json.dumps(profile))
     write_manifest(bundle, manifest)
     return root
-
-
-@pytest.fixture()
-def models(digits_fixture):
-    pm.reset()
-    pm.MODEL_DIR = digits_fixture.root / "models"
-    yield
-    pm.reset()
 
 
 def run_with(config: Path, active: set[str], uses_links: bool, frames: int = 3
