@@ -83,7 +83,13 @@ def read_change(path: Path) -> dict[str, Any]:
     data = path.read_bytes()
     if len(data) > MAX_CHANGE_BYTES:
         raise ValueError(f"{path}: larger than {MAX_CHANGE_BYTES} bytes")
-    change = json.loads(data)
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{path}: {name} is not a number a box takes (numbers must be finite)")
+
+    try:
+        change = json.loads(data, parse_constant=no_constant)
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply") from None
     if not isinstance(change, dict):
         raise ValueError(f"{path}: a JSON object is needed (the config/set body)")
     return change

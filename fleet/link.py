@@ -90,7 +90,7 @@ class FleetLink:
             return
         try:
             payload = json.loads(message.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
             self.ignored += 1
             return
         if not isinstance(payload, dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,35 @@ def test_the_inverse_puts_back_exactly_the_paths_a_change_sets() -> None:
                                        "publish": {"decoded": None}}
     with pytest.raises(ValueError, match="mqtt"):
         Rollout(None, {"mqtt": {"port": 1}}, Policy())  # type: ignore[arg-type]
+
+
+def test_what_the_tool_reads_is_bounded(tmp_path: Path) -> None:
+    """A change file that is not a finite JSON object, too large or too deep is refused with
+    its path; a message on a box's topic that is not JSON, too deep or too large is counted
+    and ignored, never raised in the connection's thread."""
+    from types import SimpleNamespace
+
+    from fleet.cli import read_change
+
+    for name, body, why in (("nan.json", '{"budget": {"memory_mb": NaN}}', "NaN"),
+                            ("deep.json", "[" * 30_000 + "]" * 30_000, "nested too deeply"),
+                            ("list.json", "[1]", "a JSON object"),
+                            ("big.json", '{"a": "' + "x" * 70_000 + '"}', "larger than")):
+        path = tmp_path / name
+        path.write_text(body)
+        with pytest.raises(ValueError, match=why):
+            read_change(path)
+    link = FleetLink.__new__(FleetLink)  # its message handler alone, without a broker
+    link.prefix, link.ignored, link._boxes, link._responses = "mlink", 0, {}, {}
+    link._lock = threading.Lock()
+    for topic, payload in (("mlink/b/status", b"[" * 100_000),
+                           ("mlink/b/status", b"\xff"),
+                           ("mlink/b/status", b"{" + b" " * (2 << 20) + b"}"),
+                           ("elsewhere/b/status", b"{}")):
+        link._on_message(None, None, SimpleNamespace(topic=topic, payload=payload))
+    assert link.ignored == 4 and link.boxes() == {}
+    link._on_message(None, None, SimpleNamespace(topic="mlink/b/status", payload=b'{"fps": 1}'))
+    assert link.box("b").status == {"fps": 1}
 
 
 def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
