@@ -70,7 +70,7 @@ class SimBox:
             request = json.loads(message.payload)
             transaction = request.pop("transaction", None)
             version = request.pop("version", None)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return
         errors = []
         with self.lock:
