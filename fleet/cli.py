@@ -102,10 +102,14 @@ def targets(args: argparse.Namespace, boxes: dict[str, Box]) -> list[str]:
         if missing:
             raise ValueError(f"unknown boxes {missing} (known: {sorted(boxes)})")
         return chosen
-    online = [d for d, b in boxes.items() if b.availability == "online"]
     if args.group:
-        return [d for d in online if args.group in _groups(boxes[d])]
-    return online
+        return group_members(boxes, args.group)
+    return [d for d, b in boxes.items() if b.availability == "online"]
+
+
+def group_members(boxes: dict[str, Box], group: str) -> list[str]:
+    """The online boxes whose status lists `group` (what `--group` rolls out to)."""
+    return [d for d, b in boxes.items() if b.availability == "online" and group in _groups(b)]
 
 
 def _pair(before: Any, after: Any, attribute: str, digits: int) -> str:

@@ -1,4 +1,5 @@
-"""`mlink-train`: build a workload's model zoo, train a bundle of links, or run the demo."""
+"""`mlink-train`: build a workload's model zoo, train a bundle of links, relink a fleet's
+links on its boxes' uploads (`serve`), or run the demo."""
 
 from __future__ import annotations
 
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
                                "a frame on one core, the issue's claims)")
     evaluate.add_argument("--curve", action="store_true",
                           help="also the finer curve over memory shares 0.1 ... 1.0")
+    serve = sub.add_parser("serve", help="a relinking worker: the boxes' uploads in, the "
+                                         "group's relinked bundle out through a staged rollout")
+    from offline_trainer.relink.serve import add_arguments
+
+    add_arguments(serve)
     demo = sub.add_parser("demo", help="train, deploy and run the agent end to end")
     demo.add_argument("--out", type=Path, default=Path("build/demo"))
     return parser
@@ -141,6 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"frames profiled)")
         elif args.command == "evaluate":
             _evaluate(args, argv)
+        elif args.command == "serve":
+            from offline_trainer.relink.serve import serve
+
+            return serve(args)
         else:
             from offline_trainer.demo import run_demo
 

@@ -363,6 +363,17 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
     training = training or LinkTraining()
     recording = load_for_training(recording_path, train_fraction, models)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
+    return train_on_rows(recording, train, held_out, out, training, keep_all,
+                         {"train_fraction": train_fraction})
+
+
+def train_on_rows(recording: Recording, train: np.ndarray, held_out: np.ndarray, out: Path,
+                  training: LinkTraining, keep_all: bool = False,
+                  meta: dict[str, Any] | None = None) -> TrainReport:
+    """The pipeline on a given split: the links fit on `train` less its calibration slice,
+    the profile measured on `held_out` (rows never trained or calibrated on); the bundle is
+    written to `out` (replaced whole). `mlink-train links` splits at random; the relinking
+    worker (offline_trainer.relink) holds out the newest rows."""
     pairs = linkable_pairs(recording)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
@@ -389,11 +400,10 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
         profile = profile_ensembles(recording, kept, held_out, weights, training.seed,
                                     {m: p.held_out for m, p in priors.items()})
         report = TrainReport(kept, weights, profile, dropped, priors)
-        meta = {"train_fraction": train_fraction, "train_frames": len(train),
-                "calibration_frames": len(calibration),
-                "links_shipped": "all" if keep_all else "better than the prior",
-                "seed": training.seed, "epochs": training.epochs}
-        write_bundle(recording, report, staging, out, meta)
+        write_bundle(recording, report, staging, out, {
+            **(meta or {}), "train_frames": len(train), "calibration_frames": len(calibration),
+            "links_shipped": "all" if keep_all else "better than the prior",
+            "seed": training.seed, "epochs": training.epochs})
     finally:
         if staging.exists():
             shutil.rmtree(staging)
