@@ -58,7 +58,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--once", action="store_true",
                        help="handle one job of the group, then leave the share and exit")
     serve.add_argument("--max-wait", type=float, default=0.0,
-                       help="with --once: exit 3 when no job came in this many seconds")
+                       help="exit 3 once no job came for this many seconds (0: wait for ever)")
     # the rollout, as `mlink-fleet push`
     serve.add_argument("--canary", type=float, default=0.1)
     serve.add_argument("--waves", type=int, default=2)

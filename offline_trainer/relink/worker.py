@@ -55,17 +55,17 @@ class Worker:
 
     def run(self, once: bool = False, max_wait_s: float = 0.0) -> int:
         """Handle jobs; with `once`, the first job of the group, then return. Returns 0, or 1
-        when the last job was refused or its rollout failed, 3 when no job came in
-        `max_wait_s` (0: wait for ever)."""
-        deadline = time.monotonic() + max_wait_s if max_wait_s > 0 else None
+        when that job was refused or its rollout failed; 3 when no job came for `max_wait_s`
+        seconds (0: wait for ever)."""
+        idle_since = time.monotonic()
         while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            if max_wait_s > 0 and time.monotonic() - idle_since >= max_wait_s:
                 return 3
-            delivery = self.jobs.next_job(1.0 if left is None else min(1.0, left))
+            delivery = self.jobs.next_job(0.5)
             if delivery is None:
                 continue
             result = self.handle(delivery, last=once)
+            idle_since = time.monotonic()
             if once and result["decision"] != "ignored":
                 return 1 if result["decision"] == "refused" or (
                     result.get("rollout") and not result["rollout"]["ok"]) else 0
