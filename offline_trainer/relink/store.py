@@ -73,12 +73,13 @@ class WorkDir:
         tmp = pointer.with_name(f".in-force-{uuid.uuid4().hex}.json")
         tmp.write_text(json.dumps({"path": str(bundle.resolve()), "since": time.time()}))
         os.replace(tmp, pointer)
-        self._prune_bundles(keep={bundle.resolve()})
+        self.prune_bundles(keep={bundle.resolve()})
 
     def new_bundle_path(self) -> Path:
         return self.root / "bundles" / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
-    def _prune_bundles(self, keep: set[Path]) -> None:
+    def prune_bundles(self, keep: set[Path]) -> None:
+        """Relinked bundles beyond the newest KEEP_BUNDLES removed, those in `keep` kept."""
         bundles = sorted((p for p in (self.root / "bundles").iterdir() if p.is_dir()),
                          key=lambda p: p.name, reverse=True)
         for old in bundles[KEEP_BUNDLES:]:
@@ -170,7 +171,9 @@ def merge(parts: list[tuple[str, Recording]], models: list[str]) -> Recording:
     frame ids renumbered (boxes number their frames alike), cameras named `<device>/<camera>`
     so that each box's cameras stay apart."""
     cameras: list[str] = []
-    ts, camera_ids, outputs = [], [], {m: [] for m in models}
+    ts: list[np.ndarray] = []
+    camera_ids: list[np.ndarray] = []
+    outputs: dict[str, list[np.ndarray]] = {m: [] for m in models}
     for device, recording in parts:
         names = recording.cameras or []
         ids = recording.camera_ids if recording.camera_ids is not None \

@@ -51,12 +51,13 @@ class Worker:
         self.name, self.group = name, group
         self.jobs, self.collector, self.relinker, self.rollout = jobs, collector, relinker, rollout
         self.workdir, self.report = workdir, report
-        self.counts = {"jobs": 0, "refused": 0, "ignored": 0, "relinks": 0, "rollouts": 0}
+        self.counts = {"jobs": 0, "refused": 0, "ignored": 0, "failed": 0, "relinks": 0,
+                       "rollouts": 0}
 
     def run(self, once: bool = False, max_wait_s: float = 0.0) -> int:
         """Handle jobs; with `once`, the first job of the group, then return. Returns 0, or 1
-        when that job was refused or its rollout failed; 3 when no job came for `max_wait_s`
-        seconds (0: wait for ever)."""
+        when that job was refused, its relink failed or its rollout failed; 3 when no job
+        came for `max_wait_s` seconds (0: wait for ever)."""
         idle_since = time.monotonic()
         while True:
             if max_wait_s > 0 and time.monotonic() - idle_since >= max_wait_s:
@@ -67,7 +68,7 @@ class Worker:
             result = self.handle(delivery, last=once)
             idle_since = time.monotonic()
             if once and result["decision"] != "ignored":
-                return 1 if result["decision"] == "refused" or (
+                return 1 if result["decision"] in ("refused", "failed") or (
                     result.get("rollout") and not result["rollout"]["ok"]) else 0
 
     def handle(self, delivery: Delivery, last: bool = False) -> dict[str, Any]:
@@ -94,7 +95,13 @@ class Worker:
         if last:
             self.jobs.stop_taking()
         self.jobs.ack(delivery)
-        return self._done({**result, **self._relink()})
+        try:
+            outcome = self._relink()
+        except Exception as exc:  # one failed relink must not end a worker; the upload is kept
+            log.exception("relink failed")
+            outcome = {"decision": "failed", "why": f"relink failed: {type(exc).__name__}: "
+                                                    f"{exc}"[:500]}
+        return self._done({**result, **outcome})
 
     def _relink(self) -> dict[str, Any]:
         with self.workdir.relinking():
@@ -118,6 +125,7 @@ class Worker:
                     self.workdir.set_in_force(decision.bundle)
                     outcome["in_force"] = decision.bundle.name
             self.workdir.record_relink({**outcome, "ts": time.time()})
+            self.workdir.prune_bundles(keep={self.workdir.bundle_in_force().resolve()})
             return outcome
 
     def _done(self, result: dict[str, Any], delivery: Delivery | None = None,
@@ -126,7 +134,7 @@ class Worker:
             if last:
                 self.jobs.stop_taking()
             self.jobs.ack(delivery)
-        if result["decision"] in ("refused", "ignored"):
+        if result["decision"] in ("refused", "ignored", "failed"):
             self.counts[result["decision"]] += 1
             log.warning("job %s: %s: %s", result.get("job", "?"), result["decision"],
                         result["why"])
