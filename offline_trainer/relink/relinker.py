@@ -1,8 +1,9 @@
 """Relink a group's links on its boxes' recent recordings and judge the result.
 
-The boxes' newest uploads are merged in time order; the newest `holdout` share of the rows is
-held out; the trainer's own pipeline (`train_links.train_on_rows`, what `mlink-train links`
-runs) trains the new bundle on the older rows. Both bundles are then measured on the same
+The boxes' newest uploads are merged in time order (at most `max_rows`, the newest); the
+newest `holdout` share of the rows is held out; the trainer's own pipeline
+(`train_links.train_on_rows`, what `mlink-train links` runs) trains the new bundle on the
+older rows. Both bundles are then measured on the same
 held-out rows, the same way (`evaluation.actions.measure_actions`: every link file through
 LiteRT, every source subset pooled by the bundle's own ensemble rule, the prior), and the
 decision figure is, for each of the bundle's models, the best agreement the bundle serves it
@@ -16,6 +17,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from links_tflite.bundle import load_bundle
 from links_tflite.ensemble import EnsemblePredictor
@@ -82,13 +85,16 @@ def bundle_figure(bundle_dir: Path, recording: Recording, rows: Any) -> Figure:
 
 class Relinker:
     def __init__(self, training: LinkTraining, min_rows: int = 1000, holdout: float = 0.3,
-                 margin: float = 0.01) -> None:
+                 margin: float = 0.01, max_rows: int = 200_000) -> None:
         if not 0.0 < holdout < 1.0:
             raise ValueError(f"--holdout must be in (0, 1), got {holdout}")
-        if min_rows < 20:
-            raise ValueError(f"--min-rows must be at least 20, got {min_rows}")
-        self.training, self.min_rows, self.holdout, self.margin = (
-            training, min_rows, holdout, margin)
+        if not 20 <= min_rows <= max_rows:
+            raise ValueError(f"--min-rows must be in [20, --max-rows = {max_rows}], "
+                             f"got {min_rows}")
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"--margin must be in [0, 1), got {margin}")
+        self.training, self.min_rows, self.holdout, self.margin, self.max_rows = (
+            training, min_rows, holdout, margin, max_rows)
 
     def relink(self, stored: list[Stored], in_force: Path, out: Path) -> Decision:
         """Train on the stored recordings' older rows into `out`, measure both bundles on
@@ -105,6 +111,8 @@ class Relinker:
             return Decision(WAIT, f"{rows} rows from {len(parts)} box(es), {self.min_rows} "
                                   "needed to relink", rows=rows, uploads=uploads)
         merged = merge(parts, models)
+        if len(merged) > self.max_rows:  # the newest rows: the stream as it is now
+            merged = merged.subset(np.arange(len(merged) - self.max_rows, len(merged)))
         train, held_out = time_split(len(merged), self.holdout)
         log.info("relinking on %d rows (%d held out, the newest) from %s", rows, len(held_out),
                  ", ".join(uploads))
@@ -116,6 +124,6 @@ class Relinker:
         wins = new.mean >= old.mean + self.margin
         why = (f"new {new.mean:.4f} vs in force {old.mean:.4f} on {len(held_out)} held-out "
                f"rows: {'beats' if wins else 'does not beat'} it by the margin {self.margin:g}")
-        return Decision(ROLL_OUT if wins else KEEP, why, rows=rows, train_rows=len(train),
+        return Decision(ROLL_OUT if wins else KEEP, why, rows=len(merged), train_rows=len(train),
                         held_out_rows=len(held_out), uploads=uploads, old=old, new=new,
                         bundle=out)

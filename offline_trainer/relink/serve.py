@@ -47,6 +47,8 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
                        help="seconds the broker keeps the worker's jobs while it is away")
     serve.add_argument("--min-rows", type=int, default=1000,
                        help="rows the group's recordings must hold to relink")
+    serve.add_argument("--max-rows", type=int, default=200_000,
+                       help="at most this many rows relinked on, the newest")
     serve.add_argument("--margin", type=float, default=0.01,
                        help="by how much the new bundle's figure must beat the one in force")
     serve.add_argument("--holdout", type=float, default=0.3,
@@ -77,9 +79,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"mlink-train serve: --bundle: {exc}", file=sys.stderr)
         return 2
     host, port = args.broker
-    workdir = WorkDir(args.workdir, args.bundle)
     relinker = Relinker(LinkTraining(epochs=args.epochs, seed=args.seed), args.min_rows,
-                        args.holdout, args.margin)
+                        args.holdout, args.margin, args.max_rows)  # ValueError: exit 2
     policy = Policy(canary_share=args.canary, waves=args.waves,
                     response_timeout_s=args.timeout, window_s=args.window,
                     agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)
@@ -92,6 +93,7 @@ def serve(args: argparse.Namespace) -> int:
     except (ConnectionError, OSError) as exc:
         print(f"mlink-train serve: {exc}", file=sys.stderr)
         return 2
+    workdir = WorkDir(args.workdir, args.bundle)
     print(f"worker {args.client_id}: taking jobs of group {args.group} on "
           f"$share/{args.share}/{link.job_topic}", file=sys.stderr, flush=True)
     worker = Worker(args.client_id, args.group, link,

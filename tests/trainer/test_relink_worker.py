@@ -5,8 +5,10 @@ training, the rollout to real agents) is tests/e2e/test_relink.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -187,3 +189,33 @@ def test_two_workers_on_one_share_take_distinct_jobs(digits_fixture, tmp_path: P
         left = retained(broker.port, "mlink/+/uploads/#")
         assert {t.split("/")[1] for t in left} == {"box-8", "box-9"}  # refused, ignored: kept
         assert len([t for t in left if t.startswith("mlink/box-9/")]) == 1 + tampered["chunks"]
+
+
+def test_serve_refuses_bad_options_before_it_connects(digits_fixture, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from devtools.broker import free_port
+    from offline_trainer.cli import _parser
+    from offline_trainer.relink.serve import serve
+
+    def run(*extra: str) -> int:
+        args = _parser().parse_args([
+            "serve", "--broker", f"127.0.0.1:{free_port()}", "--group", "site",
+            "--bundle", str(digits_fixture.bundle), "--workdir", str(tmp_path / "w"), *extra])
+        return serve(args)
+
+    for extra, why in ((("--holdout", "1.5"), "--holdout must be in"),
+                       (("--min-rows", "5"), "--min-rows must be in"),
+                       (("--margin", "-0.1"), "--margin must be in"),
+                       ((), "no answer from the broker|refused")):  # nothing listens there
+        with pytest.raises(ValueError, match=why) if extra else contextlib.nullcontext():
+            assert run(*extra) == 2
+        if not extra:
+            assert re.search(why, capsys.readouterr().err)
+    args = _parser().parse_args(["serve", "--broker", "127.0.0.1:1", "--group", "site",
+                                 "--bundle", str(tmp_path), "--workdir", str(tmp_path / "w")])
+    assert serve(args) == 2 and "--bundle" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()  # refused before anything was made
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["serve", "--broker", "nohost", "--group", "g", "--bundle", "b",
+                              "--workdir", "w"])
