@@ -1,9 +1,10 @@
 """Closed-loop relinking end to end (issue 19 item 3; docs/design.md "Relinking"): the city
-bundle trained on the morning rush, two real agents in the group `site` whose streams run the
-evening rush, their window recordings uploaded through the upload contract, and two
-`mlink-train serve --once` workers on one shared subscription. One job goes to each worker;
-the group's relink (on the older evening rows) beats the morning bundle on the newest evening
-rows, held out, and the staged rollout brings it to every box.
+bundle (the `city_build` fixture's, which the agent's default stream, the morning rush, runs
+on), two real agents in the group `site` whose streams run the evening rush, their window
+recordings uploaded through the upload contract, and two `mlink-train serve --once` workers
+on one shared subscription. One job goes to each worker; the group's relink (on the older
+evening rows) beats the bundle in force on the newest evening rows, held out, and the staged
+rollout brings it to every box.
 
 Until the agent's own `cmd/upload` is merged, the uploads are published here the way a box
 publishes them (tests/support/uploads.py): the rows a box's profiling windows keep, i.e. the
