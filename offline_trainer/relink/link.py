@@ -59,6 +59,7 @@ class TrainerLink:
         self._subscribed = threading.Event()
         self._unsubscribed = threading.Event()
         self._gathering: tuple[str, Callable[[str, bytes], None]] | None = None
+        self._taking = True  # False once the worker left the share (not rejoined on reconnect)
         self._lock = threading.Lock()
         self._jobs_client = self._client(client_id, username, password, manual_ack=True)
         self._jobs_client.on_connect = self._on_jobs_connect
@@ -69,9 +70,6 @@ class TrainerLink:
         self._data_client.on_message = self._on_data
         self._data_ready = threading.Event()
         self._data_client.on_connect = lambda *_: self._data_ready.set()
-        self._data_subscribed = threading.Event()
-        self._data_client.on_subscribe = lambda *_: self._data_subscribed.set()
-        self._data_client.on_unsubscribe = lambda *_: self._data_subscribed.set()
         self._jobs_client.connect(host, port, clean_start=False, properties=_properties(
             PacketTypes.CONNECT, SessionExpiryInterval=session_expiry_s, ReceiveMaximum=1,
             MaximumPacketSize=MAX_JOB_BYTES + PACKET_SLACK))
@@ -96,7 +94,7 @@ class TrainerLink:
     # -- jobs -------------------------------------------------------------------------------
     def _on_jobs_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any,
                          reason_code: Any, _properties: Any) -> None:
-        if not reason_code.is_failure:
+        if not reason_code.is_failure and self._taking:
             client.subscribe(f"$share/{self.share}/{self.job_topic}", qos=1)
 
     def _on_job(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
@@ -117,6 +115,7 @@ class TrainerLink:
 
     def stop_taking(self, timeout_s: float = 10.0) -> None:
         """Leave the share: no further job is sent to this worker."""
+        self._taking = False
         self._unsubscribed.clear()
         self._jobs_client.unsubscribe(f"$share/{self.share}/{self.job_topic}")
         self._unsubscribed.wait(timeout_s)
@@ -141,7 +140,6 @@ class TrainerLink:
         base = job.manifest_topic(self.prefix)
         with self._lock:
             self._gathering = (base, feed)
-        self._data_subscribed.clear()
         self._data_client.subscribe(f"{base}/#", qos=1)  # `#` matches the manifest too
         deadline = time.monotonic() + timeout_s
         try:
