@@ -219,3 +219,34 @@ def test_serve_refuses_bad_options_before_it_connects(digits_fixture, tmp_path: 
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--broker", "nohost", "--group", "g", "--bundle", "b",
                               "--workdir", "w"])
+
+
+@pytest.mark.broker
+def test_a_job_not_acknowledged_comes_back_to_its_worker() -> None:
+    """A worker that stops before acknowledging a job (it died while collecting) gets it
+    again from its session when it comes back; one acknowledged is gone for good."""
+    with LocalBroker() as broker:
+        def connect() -> TrainerLink:
+            return TrainerLink("127.0.0.1", broker.port, "mlink", "trainers", "trainer-a")
+
+        link = connect()
+        publisher = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                protocol=mqtt.MQTTv5)
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        publisher.publish("mlink/fleet/relink", b'{"job": 1}', qos=1).wait_for_publish(5)
+        publisher.disconnect()
+        publisher.loop_stop()
+        first = link.next_job(5.0)
+        assert first is not None and first.payload == b'{"job": 1}'
+        link.close(end_session=False)  # not acknowledged
+        link = connect()
+        again = link.next_job(5.0)
+        assert again is not None and again.payload == first.payload
+        link.ack(again)
+        link.close(end_session=False)
+        link = connect()
+        try:
+            assert link.next_job(1.0) is None
+        finally:
+            link.close(end_session=True)
