@@ -362,6 +362,11 @@ class AgentConfig(Strict):
     control: ControlConfig = ControlConfig()
     fleet: FleetConfig = FleetConfig()
     max_frames: int | None = Field(None, ge=1, le=2**53)
+    warm_up: list[Annotated[str, Field(pattern=ENTRY_PATTERN)]] = Field(
+        default_factory=list, max_length=8,
+        description="Python callables `module:callable` the agent calls once at start, before "
+                    "it measures any model: what they allocate for good (a CUDA context, "
+                    "cuDNN and cuBLAS) is then the process's, not the first model's. Local only.")
 
     @field_validator("models")
     @classmethod

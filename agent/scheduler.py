@@ -44,6 +44,7 @@ from functools import partial
 
 import numpy as np
 
+from agent.adapters.python import warm_up
 from agent.config import AgentConfig, ConfigError
 from agent.costbook import CostBook, Pair
 from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_runtime
@@ -133,6 +134,7 @@ class Agent:
         self.selection: Selection | None = None
         self.config_version = 0  # the remotely set config's version (agent.control)
         self.measured_at: float | None = None  # monotonic: the last measure()
+        self.warm_up_mb: float | None = 0.0  # what the config's `warm_up` calls allocated
         self.last_frame: Frame | None = None
         self.stop_event = threading.Event()
         # One lock: a frame, the status and every control action (agent.service) take it.
@@ -205,6 +207,7 @@ class Agent:
         """Measure every enabled model and every usable link on this box, on a real frame.
         A model that fails here is marked failed, as in the loop."""
         runs = self.config.profiling.delay_runs
+        warmed, self.warm_up_mb = warm_up(self.config.warm_up, self.executor.probe)
         runtime_warmup = warm_up_runtime(  # on the smallest single-file link
             [self.bundle.path_of(link) for link in self.bundle.links if not link.decoder])
         for model_id in self.models:
@@ -218,7 +221,7 @@ class Agent:
                 self._fail(model_id, failure)
                 continue
             self._measure_links(model_id, output)
-        del runtime_warmup
+        del runtime_warmup, warmed
         self.measured_at = time.monotonic()
         log.info("model costs: %s", {k: v.to_dict() for k, v in self.model_costs.items()})
 
@@ -671,7 +674,8 @@ class Agent:
         with self.lock:
             probe = self.executor.probe
             return {**self.costs.to_dict(self.models, self._link_pairs()),
-                    "probe": probe.name, "probe_details": probe.details()}
+                    "probe": probe.name, "probe_details": probe.details(),
+                    "warm_up_mb": self.warm_up_mb}
 
     def publish_status(self, state: str) -> None:
         """The status; and `status/costs` where a cost moved since it was last published."""
