@@ -264,7 +264,8 @@ def _agent_with_windows(config: AgentConfig, publisher: Publisher
         agent.close()
         raise
     uploader = Uploader(store, publisher, fleet.upload_chunk_kb * 1024,
-                        lambda: upload_context(agent))
+                        lambda: upload_context(agent),
+                        done=lambda: agent.publish_status("running"))
     drift = DriftWatch(fleet.drift_margin, fleet.drift_min_interval_s, uploader.request) \
         if fleet.drift_margin > 0 else None
     agent.keep_windows(store, drift)

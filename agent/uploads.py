@@ -110,13 +110,15 @@ class Uploader:
 
     def __init__(self, store: WindowStore, link: UploadLink, chunk_bytes: int,
                  context: Callable[[], UploadContext], clock: Callable[[], float] = time.time,
-                 ack_timeout_s: float = ACK_TIMEOUT_S) -> None:
+                 ack_timeout_s: float = ACK_TIMEOUT_S,
+                 done: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.link = link
         self.chunk_bytes = chunk_bytes
         self.context = context
         self.clock = clock
         self.ack_timeout_s = ack_timeout_s
+        self.done = done  # after each upload started, published or failed (the status)
         self.record_file = store.folder / RECORD_FILE
         self.uploads = 0  # published whole
         self.failed = 0  # started, not published whole (the broker away, no PUBACK)
@@ -223,6 +225,10 @@ class Uploader:
         finally:
             with self._lock:
                 self._busy = False
+        try:
+            self.done()
+        except Exception:
+            log.exception("after upload %s", upload.id)
 
     def _send_all(self, messages: Any, retain: bool = True) -> None:
         """Publish (topic, data) pairs, at most IN_FLIGHT unacknowledged; return once every
