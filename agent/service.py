@@ -137,6 +137,7 @@ class Service:
         try:
             with self._all_or_nothing() as agent:
                 agent.reconfigure(new)
+            self._retask_windows()
         except ConfigError as exc:
             raise RequestError(exc.errors) from None
         except SelectionError as exc:
@@ -173,7 +174,18 @@ class Service:
             agent.swap_bundle(bundle)
             selection = agent.selection
         assert selection is not None
+        self._retask_windows()
         return selection.to_dict()
+
+    def _retask_windows(self) -> None:
+        """Once a bundle or the enabled models changed: the windows' rows recorded under other
+        tasks go (a relinked bundle of the same models keeps them)."""
+        store = self.agent.window.store
+        if store is not None:
+            try:
+                store.retask(upload_context(self.agent).tasks)
+            except Exception:  # the change is in force; a write failure is the store's
+                log.exception("profiling windows: the rows could not be re-checked")
 
 
 def run(config_path: str | Path, frames: int | None = None,

@@ -153,12 +153,14 @@ class Uploader:
         if not self.link.connected:
             raise RequestError([("", "not connected to the broker: nothing to upload to")])
         context = self.context()
-        self.store.retask(context.tasks)
         snapshot = self.store.snapshot()
         if snapshot is None:
             raise RequestError([("", "no profiling window rows kept yet (a window keeps its "
                                      "rows at its end)")])
-        data, rows = snapshot
+        data, rows, tasks = snapshot
+        if tasks != context.tasks:
+            raise RequestError([("", "the rows kept were recorded under other tasks than the "
+                                     "bundle's in force: the next window keeps new ones")])
         chunks = max(1, math.ceil(len(data) / self.chunk_bytes))
         if len(data) > MAX_UPLOAD_BYTES or chunks > MAX_UPLOAD_CHUNKS:
             raise RequestError([("", f"the rows file is {len(data)} bytes in {chunks} chunks, "
@@ -182,14 +184,28 @@ class Uploader:
         self._thread.start()
 
     def request(self, reason: str) -> bool:
-        """Prepare and publish an upload on a thread of its own (the frame loop's way: a
-        drift); False where none can start now (in progress, nothing kept, offline)."""
-        try:
-            self.start(self.prepare(reason))
-        except RequestError as exc:
-            log.warning("upload (%s) not started: %s", reason, exc)
-            return False
+        """Prepare and publish an upload on a thread of its own (the frame loop's way, for a
+        drift: the rows file is read off the loop); False where none can start now (one in
+        progress, the broker away). A refusal while preparing is logged and counted."""
+        with self._lock:
+            if self._busy or not self.link.connected:
+                return False
+            self._busy = True
+        self._thread = threading.Thread(target=self._prepare_and_publish, args=(reason,),
+                                        name="mlink-upload", daemon=True)
+        self._thread.start()
         return True
+
+    def _prepare_and_publish(self, reason: str) -> None:
+        try:
+            upload = self._prepare(reason)
+        except Exception as exc:
+            with self._lock:
+                self._busy = False
+                self.refused += 1
+            log.warning("upload (%s) not started: %s", reason, exc)
+            return
+        self._publish_safely(upload)
 
     # -- publishing ----------------------------------------------------------------------------
     def publish(self, upload: Upload) -> None:

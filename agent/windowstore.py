@@ -147,14 +147,14 @@ class WindowStore:
             self._merge()
             return self.path if self._rows is not None else None
 
-    def snapshot(self) -> tuple[bytes, int] | None:
-        """The rows file's bytes and its rows, with what is queued written first (None: no
-        row kept); no window's write comes between the two."""
+    def snapshot(self) -> tuple[bytes, int, dict[str, TaskSpec]] | None:
+        """The rows file's bytes, its rows and their tasks, with what is queued written first
+        (None: no row kept); no window's write comes between them."""
         with self._write_lock:
             self._merge()
             if self._rows is None:
                 return None
-            return self.path.read_bytes(), len(self._rows)
+            return self.path.read_bytes(), len(self._rows), dict(self._tasks)
 
     def close(self) -> None:
         """Write what is queued and end the writer thread."""

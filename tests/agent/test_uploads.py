@@ -144,6 +144,33 @@ def test_refusals_publish_nothing_and_change_nothing(tmp_path: Path,
     assert up.to_dict()["uploads"] == 1 and not up.to_dict()["uploading"]
 
 
+def test_rows_of_other_tasks_are_refused_and_kept_until_the_next_window(tmp_path: Path
+                                                                        ) -> None:
+    link = Link()
+    up = uploader(tmp_path, link, rows=100)
+    up.context = lambda: UploadContext((), dict(BUNDLE), {"digit": TASKS["digit"]})
+    with pytest.raises(RequestError, match="other tasks"):
+        up.prepare("request")
+    assert up.store.rows == 100 and link.sent == []  # a refusal changes nothing
+    up.store.retask({"digit": TASKS["digit"]})  # what a bundle swap does once in force
+    assert up.store.rows == 0
+
+
+def test_a_drift_prepares_and_publishes_off_the_caller_s_thread(tmp_path: Path) -> None:
+    link = Link()
+    up = uploader(tmp_path, link, rows=100)
+    link.connected = False
+    assert not up.request("drift")  # the broker away: not started
+    link.connected = True
+    assert up.request("drift")
+    up.close()
+    assert up.to_dict()["uploads"] == 1 and json.loads(link.sent[-1][1])["reason"] == "drift"
+    empty = uploader(tmp_path / "empty", link)
+    assert empty.request("drift")  # started; refused while preparing, counted
+    empty.close()
+    assert empty.to_dict()["uploads_refused"] == 1 and not empty.to_dict()["uploading"]
+
+
 def test_an_upload_the_broker_does_not_acknowledge_fails_counted(tmp_path: Path) -> None:
     link = Link()
     up = uploader(tmp_path, link, rows=300)
