@@ -12,7 +12,9 @@ predict the others through the link ensembles, publishing every model's output.
   `period_s` seconds, or on `reprofile()`, the next `sample_frames` frames run every
   available model and link and score the ensembles online; at its end the online figures
   replace the bundle's where they rest on enough frames, the selection is re-made, and the
-  models not activated are unloaded.
+  models not activated are unloaded. Given a window store and a drift watch
+  (`keep_windows`, agent.windowstore, agent.uploads), the window's frames are kept for
+  relinking and the live agreement of what was predicted is checked against the bundle's.
 - the outputs (agent.output): each frame's `Output`s, filtered by the per-model publishing
   rules (agent.publishrules), then turned into the published messages once, where the
   `[publish]` settings apply.
