@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from agent.errors import RequestError
 from agent.files import write_atomically
 from agent.limits import MAX_REASON_CHARS, MAX_UPLOAD_BYTES, MAX_UPLOAD_CHUNKS
-from agent.transport.topics import Topics
+from agent.transport.topics import UPLOAD_ID, Topics
 from agent.windowstore import WindowStore
 from links_tflite.tasks import TaskSpec
 
@@ -279,7 +279,7 @@ class Uploader:
             record = json.loads(self.record_file.read_text(encoding="utf-8"))
             last = record.get("last")
             if last is not None:
-                ok = (isinstance(last.get("id"), str) and len(last["id"]) <= 40
+                ok = (isinstance(last.get("id"), str) and UPLOAD_ID.match(last["id"])
                       and isinstance(last.get("chunks"), int)
                       and 0 < last["chunks"] <= MAX_UPLOAD_CHUNKS)
                 if not ok:

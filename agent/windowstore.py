@@ -255,7 +255,7 @@ class WindowStore:
             rows = Recording.load(self.path)
             if rows.camera_ids is None:
                 raise RecordingError("no camera_ids")
-        except RecordingError as exc:
+        except Exception as exc:  # a torn or foreign file: numpy's and zipfile's errors too
             log.warning("profiling windows: %s cannot be read (%s): dropped", self.path, exc)
             with self._lock:
                 self.stats.discarded += 1

@@ -310,3 +310,15 @@ def test_the_status_says_what_is_kept_and_uploaded(tmp_path: Path) -> None:
     assert windows["rows"] == 150 and windows["uploads"] == 1 and windows["dropped"] == 0
     assert windows["last_upload"]["reason"] == "request"
     assert section["drift"]["margin"] == 0.1
+
+
+@pytest.mark.parametrize("record", ['{"last": {"id": "../x/#", "chunks": 2}}', "[1]", "{",
+                                    '{"last": {"id": "1-ab", "chunks": 5000}}'])
+def test_a_record_that_is_not_an_upload_clears_nothing(tmp_path: Path, record: str) -> None:
+    """The last upload's record names topics to clear: one that is not sound is not used."""
+    (tmp_path / "uploads.json").write_text(record)
+    link = Link()
+    up = uploader(tmp_path, link, rows=100)
+    upload = up.prepare("request")
+    up.publish(upload)
+    assert parse(link.sent[0][0], "mlink").name == upload.id  # type: ignore[union-attr]

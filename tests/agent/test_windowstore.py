@@ -99,10 +99,17 @@ def test_rows_of_other_tasks_are_dropped_when_the_tasks_change(tmp_path: Path) -
 
 
 def test_an_unreadable_file_is_dropped_and_counted(tmp_path: Path) -> None:
-    (tmp_path / "rows.npz").write_bytes(b"not a zip")
-    kept = store(tmp_path)
-    assert kept.rows == 0 and kept.to_dict()["discarded"] == 1
-    kept.close()
+    first = store(tmp_path / "torn")
+    first.add(TASKS, frames(30))
+    first.close()
+    whole = (tmp_path / "torn" / "rows.npz").read_bytes()
+    for name, data in (("garbage", b"not a zip"), ("torn", whole[:len(whole) // 2])):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "rows.npz").write_bytes(data)
+        kept = store(tmp_path / name)
+        assert kept.rows == 0 and kept.to_dict()["discarded"] == 1, name
+        assert not (tmp_path / name / "rows.npz").exists()
+        kept.close()
 
 
 def test_the_write_happens_on_the_store_s_own_thread(tmp_path: Path) -> None:
