@@ -249,7 +249,6 @@ def run(config_path: str | Path, frames: int | None = None,
     return counters, drained
 
 
-
 def upload_context(agent: Agent) -> UploadContext:
     """What an upload says of the box: its groups, the bundle in force, the tasks of the
     models it runs."""
