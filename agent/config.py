@@ -380,6 +380,16 @@ class AgentConfig(Strict):
                     "it measures any model: what they allocate for good (a CUDA context, "
                     "cuDNN and cuBLAS) is then the process's, not the first model's. Local only.")
 
+    @field_validator("device_id")
+    @classmethod
+    def _not_reserved(cls, device_id: str) -> str:
+        from agent.transport.topics import RESERVED_ROOTS
+
+        if device_id in RESERVED_ROOTS:
+            raise ValueError(f"{device_id!r} names the fleet's topics under the prefix "
+                             f"(reserved: {', '.join(RESERVED_ROOTS)})")
+        return device_id
+
     @field_validator("models")
     @classmethod
     def _unique_ids(cls, models: list[ModelConfig]) -> list[ModelConfig]:

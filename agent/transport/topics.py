@@ -46,6 +46,11 @@ class TopicRef:
     part: int | None = None
 
 
+
+# the names under `<prefix>/` that are not devices: no device_id may take one
+RESERVED_ROOTS = ("fleet", "groups")
+
+
 def parse(topic: str, prefix: str | None = None) -> TopicRef | None:
     """The contract's topic `topic` read back, or None when it is not one (with `prefix`, one
     under that prefix only). Group requests (`<prefix>/groups/...`) are not device topics."""
