@@ -124,6 +124,18 @@ class FleetConfig(Strict):
     (a remote change cannot move a box into another group)."""
 
     groups: list[Identifier] = Field(default_factory=list, max_length=32)
+    # relinking (agent.windowstore, agent.uploads; docs/mqtt.md, "Uploads")
+    keep_windows: bool = Field(True, description="keep the profiling windows' rows (every "
+                                                 "model's exact outputs) in <state dir>/windows")
+    window_rows: int = Field(2000, ge=100, le=50_000,
+                             description="the newest rows kept; beyond, the oldest go, counted")
+    upload_chunk_kb: int = Field(128, ge=16, le=1024, description="KiB per upload chunk")
+    drift_margin: float = Field(0.0, ge=0.0, le=1.0,
+                                description="0: off; else upload (reason drift) when a window's "
+                                            "live agreement of the predicted models falls below "
+                                            "the bundle profile's by more than this")
+    drift_min_interval_s: float = Field(3600.0, ge=0.0, le=10**7,
+                                        description="at most one drift upload per interval")
 
     @field_validator("groups")
     @classmethod
@@ -362,6 +374,21 @@ class AgentConfig(Strict):
     control: ControlConfig = ControlConfig()
     fleet: FleetConfig = FleetConfig()
     max_frames: int | None = Field(None, ge=1, le=2**53)
+    warm_up: list[Annotated[str, Field(pattern=ENTRY_PATTERN)]] = Field(
+        default_factory=list, max_length=8,
+        description="Python callables `module:callable` the agent calls once at start, before "
+                    "it measures any model: what they allocate for good (a CUDA context, "
+                    "cuDNN and cuBLAS) is then the process's, not the first model's. Local only.")
+
+    @field_validator("device_id")
+    @classmethod
+    def _not_reserved(cls, device_id: str) -> str:
+        from agent.transport.topics import RESERVED_ROOTS
+
+        if device_id in RESERVED_ROOTS:
+            raise ValueError(f"{device_id!r} names the fleet's topics under the prefix "
+                             f"(reserved: {', '.join(RESERVED_ROOTS)})")
+        return device_id
 
     @field_validator("models")
     @classmethod

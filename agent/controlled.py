@@ -39,4 +39,9 @@ class Controlled(Protocol):
         """Use a verified bundle, all or nothing; the new selection."""
         ...
 
+    def upload(self, reason: str) -> dict[str, Any]:
+        """Upload the profiling windows' rows (`cmd/upload`, agent.uploads): the upload's id,
+        rows, chunks, size and sha256; RequestError where it cannot (nothing published)."""
+        ...
+
     def publish_status(self, state: str) -> None: ...

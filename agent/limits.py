@@ -11,6 +11,8 @@
   reply namespace or a configured allow-list, with bounded length and levels.
 - `RateLimiter`: a token bucket per request topic, so that a burst of requests cannot hold the
   control thread (and the frame lock) and starve the outputs.
+- `MAX_UPLOAD_BYTES`, `MAX_UPLOAD_CHUNKS`, `MAX_REASON_CHARS`: an upload of the profiling
+  windows' rows (agent.uploads), the bounds the trainer's collector holds it to.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ MAX_TOPIC_BYTES = 256  # a ResponseTopic, UTF-8
 MAX_TOPIC_LEVELS = 16
 MAX_CORRELATION_BYTES = 256
 MAX_ERROR_CHARS = 300  # of one path or message echoed in a reply
+MAX_UPLOAD_BYTES = 64 << 20  # an upload's .npz (cmd/upload, docs/mqtt.md)
+MAX_UPLOAD_CHUNKS = 4096  # its chunks, each at most `[fleet] upload_chunk_kb` (<= 1 MiB)
+MAX_REASON_CHARS = 64  # an upload's `reason`
 
 class LimitError(RequestError):
     """A value beyond a bound (size, nesting, a number, a version, a reply topic)."""

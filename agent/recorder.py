@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from agent.adapters.python import warm_up
 from agent.config import AgentConfig, ConfigError
-from agent.costs import median_delay_ms, memory_delta_mb, warm_up_runtime
+from agent.costs import make_probe, median_delay_ms, memory_delta_mb, warm_up_runtime
 from agent.heap import configure_heap
 from agent.models import ModelAdapter, make_model
 from agent.sources import Frame, open_sources
@@ -78,13 +79,15 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False,
     seen, cameras, _ = read_frames(config, frames)
     warmup, runs = config.profiling.warmup_runs, config.profiling.delay_runs
     configure_heap()  # each model's memory measured on its own, not on the last one's
+    probe = make_probe(config.profiling.memory_probe)  # GPU memory too, where NVML reads it
+    warmed_up, _ = warm_up(config.warm_up, probe)
     warmed = warm_up_runtime([m.path for m in config.enabled_models
                               if m.adapter == "tflite" and m.path is not None])
     outputs: dict[str, np.ndarray] = {}
     costs: dict[str, dict[str, float | None]] = {}
     for model_id, model in models.items():
         first = seen[0].modalities[model.input_modality]
-        memory = memory_delta_mb(partial(_load_and_infer, model, first))
+        memory = memory_delta_mb(partial(_load_and_infer, model, first), probe)
         delay = median_delay_ms(partial(model.infer, first), warmup, runs)
         costs[model_id] = {"memory_mb": memory, "delay_ms": delay}
         outputs[model_id] = np.stack(
@@ -92,7 +95,7 @@ def record(config: AgentConfig, frames: int, with_frames: bool = False,
         ).reshape(len(seen), tasks[model_id].output_width)
         model.unload()
         log.info("recorded %s on %d frames", model_id, len(seen))
-    del warmed
+    del warmed, warmed_up
     inputs = ({name: input_array([f.modalities[name] for f in seen])
                for name in sorted({m.input_modality for m in models.values()})}
               if with_frames else {})

@@ -12,7 +12,9 @@ predict the others through the link ensembles, publishing every model's output.
   `period_s` seconds, or on `reprofile()`, the next `sample_frames` frames run every
   available model and link and score the ensembles online; at its end the online figures
   replace the bundle's where they rest on enough frames, the selection is re-made, and the
-  models not activated are unloaded.
+  models not activated are unloaded. Given a window store and a drift watch
+  (`keep_windows`, agent.windowstore, agent.uploads), the window's frames are kept for
+  relinking and the live agreement of what was predicted is checked against the bundle's.
 - the outputs (agent.output): each frame's `Output`s, filtered by the per-model publishing
   rules (agent.publishrules), then turned into the published messages once, where the
   `[publish]` settings apply.
@@ -44,6 +46,7 @@ from functools import partial
 
 import numpy as np
 
+from agent.adapters.python import warm_up
 from agent.config import AgentConfig, ConfigError
 from agent.costbook import CostBook, Pair
 from agent.costs import Cost, CostStats, make_probe, memory_delta_mb, warm_up_runtime
@@ -60,7 +63,9 @@ from agent.state import AgentState
 from agent.status import CostsReport, Counters, Overhead, Sections, StatusBuilder
 from agent.timetable import Timetable
 from agent.transport import Publisher
+from agent.uploads import DriftWatch
 from agent.window import ProfilingWindow
+from agent.windowstore import WindowStore
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 
@@ -110,7 +115,8 @@ class Agent:
                  ensembles: EnsemblePredictor, publisher: Publisher | None = None,
                  payloads: Payloads | None = None, status_builder: StatusBuilder | None = None,
                  publish_rules: PublishRules | None = None,
-                 timetable: Timetable | None = None, gate: Gate | None = None) -> None:
+                 timetable: Timetable | None = None, gate: Gate | None = None,
+                 drift: DriftWatch | None = None) -> None:
         self.config = config
         self.bundle = bundle
         self.source = source
@@ -125,6 +131,7 @@ class Agent:
         self.status_builder = status_builder or StatusBuilder()
         self.timetable = timetable or Timetable()
         self.gate = gate or Gate()
+        self.drift = drift  # `[fleet] drift_margin`: checked at each window's end
         # the agent's own time on each of the last frames outside windows (agent_ms)
         self.own_ms: deque[float] = deque(maxlen=OWN_FRAMES)
         self.reserved_ms = 0.0  # of a delay budget, for the agent's own work (plans only)
@@ -133,6 +140,7 @@ class Agent:
         self.selection: Selection | None = None
         self.config_version = 0  # the remotely set config's version (agent.control)
         self.measured_at: float | None = None  # monotonic: the last measure()
+        self.warm_up_mb: float | None = 0.0  # what the config's `warm_up` calls allocated
         self.last_frame: Frame | None = None
         self.stop_event = threading.Event()
         # One lock: a frame, the status and every control action (agent.service) take it.
@@ -162,6 +170,13 @@ class Agent:
         return cls(config, bundle, source, executor, costs, window, EnsemblePredictor(bundle),
                    publisher)
 
+    def keep_windows(self, store: WindowStore, drift: DriftWatch | None = None) -> None:
+        """Keep the profiling windows' rows in `store` from the next window on, and check
+        their agreement with `drift` at each window's end (agent.uploads)."""
+        with self.lock:
+            self.window.store = store
+            self.drift = drift
+
     # -- views of the parts ----------------------------------------------------------------
     @property
     def models(self) -> dict[str, ModelAdapter]:
@@ -190,6 +205,8 @@ class Agent:
         release the source (a live stream's reader thread, a device)."""
         self.executor.close()
         self.source.close()
+        if self.window.store is not None:
+            self.window.store.close()
 
     def _fail(self, model_id: str, failure: ModelFailure) -> None:
         self.executor.fail(model_id, failure)
@@ -205,6 +222,7 @@ class Agent:
         """Measure every enabled model and every usable link on this box, on a real frame.
         A model that fails here is marked failed, as in the loop."""
         runs = self.config.profiling.delay_runs
+        warmed, self.warm_up_mb = warm_up(self.config.warm_up, self.executor.probe)
         runtime_warmup = warm_up_runtime(  # on the smallest single-file link
             [self.bundle.path_of(link) for link in self.bundle.links if not link.decoder])
         for model_id in self.models:
@@ -218,7 +236,7 @@ class Agent:
                 self._fail(model_id, failure)
                 continue
             self._measure_links(model_id, output)
-        del runtime_warmup
+        del runtime_warmup, warmed
         self.measured_at = time.monotonic()
         log.info("model costs: %s", {k: v.to_dict() for k, v in self.model_costs.items()})
 
@@ -612,7 +630,7 @@ class Agent:
         for model_id, ran in executed.items():
             self.timetable.record(model_id, frame.camera, ran.output)
         if profiling:
-            self.window.record(frame.camera, {m: r.output for m, r in executed.items()})
+            self.window.record(frame, {m: r.output for m, r in executed.items()})
         if made is None:
             if profiling:
                 start = time.perf_counter()
@@ -635,10 +653,14 @@ class Agent:
         return outputs, message
 
     def _end_window(self) -> None:
-        assert self.selection is not None
+        selection = self.selection
+        assert selection is not None
         extra_memory_mb = sum(self.model_costs[m].get("memory_mb") for m in self.models
-                              if m not in self.selection.resident and m not in self.gate.models)
+                              if m not in selection.resident and m not in self.gate.models)
         self.window.end(self.bundle, extra_memory_mb)
+        if self.drift is not None:  # what the window measured of the selection it served
+            self.drift.observe(self.window.agreement_gap(
+                self.bundle.profile, selection.predicted, selection.active))
         self.reselect()  # unloads what is not activated
         log.info("profiling window done: %s", self.window.online.summary())
 
@@ -671,7 +693,8 @@ class Agent:
         with self.lock:
             probe = self.executor.probe
             return {**self.costs.to_dict(self.models, self._link_pairs()),
-                    "probe": probe.name, "probe_details": probe.details()}
+                    "probe": probe.name, "probe_details": probe.details(),
+                    "warm_up_mb": self.warm_up_mb}
 
     def publish_status(self, state: str) -> None:
         """The status; and `status/costs` where a cost moved since it was last published."""

@@ -30,7 +30,9 @@ from agent.selection import SelectionError
 from agent.sources import Frame
 from agent.transport import Publisher
 from agent.transport.outbox import Outbox
-from links_tflite.bundle import Bundle
+from agent.uploads import DriftWatch, UploadContext, Uploader
+from agent.windowstore import WindowStore
+from links_tflite.bundle import Bundle, identity
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,11 @@ class Service:
     actions between two frames under the agent's one lock, each all or nothing; systemd's
     notifications after each frame."""
 
-    def __init__(self, agent: Agent, notifier: Notifier | None = None) -> None:
+    def __init__(self, agent: Agent, notifier: Notifier | None = None,
+                 uploader: Uploader | None = None) -> None:
         self.agent = agent
         self.notifier = notifier or Notifier({})
+        self.uploader = uploader  # cmd/upload (None: `[fleet] keep_windows = false`)
         self.ready = threading.Event()
         self._last_status_text = 0.0
 
@@ -133,12 +137,35 @@ class Service:
         try:
             with self._all_or_nothing() as agent:
                 agent.reconfigure(new)
+            self._retask_windows()
         except ConfigError as exc:
             raise RequestError(exc.errors) from None
         except SelectionError as exc:
             raise RequestError([("budget", str(exc))]) from None
         except Exception as exc:
             raise RequestError([("", f"{type(exc).__name__}: {exc}")]) from None
+
+    def upload(self, reason: str) -> dict[str, Any]:
+        """Upload the profiling windows' rows (`cmd/upload`): prepared now (refused with
+        nothing published where it cannot be), published on the uploader's thread."""
+        if self.uploader is None:
+            raise RequestError([("", "this box keeps no profiling window rows ([fleet] "
+                                     "keep_windows = false)")])
+        upload = self.uploader.prepare(reason)
+        self.uploader.start(upload)
+        return upload.summary()
+
+    def fleet_status(self) -> dict[str, Any]:
+        """The status's `fleet` section: the windows' rows kept, the uploads, the drift
+        watch."""
+        store = self.agent.window.store
+        windows: dict[str, Any] | None = None
+        if store is not None:
+            windows = store.to_dict()
+            if self.uploader is not None:
+                windows.update(self.uploader.to_dict())
+        drift = self.agent.drift
+        return {"windows": windows, "drift": drift.to_dict() if drift is not None else None}
 
     def swap_bundle(self, bundle: Bundle) -> dict[str, Any]:
         """Swap in a verified bundle, re-measuring its links; the old one stays on failure.
@@ -147,7 +174,18 @@ class Service:
             agent.swap_bundle(bundle)
             selection = agent.selection
         assert selection is not None
+        self._retask_windows()
         return selection.to_dict()
+
+    def _retask_windows(self) -> None:
+        """Once a bundle or the enabled models changed: the windows' rows recorded under other
+        tasks go (a relinked bundle of the same models keeps them)."""
+        store = self.agent.window.store
+        if store is not None:
+            try:
+                store.retask(upload_context(self.agent).tasks)
+            except Exception:  # the change is in force; a write failure is the store's
+                log.exception("profiling windows: the rows could not be re-checked")
 
 
 def run(config_path: str | Path, frames: int | None = None,
@@ -167,12 +205,13 @@ def run(config_path: str | Path, frames: int | None = None,
     groups = tuple(config.fleet.groups)
     publisher = Publisher(config.mqtt, config.device_id, outbox, groups=groups)
     notifier = Notifier()
-    agent = Agent.from_config(config, publisher)
-    service = Service(agent, notifier)
+    agent, uploader = _agent_with_windows(config, publisher)
+    service = Service(agent, notifier, uploader)
     control = Control(service, publisher, store, config_path)
     control.attach()
     agent.status_builder.extras["control"] = control.stats
     agent.status_builder.extras["groups"] = lambda: list(groups)
+    agent.status_builder.extras["fleet"] = service.fleet_status
 
     def stop(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping after this frame", signum)
@@ -198,6 +237,8 @@ def run(config_path: str | Path, frames: int | None = None,
         notifier.stopping()
         notifier.status("stopping: draining the outbox")
         control.stop()
+        if uploader is not None:
+            uploader.close()
         agent.close()
         drained = publisher.drain()
         if counters is not None and drained:
@@ -206,3 +247,37 @@ def run(config_path: str | Path, frames: int | None = None,
         drained = publisher.close(2.0 if drained else 0.0) and drained
         notifier.close()
     return counters, drained
+
+
+def upload_context(agent: Agent) -> UploadContext:
+    """What an upload says of the box: its groups, the bundle in force, the tasks of the
+    models it runs."""
+    with agent.lock:
+        bundle, config = agent.bundle, agent.config
+    return UploadContext(tuple(config.fleet.groups), identity(bundle),
+                         {m.id: bundle.models[m.id] for m in config.enabled_models})
+
+
+def _agent_with_windows(config: AgentConfig, publisher: Publisher
+                        ) -> tuple[Agent, Uploader | None]:
+    """The agent; with `[fleet] keep_windows`, its profiling windows' rows kept in
+    `<state dir>/windows` (agent.windowstore), their uploader and, with `drift_margin`, the
+    drift watch that starts an upload."""
+    agent = Agent.from_config(config, publisher)
+    fleet = config.fleet
+    if not fleet.keep_windows:
+        return agent, None
+    assert config.state.dir is not None
+    try:
+        store = WindowStore(config.state.dir / "windows", fleet.window_rows,
+                            config.source_type, agent.source.cameras)
+    except BaseException:
+        agent.close()
+        raise
+    uploader = Uploader(store, publisher, fleet.upload_chunk_kb * 1024,
+                        lambda: upload_context(agent),
+                        done=lambda: agent.publish_status("running"))
+    drift = DriftWatch(fleet.drift_margin, fleet.drift_min_interval_s, uploader.request) \
+        if fleet.drift_margin > 0 else None
+    agent.keep_windows(store, drift)
+    return agent, uploader

@@ -7,7 +7,9 @@ and score the ensemble of each source subset against the exact outputs (agent.pr
 the end of the window the online figures replace the bundle's where they rest on enough frames
 (`profile`); the agent then selects again. The window's extra work is timed and reported.
 The window's consecutive exact outputs also measure each model's reuse curve (`reuse`,
-agent.profiling.ReuseMeter): what a plan's `run/p` serves between its runs.
+agent.profiling.ReuseMeter): what a plan's `run/p` serves between its runs. Given a store
+(agent.windowstore, `[fleet] keep_windows`), the window hands it its frames at its end: every
+model's exact outputs, the rows links are trained on when the box's links are relinked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import numpy as np
 from agent.config import ProfilingConfig
 from agent.costbook import CostBook
 from agent.profiling import OnlineAgreement, ReuseMeter, subsets_to_score
+from agent.sources import Frame
+from agent.windowstore import WindowFrame, WindowStore
 from links_tflite.bundle import Bundle, Profile
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
 
@@ -40,8 +44,10 @@ class ProfilingStats:
 
 
 class ProfilingWindow:
-    def __init__(self, settings: ProfilingConfig, profile: Profile) -> None:
+    def __init__(self, settings: ProfilingConfig, profile: Profile,
+                 store: WindowStore | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.online = OnlineAgreement(settings.agreement_window, settings.min_samples)
         self.reuse = ReuseMeter(settings.agreement_window)
         self.profile = profile  # the bundle's, then online where measured
@@ -53,6 +59,8 @@ class ProfilingWindow:
         self._requested = threading.Event()
         # the window's exact outputs in stream order: model -> [(camera, output)]
         self._sequence: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self._frames: list[WindowFrame] = []  # the same per frame, for the store
+        self._models: frozenset[str] = frozenset()  # the models the agent runs
 
     @property
     def open(self) -> bool:
@@ -78,6 +86,8 @@ class ProfilingWindow:
         self.left = self.settings.sample_frames
         self.stats.last_window_cost_ms = 0.0
         self._sequence = {}
+        self._frames = []
+        self._models = frozenset(models)
         self._links = {
             (link.source, link.target): open_link(bundle, link)
             for link in bundle.links
@@ -105,10 +115,13 @@ class ProfilingWindow:
             self.online.score_frame(bundle.models[target], target, exact, link_outputs,
                                     ensembles.rule(target), subsets)
 
-    def record(self, camera: int, outputs: Mapping[str, np.ndarray]) -> None:
-        """A window frame's exact outputs, for the reuse curves measured at its end."""
+    def record(self, frame: Frame, outputs: Mapping[str, np.ndarray]) -> None:
+        """A window frame's exact outputs, for the reuse curves measured at its end (and the
+        store)."""
         for model, output in outputs.items():
-            self._sequence.setdefault(model, []).append((camera, output))
+            self._sequence.setdefault(model, []).append((frame.camera, output))
+        if self.store is not None:
+            self._frames.append(WindowFrame(frame.camera, frame.ts, dict(outputs)))
 
     def count_frame(self, in_window: bool, extra_ms: float) -> bool:
         """One frame done, with `extra_ms` of the window's work; True where it closed the
@@ -130,10 +143,31 @@ class ProfilingWindow:
                 self.reuse.add(bundle.models[model], model, np.stack([o for _, o in rows]),
                                np.array([c for c, _ in rows]))
         self._sequence = {}
+        if self.store is not None:
+            self.store.add({m: bundle.models[m] for m in sorted(self._models)
+                            if m in bundle.models}, self._frames)
+        self._frames = []
         self.stats.windows += 1
         self.stats.last_end = time.monotonic()
         self.stats.last_window_extra_memory_mb = extra_memory_mb
         self.frames_since = 0
+
+    def agreement_gap(self, base: Profile, predicted: Iterable[str], active: Iterable[str]
+                      ) -> tuple[float, float] | None:
+        """For the predicted models whose ensemble from the activated ones the windows have
+        measured: the mean of the bundle's figure (`base`) and of the live one, for those
+        same ensembles; None where none is measured."""
+        active = frozenset(active)
+        offline, live = [], []
+        for target in predicted:
+            usable = frozenset(s for s in active if s in base.pairwise.get(target, {}))
+            figure = self.online.figure(target, usable) if usable else None
+            if figure is not None:
+                offline.append(base.ensemble_agreement(target, usable))
+                live.append(figure)
+        if not live:
+            return None
+        return float(np.mean(offline)), float(np.mean(live))
 
     def to_dict(self, loop_ms: float) -> dict[str, object]:
         """The status's `profiling` section; `loop_ms`: the loop's time, for the share."""

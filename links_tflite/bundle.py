@@ -407,3 +407,11 @@ def make_readable(root: Path) -> None:
     for path in root.rglob("*"):
         if not path.is_symlink():
             path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def identity(bundle: Bundle) -> dict[str, str]:
+    """What names a bundle in an upload's manifest (docs/mqtt.md, "Uploads"): `name`, its
+    folder's name (a pushed bundle's is `<time>-<sha256 prefix>`), and `version`, the first
+    16 hex digits of its manifest's sha256 (its files' digests are in the manifest, so two
+    bundles with one version are the same files)."""
+    return {"name": bundle.root.name, "version": sha256_file(bundle.root / MANIFEST)[:16]}

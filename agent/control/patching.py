@@ -111,7 +111,7 @@ def restart_only_changes(fresh: AgentConfig, current: AgentConfig) -> list[str]:
     """The parts of a re-read config file that differ from those in force and need a
     restart (everything but the settable part)."""
     ignored = [k for k in ("device_id", "mqtt", "bundle", "source", "sources", "state",
-                           "control")
+                           "control", "fleet")
                if getattr(fresh, k) != getattr(current, k)]
     shape = [m.model_copy(update={"enabled": True}) for m in fresh.models]
     if shape != [m.model_copy(update={"enabled": True}) for m in current.models]:

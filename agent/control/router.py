@@ -42,6 +42,8 @@ from agent.limits import (
 )
 from agent.security import SignatureError, Verifier, is_envelope
 from agent.transport import Publisher
+from agent.uploads import REQUEST_KEYS as UPLOAD_KEYS
+from agent.uploads import parse_request as parse_upload
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class Control:
             "cmd/reprofile": self._command("reprofile", lambda r: self.agent.remeasure()),
             "cmd/reselect": self._command("reselect", lambda r: self.agent.reselect()),
             "cmd/forget": self._command("forget", lambda r: self.settings.forget(r.transaction)),
+            "cmd/upload": self._command(
+                "upload", lambda r: self.agent.upload(parse_upload(r.body)), keys=UPLOAD_KEYS),
             "cmd/bundle": self._command(
                 "bundle", lambda r: self.bundles.receive(r.body), keys=BUNDLE_KEYS,
                 max_bytes=lambda: self.bundles.max_request_bytes(MAX_REQUEST_BYTES)),

@@ -283,9 +283,10 @@ class MqttClient:
         for topic, data in retained:
             self.send_direct(topic, data, 1, True)
 
-    def send_direct(self, topic: str, data: bytes, qos: int, retain: bool) -> None:
+    def send_direct(self, topic: str, data: bytes, qos: int, retain: bool
+                    ) -> mqtt.MQTTMessageInfo:
         """Publish without the outbox; without one at all, counted in `pending` until it is
-        acknowledged."""
+        acknowledged. The caller may wait for the PUBACK on what this returns."""
         info = self.client.publish(topic, data, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise PublishError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
@@ -293,10 +294,11 @@ class MqttClient:
         if qos:
             self._track_direct(info.mid, topic)
         if not self._keep_pending:
-            return  # the outbox's pending; paho's copies may be taken back at a reconnect
+            return info  # the outbox's pending; paho's copies may be taken back at a reconnect
         self._pending.append(info)
         if len(self._pending) > 1000:
             self._pending = [i for i in self._pending if not i.is_published()]
+        return info
 
     @property
     def pending(self) -> int:

@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Any
 
+from paho.mqtt.client import MQTTMessageInfo
+
 from agent.config import MqttConfig
 from agent.transport.mqtt import MessageHandler, MqttClient, encode
 from agent.transport.outbox import Outbox
@@ -88,6 +90,12 @@ class Publisher:
             self.mqtt.send_direct(topic, encode(payload), qos, False)
         else:
             self.qos0_unsent += 1
+
+    def send(self, topic: str, data: bytes, retain: bool) -> MQTTMessageInfo:
+        """QoS 1, straight to MQTT: not through the outbox and, retained, not published again
+        after a reconnect (an upload's chunks, agent.uploads); the caller waits for the
+        PUBACK on what this returns. Lost if the connection drops before it."""
+        return self.mqtt.send_direct(topic, data, 1, retain)
 
     def respond(self, topic: str, payload: Any, correlation_data: bytes | None = None) -> None:
         """A response (not retained, QoS 1), echoing the request's MQTT v5 CorrelationData."""

@@ -8,12 +8,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 TopicKind = Literal["availability", "status", "status_costs", "frames", "output", "last",
                     "config_set", "config_response", "config_state", "command",
-                    "command_response", "reply"]
+                    "command_response", "reply", "upload", "upload_chunk", "relink",
+                    "relink_results"]
+
+UPLOAD_ID = re.compile(r"^[a-z0-9-]{1,40}$")  # an upload's id (`<unix-seconds>-<4 hex>`)
+MAX_UPLOAD_PART = 4095  # the last chunk index an upload may have (4096 chunks)
 
 # the kinds whose topic is fixed below the root
 _FIXED: dict[tuple[str, ...], TopicKind] = {
@@ -29,12 +34,21 @@ _FIXED: dict[tuple[str, ...], TopicKind] = {
 @dataclass(frozen=True)
 class TopicRef:
     """A topic of the contract, read: `name` is the camera (`frames`), the model (`output`,
-    `last`) or the command (`command`, `command_response`); empty for the others."""
+    `last`), the command (`command`, `command_response`) or the upload's id (`upload`,
+    `upload_chunk`, whose index is `part`); empty for the others. The relinking job topics
+    (`relink`, `relink_results`, under `<prefix>/fleet/`) belong to no device (`device`
+    empty)."""
 
     prefix: str
     device: str
     kind: TopicKind
     name: str = ""
+    part: int | None = None
+
+
+
+# the names under `<prefix>/` that are not devices: no device_id may take one
+RESERVED_ROOTS = ("fleet", "groups")
 
 
 def parse(topic: str, prefix: str | None = None) -> TopicRef | None:
@@ -44,6 +58,8 @@ def parse(topic: str, prefix: str | None = None) -> TopicRef | None:
     if len(parts) < 3 or (prefix is not None and parts[0] != prefix) or not parts[1]:
         return None
     head, device, rest = parts[0], parts[1], tuple(parts[2:])
+    if device == "fleet" and rest in (("relink",), ("relink", "results")):
+        return TopicRef(head, "", "relink" if len(rest) == 1 else "relink_results")
     kind = _FIXED.get(rest)
     if kind is not None:
         return TopicRef(head, device, kind)
@@ -60,7 +76,25 @@ def parse(topic: str, prefix: str | None = None) -> TopicRef | None:
         return TopicRef(head, device, "command_response", name)
     if rest[0] == "reply":
         return TopicRef(head, device, "reply", "/".join(rest[1:]))
+    if rest[0] == "uploads" and len(rest) in (2, 3) and UPLOAD_ID.match(name):
+        if len(rest) == 2:
+            return TopicRef(head, device, "upload", name)
+        part = rest[2]
+        if part.isascii() and part.isdigit() and len(part) <= 4 and \
+                int(part) <= MAX_UPLOAD_PART and str(int(part)) == part:
+            return TopicRef(head, device, "upload_chunk", name, int(part))
     return None
+
+
+def relink_topic(prefix: str) -> str:
+    """The relinking jobs (`<prefix>/fleet/relink`): each box's upload manifest, not retained,
+    for the trainer workers that share it (docs/mqtt.md)."""
+    return f"{prefix}/fleet/relink"
+
+
+def relink_results_topic(prefix: str) -> str:
+    """What the trainer workers made of the jobs (`<prefix>/fleet/relink/results`)."""
+    return f"{prefix}/fleet/relink/results"
 
 
 class Topics:
@@ -116,6 +150,18 @@ class Topics:
 
     def command_response(self, name: str) -> str:
         return f"{self.root}/cmd/{name}/response"
+
+    def upload(self, upload_id: str) -> str:
+        """An upload's manifest (retained; agent.uploads)."""
+        return f"{self.root}/uploads/{upload_id}"
+
+    def upload_chunk(self, upload_id: str, part: int) -> str:
+        """Chunk `part` (0, 1, ...) of an upload's .npz (retained)."""
+        return f"{self.root}/uploads/{upload_id}/{part}"
+
+    @property
+    def relink(self) -> str:
+        return relink_topic(self.prefix)
 
     @property
     def reply_root(self) -> str:

@@ -20,28 +20,28 @@ log = logging.getLogger(__name__)
 
 
 class UploadAssembly:
-    """One upload's messages, fed as (suffix below the manifest topic, payload): "" is the
-    retained manifest, "<n>" chunk n. Bounded as they come: a chunk over MAX_CHUNK_BYTES,
-    outside 0..chunks-1, or more bytes than the job's size refuse the job at once."""
+    """One upload's messages, fed as (part, payload): part None is the retained manifest, n
+    chunk n. Bounded as they come: a chunk over MAX_CHUNK_BYTES, outside 0..chunks-1, or more
+    bytes than the job's size refuse the job at once."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.manifest: Job | None = None
         self.parts: dict[int, bytes] = {}
-        self.ignored = 0  # messages on deeper topics, or repeated
+        self.ignored = 0  # chunks repeated
         self.problem: str | None = None  # the first bound broken
 
-    def feed(self, suffix: str, payload: bytes) -> None:
+    def feed(self, part: int | None, payload: bytes) -> None:
         if self.problem is not None:
             return
         try:
-            self._feed(suffix, payload)
+            self._feed(part, payload)
         except JobRefused as exc:
             self.problem = str(exc)
 
-    def _feed(self, suffix: str, payload: bytes) -> None:
+    def _feed(self, part: int | None, payload: bytes) -> None:
         job = self.job
-        if suffix == "":
+        if part is None:
             if not payload:
                 raise JobRefused("the upload was cleared on the broker (collected already?)")
             manifest = parse_job(payload)
@@ -50,20 +50,16 @@ class UploadAssembly:
                                  "rows, chunks, size or sha256)")
             self.manifest = manifest
             return
-        if not suffix.isdigit() or len(suffix) > 5:
-            self.ignored += 1
-            return
-        index = int(suffix)
-        if index >= job.chunks:
-            raise JobRefused(f"chunk {index}: the job has {job.chunks} chunks")
+        if not 0 <= part < job.chunks:
+            raise JobRefused(f"chunk {part}: the job has {job.chunks} chunks")
         if len(payload) > MAX_CHUNK_BYTES:
-            raise JobRefused(f"chunk {index}: larger than {MAX_CHUNK_BYTES} bytes")
+            raise JobRefused(f"chunk {part}: larger than {MAX_CHUNK_BYTES} bytes")
         if not payload:
-            raise JobRefused(f"chunk {index}: empty (the upload was cleared)")
-        if index in self.parts:
+            raise JobRefused(f"chunk {part}: empty (the upload was cleared)")
+        if part in self.parts:
             self.ignored += 1
             return
-        self.parts[index] = payload
+        self.parts[part] = payload
         if sum(len(p) for p in self.parts.values()) > job.size:
             raise JobRefused(f"the chunks hold more than the job's {job.size} bytes")
 
@@ -96,7 +92,7 @@ class UploadAssembly:
 class UploadReader(Protocol):
     """What the collector needs of the broker (offline_trainer.relink.link.TrainerLink)."""
 
-    def gather(self, job: Job, feed: Callable[[str, bytes], None],
+    def gather(self, job: Job, feed: Callable[[int | None, bytes], None],
                done: Callable[[], bool], timeout_s: float) -> None: ...
 
     def clear(self, job: Job) -> None: ...

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from agent.transport.topics import Topics
+
 MAX_JOB_BYTES = 16 * 1024
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_CHUNKS = 4096
@@ -43,10 +45,10 @@ class Job:
     bundle: dict[str, str]  # name, version: the bundle the rows were recorded under
 
     def manifest_topic(self, prefix: str) -> str:
-        return f"{prefix}/{self.device}/uploads/{self.upload}"
+        return Topics(prefix, self.device).upload(self.upload)
 
     def chunk_topic(self, prefix: str, index: int) -> str:
-        return f"{self.manifest_topic(prefix)}/{index}"
+        return Topics(prefix, self.device).upload_chunk(self.upload, index)
 
     def same_upload(self, other: Job) -> bool:
         """The retained manifest and the job describe the same bytes."""

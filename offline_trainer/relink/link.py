@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.transport.topics import parse
 from offline_trainer.relink.jobs import MAX_CHUNK_BYTES, MAX_JOB_BYTES, Job
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,11 @@ class TrainerLink:
         self.prefix, self.share = prefix, share
         self.job_topic = f"{prefix}/fleet/relink"
         self.results_topic = f"{prefix}/fleet/relink/results"
-        self.ignored = 0  # messages that were not jobs
+        self.ignored = 0  # messages that were neither jobs nor the upload being collected
         self._jobs: queue.Queue[Delivery] = queue.Queue()
         self._subscribed = threading.Event()
         self._unsubscribed = threading.Event()
-        self._gathering: tuple[str, Callable[[str, bytes], None]] | None = None
+        self._gathering: tuple[Job, Callable[[int | None, bytes], None]] | None = None
         self._taking = True  # False once the worker left the share (not rejoined on reconnect)
         self._lock = threading.Lock()
         self._jobs_client = self._client(client_id, username, password, manual_ack=True)
@@ -127,19 +128,24 @@ class TrainerLink:
             gathering = self._gathering
         if gathering is None:
             return
-        base, feed = gathering
-        if message.topic == base:
-            feed("", bytes(message.payload))
-        elif message.topic.startswith(f"{base}/"):
-            feed(message.topic[len(base) + 1:], bytes(message.payload))
+        job, feed = gathering
+        ref = parse(message.topic, self.prefix)  # the contract's one topic parser
+        if ref is None or ref.device != job.device or ref.name != job.upload:
+            self.ignored += 1
+        elif ref.kind == "upload":
+            feed(None, bytes(message.payload))
+        elif ref.kind == "upload_chunk":
+            feed(ref.part, bytes(message.payload))
+        else:
+            self.ignored += 1
 
-    def gather(self, job: Job, feed: Callable[[str, bytes], None],
+    def gather(self, job: Job, feed: Callable[[int | None, bytes], None],
                done: Callable[[], bool], timeout_s: float) -> None:
-        """Feed the upload's retained manifest and chunks to `feed` until `done()` or the
-        timeout."""
+        """Feed the upload's retained manifest (part None) and chunks (their index) to `feed`
+        until `done()` or the timeout; topics are read by `agent.transport.topics.parse`."""
         base = job.manifest_topic(self.prefix)
         with self._lock:
-            self._gathering = (base, feed)
+            self._gathering = (job, feed)
         self._data_client.subscribe(f"{base}/#", qos=1)  # `#` matches the manifest too
         deadline = time.monotonic() + timeout_s
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def test_good_config_and_relative_paths(tmp_path: Path) -> None:
         (lambda t: t.replace('type = "replay"', 'type = "webcam"'), "source", "tag"),
         (lambda t: t + '[[models]]\nid = "digit"\npath = "x"\ninput = "image"\n', "models",
          "duplicate model id"),
+        (lambda t: re.sub(r'device_id = "[^"]*"', 'device_id = "fleet"', t), "device_id",
+         "reserved"),
+        (lambda t: t + "[fleet]\nwindow_rows = 99\n", "fleet.window_rows", "100"),
+        (lambda t: t + "[fleet]\nupload_chunk_kb = 2048\n", "fleet.upload_chunk_kb", "1024"),
+        (lambda t: t + "[fleet]\ndrift_margin = nan\n", "fleet.drift_margin", "finite"),
+        (lambda t: t + "[fleet]\ndrift_min_interval_s = -1\n", "fleet.drift_min_interval_s",
+         "greater than or equal to 0"),
     ],
 )
 def test_errors_name_their_path(tmp_path: Path, edit, path: str, message: str) -> None:

@@ -84,7 +84,8 @@ def test_a_command_is_one_route_and_one_handler(tmp_path: Path) -> None:
     refused = _check(rig, TOPICS.command("ping"), b'{"transaction": "p", "x": 1}', True, {"x"})
     assert "payload" in refused["errors"][0]["message"]
     unknown = _check(rig, TOPICS.command("pong"), b"{}", True, {"command"})
-    assert "known: reprofile, reselect, forget, bundle, ping" in unknown["errors"][0]["message"]
+    assert "known: reprofile, reselect, forget, upload, bundle, ping" in \
+        unknown["errors"][0]["message"]
 
 
 def test_every_reply_has_one_shape_ok_or_error(tmp_path: Path) -> None:

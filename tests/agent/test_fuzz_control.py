@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from agent.config import load_config
 from agent.control import Control, StateStore, changed_paths
+from agent.errors import RequestError
 from agent.transport import Topics
 from tests.agent.test_control import TWO_MODELS
 from tests.core.test_bundle import make_bundle
@@ -82,6 +83,9 @@ class FakeAgent:
         self.swapped.append(bundle.root)
         self.bundle_root = bundle.root
         return {}
+
+    def upload(self, reason: str) -> dict[str, Any]:
+        raise RequestError([("", "no profiling window rows kept yet")])
 
     def publish_status(self, state: str) -> None:
         self.statuses.append((state, self.config_version))

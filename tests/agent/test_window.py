@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.config import ProfilingConfig
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Profile
@@ -65,3 +67,13 @@ def test_the_end_puts_the_online_figures_in_force_where_they_rest_on_enough_fram
     report = w.to_dict(loop_ms=100.0)
     assert report["windows"] == 2 and report["last_window_extra_memory_mb"] == 12.0
     assert report["in_window"] is False and report["online"]["figures_in_use"] == 1
+
+
+def test_the_agreement_gap_compares_the_measured_ensembles_of_what_was_predicted() -> None:
+    w = window()
+    assert w.agreement_gap(BASE, ["b"], ["a"]) is None  # nothing measured yet
+    w.online.add("b", frozenset({"a"}), 0.2)
+    w.online.add("b", frozenset({"a"}), 0.4)
+    assert w.agreement_gap(BASE, ["b"], ["a"]) == (0.5, pytest.approx(0.3))
+    assert w.agreement_gap(BASE, ["b"], ["c"]) is None  # no link from what was active
+    assert w.agreement_gap(BASE, [], ["a"]) is None  # nothing predicted

@@ -25,6 +25,7 @@ from links_tflite.bundle import load_bundle
 from offline_trainer.cli import main as train_main
 from offline_trainer.relink.link import TrainerLink
 from tests.support.agent_process import AgentProcess, wait_until
+from tests.support.contract import validate
 from tests.support.uploads import (
     manifest,
     publish_upload,
@@ -78,7 +79,9 @@ def test_drift_relinked_from_uploads_and_rolled_out(city_build, tmp_path: Path) 
             for i, device in enumerate(BOXES):
                 rows = window_rows(city_build.root, i + 1, EVENING, ROWS, STRIDE)
                 data = upload_bytes(rows, tmp_path)
-                body = manifest(data, device, ["site"], ROWS, CHUNK, reason="drift")
+                body = manifest(data, device, ["site"], ROWS, CHUNK, reason="drift",
+                                bundle=city_build.bundle)
+                validate("upload", body)  # the box's contract
                 publish_upload(broker.port, data, body, CHUNK)
             wait_until(lambda: all(link.box(d).availability == "online"
                                    and link.box(d).statuses > 0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from links_tflite.bundle import load_bundle
+from links_tflite.bundle import identity, load_bundle
 from links_tflite.recording import Recording
 
 
@@ -48,9 +48,14 @@ def upload_bytes(recording: Recording, folder: Path) -> bytes:
 
 
 def manifest(data: bytes, device: str, groups: list[str], rows: int, chunk_bytes: int,
-             reason: str = "request", upload: str | None = None) -> dict[str, Any]:
+             reason: str = "request", upload: str | None = None,
+             bundle: Path | None = None) -> dict[str, Any]:
+    """The box's manifest (agent/schemas/upload.json) of an upload of `data`; `bundle`: the
+    bundle in force it names (`links_tflite.bundle.identity`)."""
+    named = identity(load_bundle(bundle)) if bundle is not None else {
+        "name": "bundle", "version": "0" * 16}
     return {"upload": upload or f"{int(time.time())}-{secrets.token_hex(2)}", "device": device,
-            "groups": groups, "bundle": {"name": "bundle", "version": "1"}, "rows": rows,
+            "groups": groups, "bundle": named, "rows": rows,
             "chunks": max(1, -(-len(data) // chunk_bytes)), "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "reason": reason, "ts": time.time()}
 

@@ -29,6 +29,7 @@ from offline_trainer.relink.relinker import Relinker
 from offline_trainer.relink.rollout import GroupRollout
 from offline_trainer.relink.store import WorkDir, merge, time_split
 from offline_trainer.relink.worker import Worker
+from tests.support.contract import validate
 from tests.support.uploads import manifest, publish_upload, retained, upload_bytes
 
 CHUNK = 4096
@@ -68,28 +69,28 @@ def test_a_job_is_bounded_before_it_is_read() -> None:
 def test_an_upload_is_checked_as_it_comes_and_whole(tmp_path: Path) -> None:
     data = bytes(range(256)) * 40
     body = manifest(data, "box-1", ["site"], 5, CHUNK, upload="u-1")
+    validate("upload", body)  # what a box publishes (agent/schemas/upload.json)
     job = parse_job(json.dumps(body).encode())
     parts = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
 
-    def fed(*messages: tuple[str, bytes]) -> UploadAssembly:
+    def fed(*messages: tuple[int | None, bytes]) -> UploadAssembly:
         assembly = UploadAssembly(job)
         for suffix, payload in messages:
             assembly.feed(suffix, payload)
         return assembly
 
-    whole = fed(("", json.dumps(body).encode()), *((str(i), p) for i, p in enumerate(parts)),
-                ("0/deeper", b"x"))
+    whole = fed((None, json.dumps(body).encode()), *enumerate(parts), (0, parts[0]))
     assert whole.done and whole.data() == data and whole.ignored == 1
     for messages, why in (
-            ([("", json.dumps({**body, "size": 1}).encode())], "differs from the job"),
-            ([("", b"")], "cleared"),
-            ([("7", b"x")], "the job has 3 chunks"),
-            ([("0", b"x" * (MAX_CHUNK_BYTES + 1))], "larger than"),
-            ([("0", parts[0]), ("1", parts[0] * 3)], "more than the job's"),
-            ([("", json.dumps(body).encode()), ("0", parts[0]), ("1", parts[1])],
+            ([(None, json.dumps({**body, "size": 1}).encode())], "differs from the job"),
+            ([(None, b"")], "cleared"),
+            ([(7, b"x")], "the job has 3 chunks"),
+            ([(0, b"x" * (MAX_CHUNK_BYTES + 1))], "larger than"),
+            ([(0, parts[0]), (1, parts[0] * 3)], "more than the job's"),
+            ([(None, json.dumps(body).encode()), (0, parts[0]), (1, parts[1])],
              "chunks missing: \\[2\\]"),
-            ([("", json.dumps(body).encode()), ("0", parts[0]), ("1", parts[1]),
-              ("2", parts[2][::-1])], "sha256 mismatch")):
+            ([(None, json.dumps(body).encode()), (0, parts[0]), (1, parts[1]),
+              (2, parts[2][::-1])], "sha256 mismatch")):
         with pytest.raises(JobRefused, match=why):
             fed(*messages).data()
 
