@@ -6,9 +6,11 @@ on one shared subscription. One job goes to each worker; the group's relink (on 
 evening rows) beats the bundle in force on the newest evening rows, held out, and the staged
 rollout brings it to every box.
 
-Until the agent's own `cmd/upload` is merged, the uploads are published here the way a box
-publishes them (tests/support/uploads.py): the rows a box's profiling windows keep, i.e. the
-models' exact outputs on the box's stream."""
+The drift test's uploads are published the way a box publishes them (tests/support/uploads.py,
+checked against agent/schemas/upload.json): the models' exact outputs on frames sampled over
+an hour of each box's evening stream, what a box's windows keep after an hour of running;
+the agents themselves would take minutes to keep rows that span an hour. The box's own
+`cmd/upload` reaching a worker is the second test (no TensorFlow)."""
 
 from __future__ import annotations
 
@@ -145,3 +147,52 @@ def test_drift_relinked_from_uploads_and_rolled_out(city_build, tmp_path: Path) 
                 agent.stop(timeout_s=20)
         for agent in agents:
             assert agent.process.returncode == 0
+
+
+def test_a_box_upload_reaches_one_worker_and_is_collected(digits_fixture,
+                                                          tmp_path: Path) -> None:
+    """The box's own side of the contract (agent/uploads.py) to the worker's, without
+    TensorFlow: a real agent keeps its windows' rows and answers `cmd/upload` sent once to its
+    group; the job reaches a worker on the share, which collects the upload (the rows the box
+    said, the bundle's tasks), keeps it and clears it on the broker; too few rows to relink,
+    it waits."""
+    from fleet.rollout import Policy
+    from links_tflite.recording import Recording
+    from offline_trainer.links import LinkTraining
+    from offline_trainer.relink.collector import UploadCollector
+    from offline_trainer.relink.relinker import Relinker
+    from offline_trainer.relink.rollout import GroupRollout
+    from offline_trainer.relink.store import WorkDir
+    from offline_trainer.relink.worker import Worker
+    from tests.e2e.test_uploads import agent_config as upload_agent_config
+
+    with LocalBroker() as broker:
+        agent = AgentProcess(upload_agent_config(digits_fixture.root, tmp_path, broker.port),
+                             log_file=tmp_path / "agent.log")
+        link = FleetLink("127.0.0.1", broker.port)
+        trainer = TrainerLink("127.0.0.1", broker.port, "mlink", "trainers", "trainer-a")
+        workdir = WorkDir(tmp_path / "work", digits_fixture.bundle)
+        worker = Worker("trainer-a", "site", trainer, UploadCollector(trainer, workdir, 10.0),
+                        Relinker(LinkTraining(), min_rows=10_000),
+                        GroupRollout(lambda: FleetLink("127.0.0.1", broker.port), Policy()),
+                        workdir)
+        try:
+            def rows_kept() -> bool:
+                windows = (link.box("box-1").status.get("fleet") or {}).get("windows") or {}
+                return windows.get("rows", 0) >= 100
+            wait_until(rows_kept, 60, "the box's windows' rows kept")
+            transaction = link.request_group("site", "cmd/upload", {"reason": "test"})
+            answer = wait_until(lambda: link.response("box-1", transaction), 30, "the answer")
+            assert answer["status"] == "ok", answer
+            delivery = wait_until(lambda: trainer.next_job(0.2), 30, "the job")
+            result = worker.handle(delivery)
+            assert result["decision"] == "wait" and result["job"] == answer["result"]["upload"]
+            (stored,) = workdir.recordings("site")
+            recording = Recording.load(stored.path)
+            assert len(recording) == answer["result"]["rows"] == stored.job.rows
+            assert sorted(recording.tasks) == sorted(load_bundle(digits_fixture.bundle).models)
+            assert retained(broker.port, "mlink/+/uploads/#") == {}  # collected: cleared
+        finally:
+            trainer.close(end_session=True)
+            link.close()
+            agent.stop(timeout_s=20)
