@@ -79,6 +79,7 @@ class LinkResult:
     held_out_float: np.ndarray  # the float Keras link's outputs on the same frames
     calibration_outputs: np.ndarray  # the exported link's outputs on the calibration frames
     calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
+    fit_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ... on fit frames
     exported: bool = True  # False: the float link did not beat the prior, no file was made
     probed_out: bool = False  # True: not even trained, a linear probe did not beat the prior
     bag: BagDecoding | None = None  # a bag link's read-out (links_tflite.bag)
@@ -235,6 +236,7 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
         held_out_float=floating,
         calibration_outputs=calibrated,
         calibration_scores=agreement(spec, calibrated, y[calibration]),
+        fit_scores=agreement(spec, runner(x[fit]), y[fit]),
         bag=trained.bag,
         choice=choice,
     )
@@ -289,13 +291,15 @@ def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MA
 def fit_ensembles(recording: Recording, results: list[LinkResult], calibration: np.ndarray,
                   seed: int) -> dict[str, dict[str, float]]:
     """Per-source weights for every target, fit on the calibration frames (which the links
-    did not train on)."""
+    did not train on); the links' agreement on the frames they fit on breaks the
+    calibration frames' ties (`calibrated_weights`)."""
     return {
         target: calibrated_weights(
             recording.tasks[target],
             {r.source: r.calibration_outputs for r in results if r.target == target},
             recording.outputs[target][calibration],
             seed=seed, min_share=MIN_SHARE,
+            fitting={r.source: r.fit_scores for r in results if r.target == target},
         )
         for target in recording.models
     }
