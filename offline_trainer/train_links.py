@@ -11,7 +11,8 @@ and the rest is held out. On the calibration frames, through the exported files:
   `dropped_links` with its figures;
 - the ensembles' weights are fit (`offline_trainer.ensembles.calibrated_weights`).
 Every link's architecture follows the two models' output formats (vec2vec, seq2vec, vec2seq,
-seq2seq). All agreement figures of the profile, the priors' included, are measured on the
+seq2seq); a link into a sequence target may instead be a bag-of-tokens link (vec2bag,
+seq2bag: `train_sequence_link`), the decoder left untrained on a large vocabulary. All agreement figures of the profile, the priors' included, are measured on the
 held-out frames (never trained or calibrated on), through the exported files and the LiteRT
 interpreter, with the same ensemble code the agent runs
 (`links_tflite.ensemble.combine_outputs`).
