@@ -12,8 +12,9 @@ and the rest is held out. On the calibration frames, through the exported files:
 - the ensembles' weights are fit (`offline_trainer.ensembles.calibrated_weights`).
 Every link's architecture follows the two models' output formats (vec2vec, seq2vec, vec2seq,
 seq2seq); a link into a sequence target may instead be a bag-of-tokens link (vec2bag,
-seq2bag: `train_sequence_link`), the decoder left untrained on a large vocabulary. All agreement figures of the profile, the priors' included, are measured on the
-held-out frames (never trained or calibrated on), through the exported files and the LiteRT
+seq2bag: `train_sequence_link`), the decoder left untrained on a large vocabulary.
+All agreement figures of the profile, the priors' included, are measured on the held-out
+frames (never trained or calibrated on), through the exported files and the LiteRT
 interpreter, with the same ensemble code the agent runs
 (`links_tflite.ensemble.combine_outputs`).
 """
@@ -80,7 +81,6 @@ class LinkResult:
     held_out_float: np.ndarray  # the float Keras link's outputs on the same frames
     calibration_outputs: np.ndarray  # the exported link's outputs on the calibration frames
     calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
-    fit_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # ... on fit frames
     exported: bool = True  # False: the float link did not beat the prior, no file was made
     probed_out: bool = False  # True: not even trained, a linear probe did not beat the prior
     bag: BagDecoding | None = None  # a bag link's read-out (links_tflite.bag)
@@ -237,7 +237,6 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
         held_out_float=floating,
         calibration_outputs=calibrated,
         calibration_scores=agreement(spec, calibrated, y[calibration]),
-        fit_scores=agreement(spec, runner(x[fit]), y[fit]),
         bag=trained.bag,
         choice=choice,
     )
@@ -289,18 +288,41 @@ def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MA
     return float(gain.mean()) >= margin + standard_errors * spread
 
 
+def fit_agreements(recording: Recording, results: list[LinkResult], fit: np.ndarray,
+                   bundle_dir: Path, priors: dict[str, TargetPrior],
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Per target with two shipped links or more, each link's per-frame agreement on the
+    frames it fit on, through its exported files (what breaks the calibration frames' ties
+    between links, `offline_trainer.ensembles.link_order`)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.target] = counts.get(r.target, 0) + 1
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for r in results:
+        if counts[r.target] < 2:
+            continue
+        spec = recording.tasks[r.target]
+        runner = open_link_files(spec, bundle_dir / r.file,
+                                 bundle_dir / r.decoder if r.decoder else None,
+                                 bounds=priors[r.target].bounds, bag=r.bag)
+        scores.setdefault(r.target, {})[r.source] = agreement(
+            spec, runner(recording.outputs[r.source][fit]), recording.outputs[r.target][fit])
+    return scores
+
+
 def fit_ensembles(recording: Recording, results: list[LinkResult], calibration: np.ndarray,
-                  seed: int) -> dict[str, dict[str, float]]:
+                  seed: int, fitting: dict[str, dict[str, np.ndarray]] | None = None,
+                  ) -> dict[str, dict[str, float]]:
     """Per-source weights for every target, fit on the calibration frames (which the links
-    did not train on); the links' agreement on the frames they fit on breaks the
-    calibration frames' ties (`calibrated_weights`)."""
+    did not train on); the links' agreement on the frames they fit on (`fitting`, by target
+    and source) breaks the calibration frames' ties (`calibrated_weights`)."""
     return {
         target: calibrated_weights(
             recording.tasks[target],
             {r.source: r.calibration_outputs for r in results if r.target == target},
             recording.outputs[target][calibration],
             seed=seed, min_share=MIN_SHARE,
-            fitting={r.source: r.fit_scores for r in results if r.target == target},
+            fitting=(fitting or {}).get(target),
         )
         for target in recording.models
     }
@@ -445,7 +467,9 @@ def train_bundle_report(recording_path: Path, out: Path, train_fraction: float =
             for file in (r.file, r.decoder):
                 if file:
                     (staging / file).unlink()
-        weights = fit_ensembles(recording, kept, calibration, training.seed)
+        fit, _ = calibration_split(train, training.seed)
+        weights = fit_ensembles(recording, kept, calibration, training.seed,
+                                fit_agreements(recording, kept, fit, staging, priors))
         profile = profile_ensembles(recording, kept, held_out, weights, training.seed,
                                     {m: p.held_out for m, p in priors.items()})
         report = TrainReport(kept, weights, profile, dropped, priors)
