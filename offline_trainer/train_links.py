@@ -59,6 +59,7 @@ CALIBRATION_SHARE = 0.2  # of the training frames: what links are checked on, no
 PRIOR_MARGIN = 0.01  # a link ships only if it beats its target's prior by this much...
 PRIOR_STANDARD_ERRORS = 1.0  # ... and by this many standard errors of the per-frame gain
 LARGE_VOCABULARY = 512  # a sequence target with this many tokens: the bag link first
+BAG_STANDARD_ERRORS = 1.0  # on a smaller one, the bag must beat the decoder by this much
 
 
 @dataclass(frozen=True)
@@ -247,8 +248,11 @@ def train_sequence_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np
                         prior: TargetPrior | None) -> tuple[TrainedLink, str]:
     """A link into a sequence target: the bag link (`offline_trainer.bag_links`, seconds in
     numpy) or the decoder (vec2seq / seq2seq), whichever agrees better with the target on
-    the calibration frames (the bag on a tie: one file, no loop), with why. On a vocabulary
-    of `LARGE_VOCABULARY` tokens or more the decoder is not trained where the bag already
+    the calibration frames, with why: on a vocabulary of `LARGE_VOCABULARY` tokens or more
+    the bag on a tie (one small file, no loop); on a smaller one the decoder unless the bag
+    is better by `BAG_STANDARD_ERRORS` standard errors of the paired per-frame gain (with
+    few calibration frames a tie is luck, and the decoder also learns order and repeats).
+    On a large vocabulary the decoder is not trained where the bag already
     beats the prior, nor where even the bag's tokens put in the target's own order
     (`ordered_oracle_scores`) do not: it could not beat the prior either."""
     check = (x[calibration], y[calibration])
@@ -271,9 +275,16 @@ def train_sequence_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np
                 f"({large}: the bag's tokens in the target's own order reach "
                 f"{oracle.mean():.3f}, not better than the prior)")
     decoder = train_link(source, target, x[fit], y[fit], training, check)
-    decoder_score = mean_agreement(target, decoder.predict(check[0]), check[1])
-    figures = f"bag {bag_scores.mean():.3f}, decoder {decoder_score:.3f} on calibration frames"
-    if bag_scores.mean() >= decoder_score:
+    decoder_scores = agreement(target, decoder.predict(check[0]), check[1])
+    figures = (f"bag {bag_scores.mean():.3f}, decoder {decoder_scores.mean():.3f} on "
+               "calibration frames")
+    gain = bag_scores - decoder_scores
+    spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else np.inf
+    # on a large vocabulary the bag wins a tie (it is cheaper); on a small one the decoder,
+    # which also learns the order and the repeats, unless the bag is better by one standard
+    # error
+    needed = 0.0 if target.vocab_size >= LARGE_VOCABULARY else BAG_STANDARD_ERRORS * spread
+    if float(gain.mean()) >= needed:
         return bag_link(bag, x[fit], training), figures
     return decoder, figures
 
