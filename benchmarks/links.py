@@ -442,14 +442,15 @@ def ensemble_rule_section(root: Path, workloads: list[str], seed: int) -> list[s
         f"{len(now)} ({-sum(now):.1f} points).",
         "",
         "What is left is the ceiling of the calibration slice, which must rank links whose "
-        "held-out difference it is too small to see (measured once on the bundles of this "
-        "commit before the last bag-vs-decoder rule; paired standard errors): digits at 5% has "
+        "held-out difference it is too small to see (measured once on this run's bundles; "
+        "paired standard errors): digits at 5% has "
         "6 calibration frames (30 training frames), on which parity's two links (0.828 and "
         "0.882 held out) and roman's two best (0.959 and 0.953) all score 1.000, and the "
         "training frames rank them the wrong way; at 48% roman's best two differ by 0.6 points "
         "held out (standard error 0.7) and by -2.2 (standard error 2.0) on the 58 calibration "
-        "frames; city's caption at 5%: traffic beats vehicle_box by 3.4 points held out "
-        "(standard error 0.5) and loses by 5.6 (standard error 5.1) on 30 calibration frames.",
+        "frames; city's caption at 5%: the link from persons beats vehicle_box's, which the "
+        "ensemble reads, by 7.8 points held out (standard error 0.5) and loses to it by 5.6 "
+        "(standard error 4.8) on the 30 calibration frames.",
         "",
         "| workload | fraction | target | previous rule: worst subset (points) | now |",
         "|---|---|---|---|---|",
