@@ -195,12 +195,12 @@ class Phases:
     def __init__(self, broker: LocalBroker, acl: Path, state: Path, restarts: int,
                  outage_s: float, every_s: float, deny_s: float, full_s: float,
                  tmpfs: bool, flowing: Callable[[], bool], agent: AgentRun,
-                 kills: int, device: str) -> None:
+                 kills: int, device: str, denies: int = 1) -> None:
         self.broker, self.acl, self.state, self.agent = broker, acl, state, agent
         self.device = device
         # the full disk first: later, the outbox's file has free pages from its peak to reuse
         plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
-        plan += [("deny", deny_s)] if deny_s > 0 else []
+        plan += [("deny", deny_s)] * denies if deny_s > 0 else []
         # restarts and kills in turn: a kill while outputs flow, a broker restart after
         others = [("restart", outage_s)] * restarts
         kills_left = [("kill", 0.0)] * kills
@@ -265,7 +265,8 @@ class Phases:
 
 
 def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: float,
-         deny_s: float, full_s: float, disk_mb: int, kills: int) -> dict[str, object]:
+         deny_s: float, full_s: float, disk_mb: int, kills: int, denies: int = 1
+         ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mlink-soak-"))
     store = work / "mosquitto-db"
     store.mkdir()
@@ -287,7 +288,8 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
     phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
-                    lambda: time.monotonic() - counter.last < 0.5, agent, kills, device)
+                    lambda: time.monotonic() - counter.last < 0.5, agent, kills, device,
+                    denies)
     while agent.poll() is None:
         try:
             assert agent.process is not None
@@ -445,6 +447,8 @@ def main() -> int:
                         help="seconds of service between two outages")
     parser.add_argument("--deny", type=float, default=5.0,
                         help="seconds the broker's ACL denies the outputs (0: no such phase)")
+    parser.add_argument("--denies", type=int, default=1,
+                        help="times the ACL denies the frames topic (each --deny seconds)")
     parser.add_argument("--full", type=float, default=5.0,
                         help="seconds the state dir's disk is full (0: no such phase; root)")
     parser.add_argument("--disk-mb", type=int, default=96, help="the state dir's tmpfs size")
@@ -452,7 +456,7 @@ def main() -> int:
                         help="times the agent is killed (SIGKILL) and started again")
     args = parser.parse_args()
     result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every,
-                  args.deny, args.full, args.disk_mb, args.kills)
+                  args.deny, args.full, args.disk_mb, args.kills, args.denies)
     text = report(result, args.frames, args.restarts, args.every)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's
