@@ -12,8 +12,9 @@ resend them unchanged) and published again from the outbox marked `"possible_dup
 true`: each may have reached the broker with its PUBACK lost. Rows handed to MQTT by an
 earlier process are marked the same way when replayed; rows never sent are not. So a
 subscriber sees every output at least once, and every extra copy carries the mark. A PUBACK
-with a failure reason code is not a delivery: the row stays, unmarked, and is sent again
-after a back-off.
+with a failure reason code is not a delivery: the row stays and is sent again after a
+back-off, unmarked where the refused copy was its first (a refused resend stays marked: an
+earlier copy may have reached the broker with its PUBACK lost).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class OutboxSender:
         self._staged: deque[Staged] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._row_topics: dict[int, str] = {}  # outbox row id in flight -> its topic
+        self._first_copies: set[int] = set()  # rows in flight whose copy is their first
         self._cursor = 0  # highest outbox row id handed to paho in this process
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -270,6 +272,7 @@ class OutboxSender:
             if row is not None:
                 rows.append(row)
                 self._row_topics.pop(row, None)
+                self._first_copies.discard(row)
             else:
                 self.mqtt.settle_direct(mid)
         if rows:
@@ -278,8 +281,8 @@ class OutboxSender:
 
     def _take_refused(self) -> None:
         """PUBACKs with a failure reason code: an output's row stays in the outbox, to be
-        marked not sent (it was not delivered) and sent again after a back-off; a response
-        or a retained message is counted and dropped."""
+        sent again after a back-off, and marked not sent where the refused copy was its first
+        (no copy was delivered); a response or a retained message is counted and dropped."""
         refused_rows = []
         refusals = self.mqtt.refused_mids
         while refusals:
@@ -288,10 +291,13 @@ class OutboxSender:
             if row is not None:
                 refused_rows.append(row)
                 self.mqtt.count_refused(self._row_topics.pop(row, "?"), code, name)
+                if row in self._first_copies:  # its only copy was refused: not sent
+                    self._first_copies.discard(row)
+                    self._unsent_rows.append(row)
+                # (a refused resend stays marked: an earlier copy may have been delivered)
             else:
                 self.mqtt.refused_direct(mid, code, name)
         if refused_rows:
-            self._unsent_rows.extend(refused_rows)
             self._refused_rows.update(refused_rows)
             if self._retry_at is None:
                 self._retry_at = time.monotonic() + self._retry_delay
@@ -316,6 +322,7 @@ class OutboxSender:
             outbox_mids, rows = set(self._inflight), list(self._inflight.values())
             self._inflight.clear()
             self._row_topics.clear()
+            self._first_copies.clear()
             if self._refused_rows:  # a reconnect is a retry for refused outputs too
                 self._cursor = min(self._cursor, min(self._refused_rows) - 1)
                 self._refused_rows.clear()
@@ -352,6 +359,10 @@ class OutboxSender:
                 return
             self._inflight[info.mid] = message.id
             self._row_topics[message.id] = message.topic
+            if message.sent:
+                self._first_copies.discard(message.id)
+            else:
+                self._first_copies.add(message.id)
             self._cursor = max(self._cursor, message.id)
 
     def drain_log(self, timeout_s: float) -> None:
