@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,22 @@ def _depth(path: Path) -> int:
         box.close()
 
 
+def _seqs_left(path: Path) -> str:
+    """What a killed process left in its outbox: the rows and their first and last `seq`, and
+    the highest `seq` ever stored (the next process numbers on from it)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows, first, last = db.execute(
+                "SELECT COUNT(*), MIN(key), MAX(key) FROM outbox").fetchone()
+            stored = db.execute("SELECT value FROM counters WHERE name = 'key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"unreadable ({exc})"
+    return f"{rows} left (seq {first}..{last}), stored up to {stored[0] if stored else '-'}"
+
+
 def _fill(path: Path) -> None:
     """Fill the file system under `path` to the last byte."""
     with path.open("wb", buffering=0) as ballast:
@@ -151,10 +168,11 @@ class AgentRun:
     """The agent as a process, started again after each SIGKILL for the frames left; its
     log and, per process, the last status seen (what it counted dies with it)."""
 
-    def __init__(self, config: Path, frames: int, counter: Counter) -> None:
-        self.config, self.frames, self.counter = config, frames, counter
+    def __init__(self, config: Path, frames: int, counter: Counter, outbox: Path) -> None:
+        self.config, self.frames, self.counter, self.outbox = config, frames, counter, outbox
         self.log_lines: list[str] = []
         self.killed: list[dict] = []  # the last status of each killed process
+        self.left: list[str] = []  # per SIGKILL: the seqs left on disk, the last received
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.start(frames)
@@ -176,6 +194,9 @@ class AgentRun:
         self.process.wait(30)
         if self._reader is not None:
             self._reader.join(5)
+        with self.counter.lock:
+            received = max(self.counter.seen, default=0)
+        self.left.append(f"{_seqs_left(self.outbox)}, last received {received}")
         self.log_lines.append("soak: SIGKILL\n")
         with self.counter.lock:
             self.counter.status = None  # the next is the new process's
@@ -284,9 +305,9 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     device = load_config(config).device_id
     counter = Counter(broker.port, device)
     started = time.monotonic()
-    agent = AgentRun(config, frames, counter)
-    peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
+    agent = AgentRun(config, frames, counter, outbox)
+    peak_rss, peak_depth = 0, 0
     phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
                     lambda: time.monotonic() - counter.last < 0.5, agent, kills, device,
                     denies)
@@ -352,7 +373,7 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
         "unmarked": extra["unmarked"], **counted,
         "skipped_by": skipped_by, "refused": refused,
         "lost": missing - counted["unstored"] - counted["outbox_dropped"],
-        "gaps": gaps[:10],
+        "gaps": gaps[:10], "left_at_kills": agent.left,
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
         "outbox_left": left, "log_tail": log[-2000:],
     }
@@ -396,6 +417,8 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("- neither", result["unmarked"]),
             ("lost without a count (seqs never received - counted)", result["lost"]),
             ("seqs never received (first runs)", result["gaps"] or "-"),
+            ("at each SIGKILL: the outbox's rows, the last `seq` received",
+             "; ".join(result["left_at_kills"]) or "-"),  # type: ignore[arg-type]
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
@@ -457,6 +480,7 @@ def main() -> int:
     args = parser.parse_args()
     result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every,
                   args.deny, args.full, args.disk_mb, args.kills, args.denies)
+    result["build"] = str(args.build)  # as given (build/soak), not where a link points
     text = report(result, args.frames, args.restarts, args.every)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's

@@ -316,22 +316,25 @@ class OutboxSender:
         """Forget what was in flight before the reconnect (paho no longer holds it): the rows
         are read again from the outbox, marked, by _send_more. Responses taken back with them
         are published again as they were; retained messages are resent by the client."""
-        while self.mqtt.taken_back:
-            taken = self.mqtt.taken_back.popleft()
-            self._take_answers()  # PUBACKs that arrived before the connection dropped
-            outbox_mids, rows = set(self._inflight), list(self._inflight.values())
-            self._inflight.clear()
-            self._row_topics.clear()
-            self._first_copies.clear()
-            if self._refused_rows:  # a reconnect is a retry for refused outputs too
-                self._cursor = min(self._cursor, min(self._refused_rows) - 1)
-                self._refused_rows.clear()
-                self._retry_at = None
-            if rows:
-                self._cursor = min(self._cursor, min(rows) - 1)
-                log.info("%d outputs in flight at the disconnect: sent again, marked %s",
-                         len(rows), POSSIBLE_DUPLICATE)
-            self.mqtt.resend_taken_back(taken, outbox_mids)
+        if not self.mqtt.taken_back:
+            return
+        taken: list[mqtt.MQTTMessage] = []  # of every reconnect since the last wake-up: an
+        while self.mqtt.taken_back:  # output's copy taken back at the second is in flight too
+            taken += self.mqtt.taken_back.popleft()
+        self._take_answers()  # PUBACKs that arrived before the connection dropped
+        outbox_mids, rows = set(self._inflight), list(self._inflight.values())
+        self._inflight.clear()
+        self._row_topics.clear()
+        self._first_copies.clear()
+        if self._refused_rows:  # a reconnect is a retry for refused outputs too
+            self._cursor = min(self._cursor, min(self._refused_rows) - 1)
+            self._refused_rows.clear()
+            self._retry_at = None
+        if rows:
+            self._cursor = min(self._cursor, min(rows) - 1)
+            log.info("%d outputs in flight at the disconnect: sent again, marked %s",
+                     len(rows), POSSIBLE_DUPLICATE)
+        self.mqtt.resend_taken_back(taken, outbox_mids)
 
     def _send_more(self) -> None:
         """Hand the next outbox rows to paho, up to WINDOW in flight; rows sent before (by this
