@@ -18,7 +18,10 @@ how each was marked, the losses the agent counted, lost without a count (a `seq`
 received and not counted: must be 0), the agent's peak RSS and the outbox's peak depth. A
 SIGKILL loses what the loop had made but the sender not yet written (at most one wake-up of
 the sender, 5 ms and a transaction): those messages never left the box and their `seq`s are
-given again by the next start, so they show as frames not processed, not as gaps.
+given again by the next start, so they show as frames not processed, not as gaps. After each
+broker start the agent is paused (SIGSTOP) until the counter is subscribed again: Mosquitto
+2.0.11 loses what it accepts for a persistent session restored from disk while that client
+is still away (Phases._start_broker).
 """
 
 from __future__ import annotations
@@ -73,19 +76,20 @@ class Counter:
         self.extra = {"marked": 0, "redelivered": 0, "unmarked": 0}
         self.lock = threading.Lock()
         self.last = time.monotonic()
-        ready = threading.Event()
+        self.back = threading.Event()  # subscribed on the current connection
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="soak-counter", protocol=mqtt.MQTTv311,
                                   clean_session=False)
         self.status: dict | None = None  # the agent's latest (retained) status
         self.client.on_connect = lambda c, *_: c.subscribe(
             [(f"mlink/{device}/frames/+", 1), (f"mlink/{device}/status", 1)])
-        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_subscribe = lambda *_: self.back.set()
+        self.client.on_disconnect = lambda *_: self.back.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        if not ready.wait(10):
+        if not self.back.wait(10):
             raise RuntimeError("the counter could not subscribe")
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage
@@ -218,6 +222,7 @@ class Phases:
                  tmpfs: bool, flowing: Callable[[], bool], agent: AgentRun,
                  kills: int, device: str, denies: int = 1) -> None:
         self.broker, self.acl, self.state, self.agent = broker, acl, state, agent
+        self.counter = agent.counter
         self.device = device
         # the full disk first: later, the outbox's file has free pages from its peak to reuse
         plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
@@ -270,14 +275,35 @@ class Phases:
 
     def _end(self, kind: str) -> None:
         if kind == "restart":
-            self.broker.start()
+            self._start_broker()
         elif kind == "deny":
             self.acl.write_text(ALLOW)
             self.broker._process.send_signal(signal.SIGHUP)
         elif kind == "full":
             (self.state / "ballast").unlink()
-            self.broker.start()
+            self._start_broker()
         self.done[kind] += 1
+
+    def _start_broker(self) -> None:
+        """Start Mosquitto again with the agent paused (SIGSTOP) until the counter is
+        subscribed again: Mosquitto 2.0.11 acknowledges (PUBACK 0) what arrives for a
+        persistent session restored from disk while that client is still away, and never
+        sends it to the client when it is back (seen with `log_type all`: 1,414 messages
+        PUBACKed to the agent in that window, none sent to the counter after its CONNACK with
+        the session present). The agent reconnecting first would lose messages in the
+        broker, not in the agent."""
+        process = self.agent.process
+        paused = process is not None and process.poll() is None
+        if paused:
+            assert process is not None
+            process.send_signal(signal.SIGSTOP)
+        try:
+            self.broker.start()
+            self.counter.back.wait(10)
+        finally:
+            if paused:
+                assert process is not None
+                process.send_signal(signal.SIGCONT)
 
     def finish(self) -> None:
         if self.current is not None:
@@ -440,7 +466,9 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
         "grow: its WAL is reused), "
         "then Mosquitto's ACL denies the frames topic (reloaded with SIGHUP), then, in turn, "
         "the agent is killed (SIGKILL) and started again for the frames left and Mosquitto "
-        "is stopped and started again, with service in between; a subscriber with a "
+        "is stopped and started again (the agent paused until the subscriber is back: "
+        "Mosquitto 2.0.11 loses what it accepts for a persistent session restored from disk "
+        "while that client is away), with service in between; a subscriber with a "
         "persistent QoS 1 session counts every frame message by its `seq` (frame ids start "
         "again at each start of the agent, `seq` goes on from the outbox's last). A "
         "SIGKILL loses what the loop made and the sender had not yet written (at most one "
