@@ -9,8 +9,9 @@ reliability diagram on a build's stream, through the agent's own parts.
 stream's recording holds every model's exact output on every frame, and the predictions are
 the agent's (`EnsemblePredictor.predict`, the bundle's links, LiteRT) from those outputs.
 
-For each target, two source sets: every other model (a plan running them all), and the one
-source whose link agrees best in the bundle's profile (a plan running one model). The stream
+For each target with links, two source sets: every model linked into it (a plan running them
+all), and the one source whose link agrees best in the bundle's profile (a plan running one
+model; the only set of a target with one link). The stream
 is cut as the evaluation cuts it: the first quarter (the profiling part) calibrates the gate
 as its profiling windows do (`Calibration.add`: each prediction's raw confidence beside its
 agreement with the exact output); on the rest (held out) every prediction's calibrated
@@ -146,11 +147,11 @@ def main() -> None:
     recording = Recording.load(stream if stream.is_file() else args.build / "stream.npz")
     models = [m for m in bundle.models if m in recording.outputs]
     cut = max(1, round(len(recording) * CALIBRATION_SHARE))
-    groups: dict[str, list[Pairs]] = {"every other model": [], "the best single link": []}
+    groups: dict[str, list[Pairs]] = {"every linked source": [], "the best single link": []}
     for target in models:
         for sources in source_sets(bundle, target, models):
             pairs = predictions(bundle, recording, target, sources, cut)
-            groups["every other model" if len(sources) > 1 or len(models) == 2
+            groups["every linked source" if len(sources) > 1
                    else "the best single link"].append(pairs)
     groups = {k: v for k, v in groups.items() if v}
     png = args.out.parent / "evaluation" / "gate-calibration.png"
@@ -183,11 +184,16 @@ def main() -> None:
                      f"{ece(pairs.profile, pairs.agreement):.3f} | "
                      f"{brier(pairs.calibrated, pairs.agreement):.4f} | "
                      f"{brier(pairs.profile, pairs.agreement):.4f} |")
-    for name, group in groups.items():
+    diagrams = [(f"sources = {name}, every target pooled", group)
+                for name, group in groups.items()]
+    diagrams += [(f"{p.target} from {', '.join(p.sources)} (a raw confidence: its kind says "
+                  "how sure a prediction is)", [p])
+                 for group in groups.values() for p in group if p.raw is not None]
+    for title, group in diagrams:
         confidence = np.concatenate([p.calibrated for p in group])
         agreement = np.concatenate([p.agreement for p in group])
         profile = np.concatenate([p.profile for p in group])
-        lines += ["", f"## Reliability diagram: sources = {name}, every target pooled", "",
+        lines += ["", f"## Reliability diagram: {title}", "",
                   f"{len(confidence)} held-out predictions; ECE calibrated "
                   f"{ece(confidence, agreement):.3f}, profile's figure "
                   f"{ece(profile, agreement):.3f}; Brier calibrated "
@@ -199,7 +205,24 @@ def main() -> None:
             cells = (f"{mean:.3f} | {observed:.3f} | {observed - mean:+.3f}" if count
                      else "- | - | -")
             lines.append(f"| [{b / BINS:.1f}, {(b + 1) / BINS:.1f}) | {count} | {cells} |")
-    lines += ["", f"![reliability diagram](evaluation/{png.name})", ""]
+    every = [p for group in groups.values() for p in group]
+    flat = sorted({p.target for p in every if p.raw is None})
+    ranked = [p for p in every if p.raw is not None]
+    lines += ["", "## Reading", "",
+              f"- Targets whose kind gives no raw confidence ({', '.join(flat) or 'none'}): "
+              "their calibrated confidence is one figure per target and source set, the "
+              "observed agreement of the calibration pairs; well calibrated on average, it "
+              "ranks a target's predictions against other targets', never one frame against "
+              "another. Only the others' confidence moves from frame to frame: " + "; ".join(
+                  f"{p.target} from {', '.join(p.sources)}: calibrated confidence "
+                  f"{p.calibrated.min():.3f}-{p.calibrated.max():.3f}, the worst bin "
+                  f"{max(abs(a - m) for c, m, a in bins(p.calibrated, p.agreement) if c):.3f} "
+                  "from its observed agreement" for p in ranked) + ".",
+              "- The raw confidence is no probability (ECE raw above): the calibration is "
+              "what makes it one. Bins of raw confidence that the calibration part fills with "
+              "fewer than 5 pairs do not count, so predictions rarer than that there are "
+              "given their neighbours' figure: the low-confidence tail is where the gaps are.",
+              "", f"![reliability diagram](evaluation/{png.name})", ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
