@@ -26,7 +26,7 @@ Beside them, at each budget (the agent's reserve taken off a delay budget, as fo
   per-action agreements the evaluation measures on the profiling part (`actions`: the
   stream's priors, every source subset's ensemble, reuse up to 16 frames), run by the same
   loop after the same profiling part in place of the agent's own plan. Beside `plan` it shows
-  what the agent's figures (the window's online ones, the bundle's priors) cost or gain.
+  what the agent's figures (the window's online ones, over fewer frames) cost or gain.
 
 A budget share b means b x the models' total measured cost of one resource. A filter saves
 computation, not memory: filtering methods are charged q x the use of their set (the share

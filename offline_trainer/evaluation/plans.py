@@ -11,12 +11,11 @@ stream's profiling part it does what a service does from start-up:
    `own_frames` frames, where it measures its own time per frame (`Agent.agent_ms`: the loop
    less the models and the predictions' links, plus publishing);
 2. a profiling window over the rest (`reprofile`, as the control command asks): every model
-   runs, the links' ensembles and each model's reuse curve are measured on the stream, the
-   gate is calibrated; at the window's end the agent plans again with those figures, its own
-   time reserved out of a delay budget (`Agent.select`).
+   runs, the links' ensembles, each model's prior and its reuse curve are measured on the
+   stream, the gate is calibrated; at the window's end the agent plans again with those
+   figures, its own time reserved out of a delay budget (`Agent.select`).
 The test part follows: the timetable runs the plan (`run/p` staggered per camera, outputs
-reused with their age, fall-backs counted), and what the agent publishes is scored. The
-priors' figures are the bundle's (the window does not measure them), as in the service.
+reused with their age, fall-backs counted), and what the agent publishes is scored.
 
 `offline` runs a given plan (chosen elsewhere, e.g. on the evaluation's own per-action
 figures) the same way after the same profiling part, in place of the agent's: beside the

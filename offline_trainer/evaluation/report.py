@@ -179,8 +179,8 @@ def actions_section(ev: Evaluation) -> list[str]:
                           for f in (ev.profiled, ev.tested))
         lines.append(f"| {model} | " + " | ".join(cells) + f" | {prior} | {best} |")
     lines += ["", "The plan at each budget, as the agent made and ran it: its expected "
-              "agreement by the agent's own figures (the window's ensembles and reuse curves, "
-              "the bundle's priors), by the test part's per-action figures, what it achieved "
+              "agreement by the agent's own figures (the window's ensembles, priors and reuse "
+              "curves), by the test part's per-action figures, what it achieved "
               "on the test frames, and the ceiling; the time per frame it reserved for its own "
               "work (delay budgets) and the reuse it could not serve (fall-backs). Beside it "
               "the *offline plan*: `plan_exact` on the profiling part's per-action figures "
