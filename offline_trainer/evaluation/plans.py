@@ -46,14 +46,16 @@ OWN_FRAMES = 60  # profiling-part frames the agent's own time is measured on, be
 def plan_config(config: AgentConfig, budget: dict[str, float], window_frames: int
                 ) -> AgentConfig:
     """The config with the `plan` policy, this budget, no periodic windows, and a requested
-    window of `window_frames` frames whose online figures rest on all of them."""
+    window of `window_frames` frames whose online figures rest on all of them (and are in
+    force however few they are)."""
     return config.model_copy(update={
         "selection": SelectionConfig.model_validate(
             {**config.selection.model_dump(), "policy": "plan"}),
         "budget": BudgetConfig.model_validate(budget),
         "profiling": ProfilingConfig.model_validate({
             **config.profiling.model_dump(), "period_frames": 0, "period_s": 0.0,
-            "sample_frames": window_frames, "agreement_window": window_frames}),
+            "sample_frames": window_frames, "agreement_window": window_frames,
+            "min_samples": min(config.profiling.min_samples, window_frames)}),
     })
 
 

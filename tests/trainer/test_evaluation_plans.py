@@ -49,6 +49,8 @@ def test_the_plan_is_the_agents_own_after_a_window_with_its_time_reserved(
     # one window, over the 20 frames after the agent's own 10: reuse curves measured there
     assert loop.window.stats.windows == 1 and loop.window.stats.frames == 20
     assert set(loop.reuse_curves()) == set(LINKED_MODELS)
+    summary = loop.window.online.summary()  # the window's figures in force, on 20 frames
+    assert summary["figures_in_use"] == summary["figures"] > 0
     assert loop.counters.reselections == 1  # the window's end planned again
     plan = planned.selection.plan
     assert plan is not None and planned.selection is loop.selection
