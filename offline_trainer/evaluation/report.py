@@ -491,6 +491,21 @@ def plan_reading(ev: Evaluation) -> list[str]:
                      "figures, the ceiling on the test part's own: where the two parts differ "
                      "(a model's reuse curve, a link's agreement) the plan chosen first "
                      "is not the best on the test frames.")
+    differ = []
+    for resource in ("memory_mb", "delay_ms"):
+        for share in ev.settings.shares:
+            own, offline = _rows(ev, resource, share)["plan"], _offline(ev, resource, share)
+            if offline is not None and offline.actions != own.actions:
+                differ.append(f"{resource} {share:.2f}: the agent's {_agreement(own):.3f}, the "
+                              f"offline plan's {_agreement(offline):.3f}")
+    if differ:
+        lines.append(
+            "- Where the agent's plan differs from the offline plan (section 4; the same "
+            "budget, reserve and loop): " + "; ".join(differ) + ". The agent plans with its "
+            "own figures: the window's (fewer frames than the offline figures rest on) and "
+            "its cost book as the window left it (every model's delay measured again there, "
+            "on this shared box), where the offline plan has the costs measured once at the "
+            "start, as every other method.")
     if ev.settings.workload == "city":
         low = [f"{s:.2f}: {_ceiling(ev, 'delay_ms', s):.3f} < {v:.3f}"
                for s, v in PAPER_CITY.items()
