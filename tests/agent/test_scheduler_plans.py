@@ -256,7 +256,7 @@ def test_the_plan_policy_runs_models_every_pth_frame_under_a_delay_budget(
     assert runs == [2] * 6  # the run model and one of the two run/2 ones, in turn
     # planned again: the agent's own time per frame, measured now, is kept out of the budget
     selection = agent.reselect()
-    assert 0.0 < agent.reserved_ms == pytest.approx(agent.agent_ms())
+    assert 0.0 < agent.reserved_ms == pytest.approx(min(agent.agent_ms(), 2.0))  # a busy box
     assert selection.use["delay_ms"] <= 2.0 - agent.reserved_ms + 1e-9
     status = agent.status("running")
     validate("status", status)
