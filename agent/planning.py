@@ -13,7 +13,12 @@ The actions of a model j:
 - `prior`: the bundle's constant predictor (`Problem.priors`); free.
 - `none`: no output (agreement 0), for a model without a prior that nothing else serves.
 Objective: the mean expected agreement over all models, subject to every budgeted resource
-(memory: what is resident at once; delay: the mean per frame).
+(memory: what is resident at once; delay: the mean per frame). Between plans of the same
+expected agreement: the one taking the smaller share of the budgets (delay where nothing is
+budgeted), then the one running models more often (exact outputs per frame, `_Choice.runs`):
+under a memory-only budget a model that is resident either way runs every frame rather than
+`run/p` when their figures tie (its reuse agrees 1.0): free, and exact; where delay is budgeted
+the cheaper in delay wins the tie.
 
 `plan_exact` is optimal over this space. For a fixed A the other models' choices share only
 the budgets: a multiple-choice knapsack, solved exactly on the Pareto frontier of the budgeted
@@ -73,6 +78,31 @@ class _Option:
     cost: tuple[float, ...]  # per resource, in RESOURCES' order
     value: float
 
+    @property
+    def runs(self) -> float:
+        """Exact outputs per frame: 1 / p for `run/p`, 0 for the others."""
+        return 1.0 / self.action.period if self.action.kind == RUN else 0.0
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A plan's figures in the order plans are compared (module doc), and its choices."""
+
+    value: float  # expected agreement, summed over the models
+    share: float  # of the budgets (delay where nothing is budgeted)
+    runs: float  # exact outputs per frame, summed over the models
+    active: frozenset[str]
+    choices: dict[str, _Option]  # the models outside `active`
+
+    def beats(self, other: _Choice | None) -> bool:
+        if other is None or self.value > other.value + EPS:
+            return True
+        if self.value < other.value - EPS:
+            return False
+        if self.share < other.share - EPS:
+            return True
+        return self.share <= other.share + EPS and self.runs > other.runs + EPS
+
 
 def run_agreement(reuse: Sequence[float], period: int) -> float:
     """Mean agreement of a model run every `period`-th frame, its output reused in between."""
@@ -124,39 +154,42 @@ class _Budget:
 
 
 def _complete(items: list[list[_Option]], room: dict[int, float], budget: _Budget
-              ) -> tuple[float, float, tuple[int, ...]] | None:
+              ) -> tuple[float, float, float, tuple[int, ...]] | None:
     """The best choice of one option per item within `room` (budgeted resources only):
-    (value, share, option index per item), or None where nothing fits. Exact: partial
+    (value, share, runs, option index per item), or None where nothing fits. Exact: partial
     choices are kept on their Pareto frontier (lower cost in every budgeted resource, or
-    higher value)."""
+    higher value; on a tie, the more runs)."""
     dims = budget.dims
-    states: list[tuple[tuple[float, ...], float, tuple[int, ...]]] = [
-        (tuple(0.0 for _ in dims), 0.0, ())]
+    states: list[tuple[tuple[float, ...], float, float, tuple[int, ...]]] = [
+        (tuple(0.0 for _ in dims), 0.0, 0.0, ())]
     for options in items:
         grown = []
-        for cost, value, picks in states:
+        for cost, value, runs, picks in states:
             for index, option in enumerate(options):
                 total = tuple(c + option.cost[d] for c, d in zip(cost, dims, strict=True))
                 if all(t <= room[d] + 1e-12 for t, d in zip(total, dims, strict=True)):
-                    grown.append((total, value + option.value, (*picks, index)))
+                    grown.append((total, value + option.value, runs + option.runs,
+                                  (*picks, index)))
         if not grown:
             return None
-        grown.sort(key=lambda s: (-s[1], sum(s[0])))
+        grown.sort(key=lambda s: (-s[1], sum(s[0]), -s[2]))
         states = []
         for state in grown:  # kept states have at least this value: drop it if one costs less
             if not any(all(k <= c + 1e-12 for k, c in zip(kept[0], state[0], strict=True))
                        for kept in states):
                 states.append(state)
-    value, cost, picks = max(((v, c, p) for c, v, p in states),
-                             key=lambda s: (s[0], -sum(s[1][i] / budget.scale[d]
-                                                       for i, d in enumerate(dims))))
-    return value, sum(cost[i] / budget.scale[d] for i, d in enumerate(dims)), picks
+
+    def share(cost: tuple[float, ...]) -> float:
+        return sum(cost[i] / budget.scale[d] for i, d in enumerate(dims))
+
+    cost, value, runs, picks = max(states, key=lambda s: (s[1], -share(s[0]), s[2]))
+    return value, share(cost), runs, picks
 
 
 def _best_unbounded(options: list[_Option], budget: _Budget) -> int:
     """The best option where nothing is budgeted; the cheaper on a tie."""
-    return max(range(len(options)),
-               key=lambda i: (options[i].value, -budget.share(options[i].cost)))
+    return max(range(len(options)), key=lambda i: (
+        options[i].value, -budget.share(options[i].cost), options[i].runs))
 
 
 def _plan(problem: Problem, active: frozenset[str], choices: dict[str, _Option]) -> Plan:
@@ -168,7 +201,7 @@ def _plan(problem: Problem, active: frozenset[str], choices: dict[str, _Option])
 
 
 def _solve(problem: Problem, budget: _Budget, active: frozenset[str],
-           predicted: dict[str, float]) -> tuple[float, float, dict[str, _Option]] | None:
+           predicted: dict[str, float]) -> _Choice | None:
     """The best options of the models outside `active`, given each one's prediction figure."""
     others = [m for m in problem.models if m not in active]
     items = []
@@ -183,16 +216,17 @@ def _solve(problem: Problem, budget: _Budget, active: frozenset[str],
     if not budget.dims:  # nothing budgeted: each model its best option, the cheaper on a tie
         picks = tuple(_best_unbounded(options, budget) for options in items)
         value = sum(o[i].value for o, i in zip(items, picks, strict=True))
+        runs = sum(o[i].runs for o, i in zip(items, picks, strict=True))
         share = 0.0
     else:
         solved = _complete(items, room, budget)
         if solved is None:
             return None
-        value, share, picks = solved
+        value, share, runs, picks = solved
     share += sum(budget.share([problem.model_costs[m].get(r) for r in RESOURCES])
                  for m in active)
-    return (len(active) + value, share,
-            {m: o[i] for m, o, i in zip(others, items, picks, strict=True)})
+    return _Choice(len(active) + value, share, len(active) + runs, active,
+                   {m: o[i] for m, o, i in zip(others, items, picks, strict=True)})
 
 
 def plan_exact(problem: Problem) -> Plan:
@@ -229,22 +263,35 @@ def plan_exact(problem: Problem) -> Plan:
         outside = 1.0 - bits[:, index[target]] if target in index else np.ones(len(masks))
         bound += outside * best
         tables[target] = predicted
-    found: tuple[float, float, frozenset[str], dict[str, _Option]] | None = None
-    for row in np.argsort(-bound, kind="stable"):
-        if found is not None and bound[row] <= found[0] + EPS:
-            break
+    rows = {int(mask): row for row, mask in enumerate(masks)}
+
+    def solve(row: int) -> _Choice | None:
         active = frozenset(m for m in candidates if masks[row] >> index[m] & 1)
-        solved = _solve(problem, budget, active,
-                        {t: float(tables[t][row]) for t in problem.models if t not in active})
-        if solved is None:
-            continue
-        value, share, choices = solved
-        if found is None or value > found[0] + EPS or (value >= found[0] - EPS
-                                                       and share < found[1] - EPS):
-            found = (value, share, active, choices)
+        return _solve(problem, budget, active,
+                      {t: float(tables[t][row]) for t in problem.models if t not in active})
+
+    found: _Choice | None = None
+    for row in np.argsort(-bound, kind="stable"):
+        if found is not None and bound[row] <= found.value + EPS:
+            break
+        solved = solve(int(row))
+        if solved is not None and solved.beats(found):
+            found = solved
     if found is None:  # every model's prior/none fits at no cost, so this cannot happen
         raise AssertionError("no plan fits, not even the free actions")
-    return _plan(problem, found[2], found[3])
+    # The search stops at the first set whose bound does not beat the best value, so a set
+    # that only ties it (a `run/p` model run every frame instead: the same memory, and the
+    # same figure where its reuse agrees 1.0) is not visited: try those.
+    promoted = True
+    while promoted:
+        promoted = False
+        for model in sorted(m for m, o in found.choices.items() if o.action.kind == RUN):
+            mask = sum(1 << index[m] for m in found.active | {model})
+            solved = solve(rows[mask]) if mask in rows else None
+            if solved is not None and solved.beats(found):
+                found, promoted = solved, True
+                break
+    return _plan(problem, found.active, found.choices)
 
 
 def plan_greedy(problem: Problem) -> Plan:
@@ -313,6 +360,15 @@ def plan_greedy(problem: Problem) -> Plan:
         j, o = (int(i) for i in np.unravel_index(int(np.argmax(ratio)), ratio.shape))
         room = room - extra[j, o]
         picks[j] = o
+    for j, options in enumerate(items):  # on a tie, `run` over `run/p` where it is free
+        now = int(picks[j])
+        if options[now].action.kind != RUN:
+            continue
+        for o, option in enumerate(options):
+            extra = cost[j, o] - cost[j, now]
+            if option.action == Action(RUN) and option.value >= value[j, now] - EPS \
+                    and float(extra @ weight) <= EPS and np.all(extra <= room + 1e-12):
+                room, picks[j] = room - extra, o
     chosen = {m: items[j][int(picks[j])] for j, m in enumerate(others)}
     upgraded = frozenset(m for m, o in chosen.items() if o.action == Action(RUN))
     return _plan(problem, active | upgraded,

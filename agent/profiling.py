@@ -4,7 +4,10 @@ During a profiling window every available model runs, so each target's exact out
 beside its links' predictions. Each (target, source subset) keeps the per-frame agreement of
 the ensemble over that subset on the last `window` profiling frames; once a figure rests on
 `min_samples` frames it replaces the bundle's offline figure in the profile the selection
-uses, so the choice follows the stream as it drifts.
+uses, so the choice follows the stream as it drifts. A target's prior (the bundle's constant
+predictor) is scored the same way, under the empty subset (`PRIOR`): a plan serves it, and a
+recording's figure for it can be far from the stream's (a constant agrees with a stream
+whose output stays put, not with one that moves).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def subsets_to_score(sources: list[str], active: Iterable[str],
     return sorted(chosen, key=lambda c: (len(c), sorted(c)))
 
 
+PRIOR: frozenset[str] = frozenset()  # the key of a target's prior figure: no source read
+
+
 class OnlineAgreement:
     def __init__(self, window: int, min_samples: int) -> None:
         self.window = window
@@ -67,19 +73,24 @@ class OnlineAgreement:
             self.add(target, subset, mean_agreement(spec, prediction, exact))
 
     def profile(self, base: Profile) -> Profile:
-        """The bundle's profile with every figure that has enough online samples replaced."""
+        """The bundle's profile with every figure that has enough online samples replaced
+        (links, ensembles, priors)."""
         pairwise = {t: dict(row) for t, row in base.pairwise.items()}
         ensembles = {t: dict(table) for t, table in base.ensembles.items()}
+        priors = dict(base.priors)
         for (target, sources), _ in self._samples.items():
             value = self.figure(target, sources)
             if value is None:
+                continue
+            if sources == PRIOR:
+                priors[target] = value
                 continue
             if len(sources) == 1:
                 (source,) = sources
                 pairwise.setdefault(target, {})[source] = value
             ensembles.setdefault(target, {})[sources] = value
         return Profile(pairwise=pairwise, ensembles=ensembles, links=base.links,
-                       held_out_frames=base.held_out_frames)
+                       held_out_frames=base.held_out_frames, priors=priors)
 
     def summary(self) -> dict[str, int]:
         ready = sum(1 for key in self._samples if self.figure(*key) is not None)

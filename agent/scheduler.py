@@ -264,8 +264,8 @@ class Agent:
             budget=self._budget() if budget is None else budget,
             unavailable=self.executor.unavailable(),
             ensembles={t: self.ensembles.rule(t) for t in self.models},
-            priors={m: self.bundle.profile.priors[m] for m in self.models
-                    if m in self.bundle.priors and m in self.bundle.profile.priors},
+            priors={m: self.profile.priors[m] for m in self.models
+                    if m in self.bundle.priors and m in self.profile.priors},
             reuse=self.reuse_curves(),
         )
 
@@ -379,6 +379,8 @@ class Agent:
 
     def restore(self, state: AgentState) -> None:
         """Put a snapshot back: the config, bundle, models, costs and selection it held."""
+        if state.bundle is not self.bundle:
+            self.window.rebase(state.bundle.profile)
         self.config, self.bundle, self.ensembles = state.config, state.bundle, state.ensembles
         self.executor.models = dict(state.models)
         self.costs.restore(state.costs)
@@ -431,6 +433,7 @@ class Agent:
         """Use a verified bundle: its links measured on this box, then a new selection."""
         check_models_in_bundle(self.config, bundle)
         self.bundle = bundle
+        self.window.rebase(bundle.profile)  # its links and priors, not the last bundle's
         self.ensembles = EnsemblePredictor(bundle)
         self.config = self.config.model_copy(update={
             "bundle": self.config.bundle.model_copy(update={"path": bundle.root})})
@@ -484,13 +487,13 @@ class Agent:
         """The target predicted through its links from the present sources, unless (with
         `versus_prior`; a plan has made that choice already) its prior agrees at least as
         well as the ensemble of those sources (or no link reads them). Both figures are the
-        bundle's, measured on the same held-out frames: the online figures are live, the
-        prior's is not, and comparing the two would serve a stale constant after a drift."""
+        agent's profile's: the bundle's, measured on the same held-out frames, until the
+        profiling windows measure both on the same live frames."""
         if not sources:
             return None
-        prior = self.bundle.profile.priors.get(target)
+        prior = self.profile.priors.get(target)
         if versus_prior and prior is not None and target in self.bundle.priors and prior >= \
-                self.bundle.profile.ensemble_agreement(target, frozenset(sources)):
+                self.profile.ensemble_agreement(target, frozenset(sources)):
             return None
         start = time.perf_counter()
         try:
@@ -533,7 +536,7 @@ class Agent:
     def _prior(self, target: str) -> Output | None:
         """The bundle's constant predictor for the target, free (none in older bundles)."""
         try:
-            prediction = self.ensembles.prior(target, self.bundle.profile)
+            prediction = self.ensembles.prior(target, self.profile)
         except LookupError:
             return None
         return Output(target, prediction.value, "prior", (), prediction.est_agreement, 0.0)

@@ -3,9 +3,9 @@
 Every `[profiling] period_frames` frames or `period_s` seconds, or on request, the next
 `sample_frames` frames run every available model (the agent loads the non-activated ones for
 the window, measuring their memory and delay), run every link between vector models that ran,
-and score the ensemble of each source subset against the exact outputs (agent.profiling). At
-the end of the window the online figures replace the bundle's where they rest on enough frames
-(`profile`); the agent then selects again. The window's extra work is timed and reported.
+and score the ensemble of each source subset, and each model's prior, against the exact
+outputs (agent.profiling). At the end of the window the online figures replace the bundle's
+where they rest on enough frames (`profile`); the agent then selects again. The window's extra work is timed and reported.
 The window's consecutive exact outputs also measure each model's reuse curve (`reuse`,
 agent.profiling.ReuseMeter): what a plan's `run/p` serves between its runs. Given a store
 (agent.windowstore, `[fleet] keep_windows`), the window hands it its frames at its end: every
@@ -24,11 +24,13 @@ import numpy as np
 
 from agent.config import ProfilingConfig
 from agent.costbook import CostBook
-from agent.profiling import OnlineAgreement, ReuseMeter, subsets_to_score
+from agent.profiling import PRIOR, OnlineAgreement, ReuseMeter, subsets_to_score
 from agent.sources import Frame
 from agent.windowstore import WindowFrame, WindowStore
+from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Bundle, Profile
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
+from links_tflite.prior import prior_outputs
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,13 @@ class ProfilingWindow:
         self._sequence: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._frames: list[WindowFrame] = []  # the same per frame, for the store
         self._models: frozenset[str] = frozenset()  # the models the agent runs
+
+    def rebase(self, profile: Profile) -> None:
+        """Another bundle's profile in force: the online figures, measured on its
+        predecessor's links and priors, are dropped (the reuse curves stay: they are the
+        models' own)."""
+        self.profile = profile
+        self.online = OnlineAgreement(self.settings.agreement_window, self.settings.min_samples)
 
     @property
     def open(self) -> bool:
@@ -98,8 +107,13 @@ class ProfilingWindow:
 
     def score(self, outputs: Mapping[str, np.ndarray], active: Iterable[str], bundle: Bundle,
               ensembles: EnsemblePredictor, costs: CostBook) -> None:
-        """Run every link between models that ran, and score every subset's ensemble."""
+        """Run every link between models that ran, and score every subset's ensemble and
+        every model's prior."""
         for target, exact in outputs.items():
+            prior = bundle.priors.get(target)
+            if prior is not None:
+                self.online.add(target, PRIOR, mean_agreement(
+                    bundle.models[target], prior_outputs(prior.output), exact))
             link_outputs: dict[str, np.ndarray] = {}
             for link in bundle.links_into(target):
                 runner = self._links.get((link.source, link.target))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from agent.planning import plan_exact, plan_greedy
+from agent.planning import Plan, plan_exact, plan_greedy
 from agent.selection import POLICIES, Policy, Problem, Selection
 
 EXACT_MAX_CANDIDATES = 12  # plan_exact: < 1 s at k = 12 (benchmarks/results/planning.md)
@@ -30,13 +30,18 @@ class PlanPolicy(Policy):
         """Never refuses: a plan where nothing runs (every model served its prior, or
         nothing) is still a plan, and the free actions always fit."""
         exact = len(problem.candidates) <= EXACT_MAX_CANDIDATES
-        plan = plan_exact(problem) if exact else plan_greedy(problem)
-        return Selection(
-            policy=self.name,
-            active=plan.active,
-            predicted=tuple(m for m in problem.models if m not in plan.active),
-            use=plan.use,
-            expected_agreement=plan.expected_agreement,
-            uses_links=True,
-            plan=plan,
-        )
+        return plan_selection(plan_exact(problem) if exact else plan_greedy(problem))
+
+
+def plan_selection(plan: Plan) -> Selection:
+    """A plan as the selection the loop applies: `active` the models run every frame, the
+    others `predicted` (the loop serves each its planned action)."""
+    return Selection(
+        policy=PlanPolicy.name,
+        active=plan.active,
+        predicted=tuple(m for m in plan.actions if m not in plan.active),
+        use=plan.use,
+        expected_agreement=plan.expected_agreement,
+        uses_links=True,
+        plan=plan,
+    )

@@ -8,7 +8,7 @@ run, side by side with the baselines.
   the planner, all — each run under a budget and scored, and the ceiling;
 - `actions`: every action's agreement (reuse by age, each source subset's ensemble, the
   prior) measured on consecutive frames of the stream;
-- `plans`: a plan run on the stream with the agent's parts (until the loop runs plans);
+- `plans`: the planner as the service runs it: the agent's loop with the `plan` policy;
 - `rss_probe`: the agent's memory in a fresh process, with or without TensorFlow;
 - `run`: the whole evaluation, reusing what is up to date; `report`: the results file.
 """

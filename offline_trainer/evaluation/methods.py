@@ -12,15 +12,21 @@ an activated set, optionally behind a frame filter:
 - `mlink+filtering`: an activated set chosen under budget / q, behind a filter processing a
   share q of the frames, with q picked on the calibration frames among the shares that
   include both ingredients alone (q = 1: MLink; all models at q = budget share: filtering);
-- `plan`: the planner (`agent.planning.plan_exact`): an action per model (`run`, `run/p` with
-  its output reused in between, `predict`, `prior`), fitted on the per-action agreements
-  measured on the stream's profiling part (`actions`), run on the test part
-  (`plans.run_plan`). Under a delay budget the agent's own fixed work per frame (what is not
-  a model or a link: output checks, messages, the runner's handoff; measured with every model
-  running on the profiling part) is taken off the budget first: the plan is charged it;
+- `plan`: the agent with the `plan` policy and the budget as the service runs it
+  (`plans.profile_and_plan`): it plans at start-up from the bundle's figures, measures its
+  own time per frame, measures the ensembles and reuse curves in a profiling window over the
+  stream's profiling part, plans again with them (an action per model: `run`, `run/p` with
+  its output reused in between, `predict`, `prior`; under a delay budget its own time per
+  frame reserved out of the budget first), and runs that plan on the test part;
 - `all`: every model on every frame, the reference.
-Beside them, the *ceiling*: the best expected agreement of any plan in the action space at the
-budget, from the per-action agreements measured on the test part itself (an oracle).
+Beside them, at each budget (the agent's reserve taken off a delay budget, as for its plan):
+- the *ceiling*: the best expected agreement of any plan in the action space, from the
+  per-action agreements measured on the test part itself (an oracle);
+- the *offline plan* (`Evaluator.offline_plan`): `agent.planning.plan_exact` on the
+  per-action agreements the evaluation measures on the profiling part (`actions`: the
+  stream's priors, every source subset's ensemble, reuse up to 16 frames), run by the same
+  loop after the same profiling part in place of the agent's own plan. Beside `plan` it shows
+  what the agent's figures (the window's online ones, over fewer frames) cost or gain.
 
 A budget share b means b x the models' total measured cost of one resource. A filter saves
 computation, not memory: filtering methods are charged q x the use of their set (the share
@@ -45,13 +51,14 @@ import numpy as np
 from agent.costs import Cost
 from agent.output import model_entries
 from agent.planning import PREDICT, PRIOR, RUN, Action, Plan, plan_exact, run_agreement
+from agent.policies.plan import plan_selection
 from agent.scheduler import Agent
 from agent.selection import RESOURCES, Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
 from links_tflite.agreement import mean_agreement
-from offline_trainer.evaluation.actions import MAX_AGE, ActionFigures, measure_actions
+from offline_trainer.evaluation.actions import ActionFigures, measure_actions
 from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
-from offline_trainer.evaluation.plans import run_plan
+from offline_trainer.evaluation.plans import profile_and_plan
 from offline_trainer.evaluation.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -76,6 +83,7 @@ class Scored:
     ms_per_frame: float  # wall time: filter + agent.process
     model_ms_per_frame: float  # the executed models' own inference time
     processed_share: float
+    fallbacks: int = 0  # reuse the timetable could not serve (Counters.reuse_fallbacks)
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class MethodResult:
     note: str = ""
     actions: dict[str, str] = field(default_factory=dict)  # `plan`: each model's action
     on_test: float | None = None  # `plan`: its expected agreement from the test's figures
+    reserved_ms: float = 0.0  # `plan`: its own time the agent took off a delay budget
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,15 @@ def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
         agent.process(frame)
     if frame_filter is not None:
         frame_filter.reset()
+    return score_frames(agent, frames, exact, truth, frame_filter, priors)
+
+
+def score_frames(agent: Agent, frames: Sequence[Frame], exact: dict[str, np.ndarray],
+                 truth: dict[str, np.ndarray], frame_filter: FrameFilter | None = None,
+                 priors: bool = True) -> Scored:
+    """Run the agent's loop over the frames as it stands and score what it published."""
     models = list(agent.models)
+    fallbacks = agent.counters.reuse_fallbacks
     values: dict[str, list[np.ndarray | None]] = {m: [] for m in models}
     last: dict[int, dict[str, np.ndarray]] = {}
     elapsed = model_ms = 0.0
@@ -145,24 +162,8 @@ def run_frames(agent: Agent, frames: Sequence[Frame], selection: Selection,
         ms_per_frame=elapsed * 1e3 / n,
         model_ms_per_frame=model_ms / n,
         processed_share=processed / n,
+        fallbacks=agent.counters.reuse_fallbacks - fallbacks,
     )
-
-
-def own_work_ms(agent: Agent, frames: Sequence[Frame]) -> float:
-    """The agent's own fixed work per frame with every model running: the median over the
-    frames of the wall time less the models' inference (the median: a 2-core box shared
-    with other work deschedules the loop now and then, which is not the agent's)."""
-    agent.apply(get_policy("all").select(agent.problem({})))
-    for frame in frames[:WARMUP_FRAMES]:
-        agent.process(frame)
-    own = []
-    for frame in frames:
-        start = time.perf_counter()
-        payloads = model_entries(agent.process(frame))
-        wall = (time.perf_counter() - start) * 1e3
-        own.append(wall - sum(float(p["latency_ms"]) for p in payloads
-                              if p["provenance"] == "executed"))
-    return max(0.0, float(np.median(own))) if own else 0.0
 
 
 def _score(agent: Agent, values: dict[str, list[np.ndarray | None]],
@@ -223,26 +224,23 @@ class Evaluator:
         self._results: dict[tuple[str, str, float], MethodResult] = {}
         rules = {t: self.agent.ensembles.rule(t) for t in self.agent.models}
         stream = self.stream
-        # the plan's figures: the profiling part; the ceiling's: the test part itself
+        # the offline plan's figures: the profiling part; the ceiling's: the test part itself
         self.profiled = measure_actions(self.agent.bundle, rules, stream.calibration_exact,
                                         np.array([f.camera for f in stream.calibration]))
         self.tested = measure_actions(self.agent.bundle, rules, stream.exact,
                                       np.array([f.camera for f in stream.test]))
-        self._own_ms: float | None = None
-
-    @property
-    def own_ms(self) -> float:
-        """The agent's own fixed work per frame (not models, not links), measured with every
-        model running on the profiling part: what a plan's delay budget leaves out."""
-        if self._own_ms is None:
-            self._own_ms = own_work_ms(self.agent, self.stream.calibration)
-        return self._own_ms
+        self._costs = self.agent.costs.snapshot()
+        self._offline: dict[tuple[str, float], MethodResult] = {}
 
     def plan_budget(self, resource: str, share: float) -> dict[str, float]:
+        """The budget the agent planned with at this share: a delay budget less the time per
+        frame the agent reserved for its own work (`MethodResult.reserved_ms`)."""
         budget = share * self.total[resource]
-        # where the agent's own work takes the whole budget only the free actions fit (a
-        # budget of exactly 0 divides by zero in agent.planning's budget shares)
-        return {resource: max(1e-9, budget - self.own_ms) if resource == "delay_ms" else budget}
+        if resource == "delay_ms":
+            # where the agent's own work takes the whole budget only the free actions fit (a
+            # budget of exactly 0 divides by zero in agent.planning's budget shares)
+            budget = max(1e-9, budget - self.method("plan", resource, share).reserved_ms)
+        return {resource: budget}
 
     def ceiling(self, resource: str, share: float) -> Ceiling:
         """The best plan by the test part's own figures (module doc)."""
@@ -290,42 +288,63 @@ class Evaluator:
         policy = POLICY_OF[method]
         selection = select(self.problem({} if policy == "all" else {resource: budget}), policy)
         if selection is None and method == "standalone+prior":  # the priors, free
-            return self._run_plan(method, resource, share, budget, Plan(
-                {m: Action(PRIOR) for m in self.agent.models}, {r: 0.0 for r in RESOURCES},
-                float(np.mean([self.profiled.priors.get(m, 0.0) for m in self.agent.models]))),
-                0.0)
+            plan = Plan({m: Action(PRIOR) for m in self.agent.models},
+                        {r: 0.0 for r in RESOURCES}, float(np.mean(
+                            [self.agent.bundle.profile.priors.get(m, 0.0)
+                             for m in self.agent.models])))
+            scored = run_frames(self.agent, self.stream.test, plan_selection(plan),
+                                self.stream.exact, self.stream.truth)
+            return self._plan_result(method, resource, share, budget, plan, scored, 0.0)
         if selection is None:
             return self._nothing(method, resource, share, budget)
         return self._result(method, resource, share, budget, selection, 1.0,
                             self.stream.test, self.stream.exact, self.stream.truth,
                             priors=method != "standalone")
 
-    def _plan(self, resource: str, share: float, budget: float) -> MethodResult:
-        plan = plan_exact(self.profiled.problem(self._frozen,
-                                                self.plan_budget(resource, share)))
-        return self._run_plan("plan", resource, share, budget, plan,
-                              self.own_ms if resource == "delay_ms" else 0.0)
+    def _plan(self, resource: str, share: float, budget: float, offline: Plan | None = None
+              ) -> MethodResult:
+        """The agent's loop with the `plan` policy (`plans.profile_and_plan`), or with the
+        `offline` plan in place of its own; scored on the test frames."""
+        planned = profile_and_plan(self.agent, self._costs, {resource: budget},
+                                   self.stream.calibration, offline=offline)
+        loop, selection = planned.agent, planned.selection
+        assert selection.plan is not None
+        scored = score_frames(loop, self.stream.test, self.stream.exact, self.stream.truth)
+        self.agent.costs.restore(self._costs)  # the loop's figures stay with it
+        reserved = loop.reserved_ms if resource == "delay_ms" else 0.0
+        return self._plan_result("plan", resource, share, budget, selection.plan, scored,
+                                 reserved)
 
-    def _run_plan(self, method: str, resource: str, share: float, budget: float, plan: Plan,
-                  own: float) -> MethodResult:
-        delays = {m: c.get("delay_ms") for m, c in self.costs.items()}
-        # the stream goes on from the profiling part: the plan's last outputs are there
-        lead = self.stream.calibration[-MAX_AGE * len(self.agent.source.cameras):]
-        ran = run_plan(self.agent, self.stream.test, plan, delays, lead)
-        scored = Scored(agreement=_score(self.agent, ran.values, self.stream.exact),
-                        accuracy=_score(self.agent, ran.values, self.stream.truth),
-                        ms_per_frame=ran.ms_per_frame, model_ms_per_frame=ran.model_ms_per_frame,
-                        processed_share=1.0)
+    def offline_plan(self, resource: str, share: float) -> MethodResult:
+        """The plan `plan_exact` makes from the per-action figures measured on the profiling
+        part (`actions`), at the budget the agent planned with, run by the loop in place of
+        the agent's own (module doc); the agent's run where the two plans are the same."""
+        key = (resource, round(share, 6))
+        if key not in self._offline:
+            own = self.method("plan", resource, share)
+            plan = plan_exact(self.profiled.problem(self._frozen,
+                                                    self.plan_budget(resource, share)))
+            if {m: str(a) for m, a in plan.actions.items()} == own.actions:
+                self._offline[key] = dataclasses.replace(own, expected=plan.expected_agreement)
+            else:
+                ran = self._plan(resource, share, own.budget, plan)
+                self._offline[key] = dataclasses.replace(
+                    ran, expected=plan.expected_agreement, reserved_ms=own.reserved_ms,
+                    use=plan.use[resource] + own.reserved_ms * (resource == "delay_ms"))
+        return self._offline[key]
+
+    def _plan_result(self, method: str, resource: str, share: float, budget: float, plan: Plan,
+                     scored: Scored, reserved: float) -> MethodResult:
         runs = {m: a.period for m, a in plan.actions.items() if a.kind == RUN}
         replaced = sum(c.get("delay_ms") * (1.0 - 1.0 / runs[m] if m in runs else 1.0)
                        for m, c in self.costs.items())
         return MethodResult(
             method=method, resource=resource, share=share, budget=budget,
             active=tuple(sorted(runs)), filter_share=1.0,
-            expected=plan.expected_agreement, use=plan.use[resource] + own,
-            peak=plan.use[resource] + own, replaced_delay_ms=replaced, scored=scored,
+            expected=plan.expected_agreement, use=plan.use[resource] + reserved,
+            peak=plan.use[resource] + reserved, replaced_delay_ms=replaced, scored=scored,
             actions={m: str(a) for m, a in plan.actions.items()},
-            on_test=plan_value(plan, self.tested))
+            on_test=plan_value(plan, self.tested), reserved_ms=reserved)
 
     def _combined(self, resource: str, share: float, budget: float) -> MethodResult:
         """The best (q, activated set under budget / q) on the calibration frames."""

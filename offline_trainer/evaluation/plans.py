@@ -1,125 +1,100 @@
-"""A plan (`agent.planning`) run on the stream with the agent's own parts.
+"""The planner as the service runs it: an agent (`agent.scheduler.Agent`) configured with
+`[selection] policy = "plan"` and the budget, driven frame by frame (`Agent.process`) over the
+stream, scored on the messages it makes.
 
-The agent's loop does not run plans yet (it runs an activated set and predicts the rest), so
-the evaluation runs one here, with the parts the loop uses: the agent's model executor (the
-models resident for the plan loaded, each frame's runs in one call), its ensemble predictor
-(the links the plan's predictions read, loaded once) and its message maker. Per frame of
-camera c, the t-th of that camera:
-- `run` models run; `run/p` models run where (t + c + offset) % p == 0, the offsets staggered
-  so that the per-frame delay stays flat (`stagger`), and between runs their last exact
-  output of that camera is served again (reused), the prior before their first run;
-- `predict` targets come from the ensemble of the `run` models' outputs;
-- `prior` targets get the bundle's constant predictor; `none` gets nothing.
-The wall time per frame counts all of it: the models, the links and ensembles, the messages.
+The agent is made of the evaluation agent's parts (its models, cost book, bundle and source;
+constructor injection) with fresh ones where a run keeps state (profiling window, timetable,
+gate, ensembles, payloads), and the config a user would write: the zoo's, with the `plan`
+policy, the budget, no periodic windows, and online figures over a whole window. On the
+stream's profiling part it does what a service does from start-up:
+1. it plans from the bundle's figures (as `Agent.start` does) and runs that plan on the first
+   `own_frames` frames, where it measures its own time per frame (`Agent.agent_ms`: the loop
+   less the models and the predictions' links, plus publishing);
+2. a profiling window over the rest (`reprofile`, as the control command asks): every model
+   runs, the links' ensembles, each model's prior and its reuse curve are measured on the
+   stream, the gate is calibrated; at the window's end the agent plans again with those
+   figures, its own time reserved out of a delay budget (`Agent.select`).
+The test part follows: the timetable runs the plan (`run/p` staggered per camera, outputs
+reused with their age, fall-backs counted), and what the agent publishes is scored.
+
+`offline` runs a given plan (chosen elsewhere, e.g. on the evaluation's own per-action
+figures) the same way after the same profiling part, in place of the agent's: beside the
+agent's own plan, it separates what the agent's figures change from what the loop does.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
-import numpy as np
-
-from agent.executor import Ran
-from agent.output import Output, Provenance
-from agent.planning import NONE, PREDICT, PRIOR, RUN, Plan
+from agent.config import AgentConfig, BudgetConfig, ProfilingConfig, SelectionConfig
+from agent.costbook import CostSnapshot
+from agent.gate import Gate
+from agent.output import Payloads
+from agent.planning import Plan
+from agent.policies.plan import plan_selection
 from agent.scheduler import Agent
+from agent.selection import Selection
 from agent.sources.base import Frame
+from agent.timetable import Timetable
+from agent.window import ProfilingWindow
+from links_tflite.ensemble import EnsemblePredictor
 
-REUSED = cast(Provenance, "reused")  # the loop's provenance once it serves reuse (issue 20)
+OWN_FRAMES = 60  # profiling-part frames the agent's own time is measured on, before the window
 
 
-def stagger(plan: Plan, delays: dict[str, float]) -> dict[str, int]:
-    """An offset per `run/p` model: heaviest first, each where it least raises the heaviest
-    slot of the cycle (the least common multiple of the periods)."""
-    periodic = sorted(((m, a.period) for m, a in plan.actions.items()
-                       if a.kind == RUN and a.period > 1),
-                      key=lambda item: (-delays.get(item[0], 0.0), item[0]))
-    cycle = math.lcm(*(p for _, p in periodic)) if periodic else 1
-    load = np.zeros(cycle)
-    offsets = {}
-    for model, period in periodic:
-        slots = np.arange(cycle)
-        best = min(range(period), key=lambda o: (
-            float((load + delays.get(model, 0.0) * ((slots + o) % period == 0)).max()), o))
-        offsets[model] = best
-        load += delays.get(model, 0.0) * ((slots + best) % period == 0)
-    return offsets
+def plan_config(config: AgentConfig, budget: dict[str, float], window_frames: int
+                ) -> AgentConfig:
+    """The config with the `plan` policy, this budget, no periodic windows, and a requested
+    window of `window_frames` frames whose online figures rest on all of them (and are in
+    force however few they are)."""
+    return config.model_copy(update={
+        "selection": SelectionConfig.model_validate(
+            {**config.selection.model_dump(), "policy": "plan"}),
+        "budget": BudgetConfig.model_validate(budget),
+        "profiling": ProfilingConfig.model_validate({
+            **config.profiling.model_dump(), "period_frames": 0, "period_s": 0.0,
+            "sample_frames": window_frames, "agreement_window": window_frames,
+            "min_samples": min(config.profiling.min_samples, window_frames)}),
+    })
+
+
+def planning_agent(agent: Agent, budget: dict[str, float], window_frames: int) -> Agent:
+    """An agent on `agent`'s models, cost book, bundle and source, with its own state."""
+    config = plan_config(agent.config, budget, window_frames)
+    return Agent(config, agent.bundle, agent.source, agent.executor, agent.costs,
+                 ProfilingWindow(config.profiling, agent.bundle.profile),
+                 EnsemblePredictor(agent.bundle), payloads=Payloads(agent.source.cameras),
+                 timetable=Timetable(), gate=Gate())
 
 
 @dataclass(frozen=True)
-class PlanRun:
-    """What a plan's run published per model and frame (None: no output), and its time."""
+class Planned:
+    """The agent after the profiling part, and the selection it runs the test part with."""
 
-    values: dict[str, list[np.ndarray | None]]
-    ms_per_frame: float
-    model_ms_per_frame: float
-    runs_per_frame: float  # models executed per frame, on average
+    agent: Agent
+    selection: Selection
+    first: Selection  # the start-up plan, from the bundle's figures
 
 
-def run_plan(agent: Agent, frames: Sequence[Frame], plan: Plan, delays: dict[str, float],
-             lead: Sequence[Frame] = (), warmup: int = 5) -> PlanRun:
-    """Run the plan over the frames (module doc); the first `warmup` frames run every
-    resident model once, untimed (first inferences allocate). The plan runs on the `lead`
-    frames first, neither timed nor scored: the stream before these frames, so that a
-    `run/p` model has its last output at the first frame, as on a stream that goes on."""
-    resident = sorted(m for m, a in plan.actions.items() if a.kind == RUN)
-    agent.executor.unload_all(keep=resident)
-    for model in resident:
-        agent.executor.load(model)
-    active = plan.active
-    agent.ensembles.prepare(active, plan.with_kind(PREDICT))
-    for frame in frames[:warmup]:
-        agent.executor.run_models(frame, resident)
-    offsets = stagger(plan, delays)
-    seen: dict[int, int] = {}
-    last: dict[tuple[int, str], np.ndarray] = {}
-    values: dict[str, list[np.ndarray | None]] = {m: [] for m in plan.actions}
-    elapsed = model_ms = 0.0
-    runs = 0
-    scored_from = len(lead)
-    for index, frame in enumerate([*lead, *frames]):
-        if index == scored_from:
-            elapsed = model_ms = 0.0
-            runs = 0
-            values = {m: [] for m in plan.actions}
-        start = time.perf_counter()
-        t = seen.get(frame.camera, 0)
-        seen[frame.camera] = t + 1
-        to_run = [m for m in resident if plan.actions[m].period == 1
-                  or (t + frame.camera + offsets[m]) % plan.actions[m].period == 0]
-        outcomes, _ = agent.executor.run_models(frame, to_run)
-        ran = {m: o for m, o in outcomes.items() if isinstance(o, Ran)}
-        outputs = [Output(m, r.output, "executed", (m,), 1.0, r.latency_ms)
-                   for m, r in sorted(ran.items())]
-        for model, r in ran.items():
-            last[(frame.camera, model)] = r.output
-        sources = {m: ran[m].output for m in active if m in ran}
-        for model, action in plan.actions.items():
-            if model in ran:
-                continue
-            output: Output | None = None
-            if action.kind == RUN and (frame.camera, model) in last:
-                output = Output(model, last[(frame.camera, model)], REUSED, (model,), 0.0, 0.0)
-            elif action.kind == PREDICT and sources:
-                prediction = agent.ensembles.predict(model, sources)
-                output = Output(model, prediction.value, "predicted", prediction.sources,
-                                prediction.est_agreement, 0.0)
-            if output is None and action.kind != NONE and model in agent.bundle.priors:
-                assert action.kind in (RUN, PRIOR, PREDICT)
-                prior = agent.ensembles.prior(model)
-                output = Output(model, prior.value, "prior", (), prior.est_agreement, 0.0)
-            if output is not None:
-                outputs.append(output)
-        agent.payloads.make(frame, outputs, agent.config.publish, agent.bundle.models)
-        elapsed += time.perf_counter() - start
-        model_ms += sum(r.latency_ms for r in ran.values())
-        runs += len(ran)
-        got = {o.model: np.asarray(o.value, np.float32) for o in outputs}
-        for model in values:
-            values[model].append(got.get(model))
-    n = max(1, len(frames))
-    return PlanRun(values, elapsed * 1e3 / n, model_ms / n, runs / n)
+def profile_and_plan(agent: Agent, costs: CostSnapshot, budget: dict[str, float],
+                     frames: Sequence[Frame], own_frames: int = OWN_FRAMES,
+                     offline: Plan | None = None) -> Planned:
+    """The profiling part as the service goes through it (module doc), from the costs
+    `costs` (the evaluation's, measured once); `offline`: run this plan afterwards instead
+    of the agent's own."""
+    own_frames = min(own_frames, len(frames) // 2)
+    agent.costs.restore(costs)
+    loop = planning_agent(agent, budget, len(frames) - own_frames)
+    first = loop.select()
+    loop.apply(first)
+    for frame in frames[:own_frames]:
+        loop.process(frame)
+    loop.request_reprofile()
+    for frame in frames[own_frames:]:
+        loop.process(frame)  # the window's last frame re-plans (Agent._end_window)
+    assert loop.selection is not None and not loop.window.open
+    if offline is not None:
+        loop.apply(plan_selection(offline))
+    assert loop.selection is not None
+    return Planned(loop, loop.selection, first)

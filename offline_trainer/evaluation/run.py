@@ -72,9 +72,9 @@ class Evaluation:
     table: list[MethodResult]
     curve: list[MethodResult]
     ceilings: list[Ceiling]
-    profiled: ActionFigures  # per-action agreements on the profiling part (the plan's)
+    offline: list[MethodResult]  # the offline plan at each budget of `table`
+    profiled: ActionFigures  # per-action agreements on the profiling part (the offline plan's)
     tested: ActionFigures  # ... and on the test part (the ceiling's)
-    own_ms: float  # the agent's own fixed work per frame, taken off a plan's delay budget
     rss: list[dict[str, object]] = field(default_factory=list)
     machine: str = field(default_factory=lambda: (
         f"{platform.machine()}, {platform.platform()}, Python {platform.python_version()}"))
@@ -147,6 +147,7 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
     curve = [evaluator.method(m, "memory_mb", s) for s in settings.curve_shares
              for m in METHODS]
     ceilings = [evaluator.ceiling(r, s) for r in RESOURCES for s in settings.shares]
+    offline = [evaluator.offline_plan(r, s) for r in RESOURCES for s in settings.shares]
     rss = measure_rss(settings, bundle, models) if settings.rss_frames > 0 else []
     return Evaluation(
         settings=settings, models=models, recording_frames=len(recording),
@@ -154,6 +155,6 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
         link_costs=evaluator.problem({}).link_costs, probe=agent.executor.probe.name,
         stream_frames=(len(stream.calibration), len(stream.test)),
         reuse_agreement=reuse_agreement(stream, agent.bundle.models),
-        table=table, curve=curve, ceilings=ceilings, profiled=evaluator.profiled,
-        tested=evaluator.tested, own_ms=evaluator.own_ms, rss=rss,
+        table=table, curve=curve, ceilings=ceilings, offline=offline,
+        profiled=evaluator.profiled, tested=evaluator.tested, rss=rss,
     )

@@ -145,6 +145,22 @@ def test_under_a_memory_budget_a_periodic_run_saves_nothing() -> None:
     assert plan.actions["b"] == Action(PRIOR)
 
 
+@pytest.mark.parametrize("planner", [plan_exact, plan_greedy])
+def test_on_a_tie_a_resident_model_runs_every_frame_unless_delay_is_budgeted(planner) -> None:
+    """b's output never changes (reuse agrees 1.0 at every age): `run` and `run/p` tie on
+    agreement. Under a memory budget both hold b resident, so it runs every frame (exact, and
+    free); under a delay budget the tie goes to the cheaper in delay."""
+    still = {"b": (1.0, 1.0, 1.0)}
+    plan = planner(two_models(reuse=still, budget={"memory_mb": 5.0}))
+    assert plan.actions["b"] == Action(RUN) and plan.active == {"a", "b"}
+    assert plan.expected_agreement == 1.0 and plan.use["memory_mb"] == pytest.approx(5.0)
+    if planner is plan_greedy:  # the paper's rule activates whatever fits, b included
+        return
+    plan = planner(two_models(reuse=still, budget={"delay_ms": 5.0}))
+    assert plan.actions["b"] == Action(RUN, 4)  # run/4: 1 ms a frame, the figure of run
+    assert plan.expected_agreement == 1.0 and plan.use["delay_ms"] == pytest.approx(2.0)
+
+
 def test_without_a_prior_nothing_is_served_rather_than_a_worse_guess() -> None:
     problem = two_models(priors={}, reuse={}, budget={"delay_ms": 1.0},
                          profile=Profile(pairwise={"a": {}, "b": {}}, ensembles={}))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ProfilingConfig
+from agent.profiling import PRIOR
 from agent.window import ProfilingWindow
 from links_tflite.bundle import Profile
 
@@ -77,3 +78,22 @@ def test_the_agreement_gap_compares_the_measured_ensembles_of_what_was_predicted
     assert w.agreement_gap(BASE, ["b"], ["a"]) == (0.5, pytest.approx(0.3))
     assert w.agreement_gap(BASE, ["b"], ["c"]) is None  # no link from what was active
     assert w.agreement_gap(BASE, [], ["a"]) is None  # nothing predicted
+
+
+def test_a_prior_scored_in_a_window_replaces_the_bundles_figure() -> None:
+    """The empty source set is the prior's figure: measured on the stream, it replaces the
+    recording's (a constant agrees with a stream that stays put, not with one that moves)."""
+    class WithPriors(FakeBundle):
+        profile = Profile(pairwise=BASE.pairwise, ensembles=BASE.ensembles,
+                          priors={"a": 0.9, "b": 0.4})
+
+    w = ProfilingWindow(ProfilingConfig(period_frames=0, sample_frames=2, min_samples=2),
+                        WithPriors.profile)
+    for value in (0.2, 0.4):
+        w.online.add("a", PRIOR, value)
+    w.end(WithPriors(), extra_memory_mb=0.0)  # type: ignore[arg-type]
+    assert w.profile.priors == {"a": pytest.approx(0.3), "b": 0.4}
+    assert w.profile.ensembles == BASE.ensembles  # no source set is not an ensemble
+    other = Profile(pairwise={}, ensembles={}, priors={"a": 0.5})
+    w.rebase(other)  # another bundle: its figures, none of the last one's online ones
+    assert w.profile is other and w.online.summary()["figures"] == 0

@@ -139,22 +139,6 @@ def test_evaluate_cli_refuses_unknown_models(tmp_path: Path, digits_build) -> No
     assert code == 2
 
 
-def test_stagger_spreads_periodic_runs_over_the_cycle() -> None:
-    from agent.planning import Action, Plan
-    from offline_trainer.evaluation.plans import stagger
-
-    actions = {"a": Action("run", 2), "b": Action("run", 2), "c": Action("run", 4),
-               "d": Action("run", 4), "e": Action("run"), "f": Action("prior")}
-    plan = Plan(actions, {}, 0.0)
-    delays = {m: 1.0 for m in actions}
-    offsets = stagger(plan, delays)
-    assert set(offsets) == {"a", "b", "c", "d"}
-    load = [sum(1 for m, o in offsets.items() if (slot + o) % actions[m].period == 0)
-            for slot in range(4)]
-    # 6 runs in 4 slots: a and b alternate, c and d land on different slots
-    assert sum(load) == 6 and max(load) == 2
-
-
 def test_plan_value_follows_the_figures() -> None:
     from agent.planning import Action, Plan
     from links_tflite.bundle import Profile
