@@ -434,6 +434,7 @@ class Agent:
         self.ensembles = EnsemblePredictor(bundle)
         self.config = self.config.model_copy(update={
             "bundle": self.config.bundle.model_copy(update={"path": bundle.root})})
+        self.window.rebase(bundle.profile)  # select on the new bundle's figures
         self._configure_parts()
         self.remeasure()
         self.apply(self.select())

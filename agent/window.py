@@ -62,6 +62,13 @@ class ProfilingWindow:
         self._frames: list[WindowFrame] = []  # the same per frame, for the store
         self._models: frozenset[str] = frozenset()  # the models the agent runs
 
+    def rebase(self, profile: Profile) -> None:
+        """A new bundle is in force: its profile, and the online figures measured of the
+        previous bundle's links dropped (they measured other links; the new links are scored
+        from the next window on)."""
+        self.online = OnlineAgreement(self.settings.agreement_window, self.settings.min_samples)
+        self.profile = profile
+
     @property
     def open(self) -> bool:
         return self.left > 0
