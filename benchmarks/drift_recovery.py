@@ -237,6 +237,11 @@ def main() -> int:
                   flush=True)
         decided = results[-1]
         swapped = decided["decision"] == "roll_out"
+        # side by side: the same uploads relinked taking every new link (not rolled out)
+        all_new = Relinker(LinkTraining(epochs=args.epochs), min_rows=max(20, sum(kept)),
+                           holdout=args.holdout, per_target=args.all_new).relink(
+            workdir.recordings("site"), build / "bundle", work / "all-new").to_dict()
+        print("all new links", all_new, flush=True)
 
         for box in boxes:
             box.ts.clear()
@@ -252,7 +257,7 @@ def main() -> int:
     total_s = time.perf_counter() - started
     pm.BALLAST_MB = 0.0
     pm.reset()
-    write(args, before, after, decided, swapped, kept, trained_until, boxes, windows_before,
+    write(args, before, after, decided, all_new, swapped, kept, trained_until, windows_before,
           relink_s, total_s)
     return 0
 
@@ -268,12 +273,19 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def write(args: argparse.Namespace, before: list[dict[str, Any]], after: list[dict[str, Any]],
-          decided: dict[str, Any], swapped: bool, kept: list[int], trained_until: list[float],
-          boxes: list[Box], windows_before: list[int], relink_s: float, total_s: float) -> None:
+def _figures(decided: dict[str, Any]) -> str:
     old, new = decided.get("old") or {}, decided.get("new") or {}
     per_model = ", ".join(f"{m} {v:.3f} -> {new.get('per_model', {}).get(m, float('nan')):.3f}"
                           for m, v in sorted(old.get("per_model", {}).items()))
+    return (f"in force {old.get('mean', float('nan')):.3f}, new "
+            f"{new.get('mean', float('nan')):.3f} on {decided.get('held_out_rows')} held-out "
+            f"rows ({per_model}): **{decided['decision']}**")
+
+
+def write(args: argparse.Namespace, before: list[dict[str, Any]], after: list[dict[str, Any]],
+          decided: dict[str, Any], all_new: dict[str, Any], swapped: bool, kept: list[int],
+          trained_until: list[float], windows_before: list[int], relink_s: float,
+          total_s: float) -> None:
     span = (f"{minutes(args.start_hour * 3600)} to {minutes(max(trained_until))}")
     after_span = f"{minutes(max(trained_until))} to " \
                  f"{minutes(max(trained_until) + args.after_minutes * 60)}"
@@ -305,12 +317,13 @@ are consecutive).
    ({" + ".join(str(k) for k in kept)} rows); the trainer's worker (offline_trainer.relink:
    shared subscription, collector, workdir, relinker; newest {args.holdout:g} held out,
    {args.epochs} epochs{", every new link" if args.all_new else ""}) relinks on both boxes'
-   rows: in force {old.get("mean", float("nan")):.3f}, new {new.get("mean", float("nan")):.3f}
-   on {decided.get("held_out_rows")} held-out rows ({per_model}); links kept from the bundle
-   in force: {", ".join(decided.get("kept_in_force") or []) or "none"}:
-   **{decided["decision"]}**. Its rollout here swaps the new bundle into each agent in
-   process (`Agent.swap_bundle`, what cmd/bundle calls), not fleet's staged rollout (these
-   agents have no control service).
+   rows, the links into {", ".join(decided.get("kept_in_force") or []) or "no target"} kept
+   from the bundle in force (per target, the better on the validation slice):
+   {_figures(decided)}. Side by side, the same uploads relinked
+   {"with" if args.all_new else "without"} that choice: {_figures(all_new)}.
+   The worker's rollout here swaps the new bundle into each agent in process
+   (`Agent.swap_bundle`, what cmd/bundle calls), not fleet's staged rollout (these agents
+   have no control service).
 3. After: {args.after_minutes:g} more minutes ({after_span}), frames no upload held; the live
    figures are of the new bundle's links only (a swap drops the online figures measured of
    the previous links).
@@ -322,6 +335,11 @@ Before (the bundle in force: the morning-and-two-days one):
 After ({"the relinked bundle" if swapped else "the same bundle: not relinked"}):
 
 """ + "\n".join(_table(after)) + f"""
+
+`from`: the sources the predicted model's live figure and its profile figure are taken
+over (the activated models the bundle in force links into it; a relink ships a link only
+where it beats the target's prior on the calibration slice, so the sources can differ before
+and after).
 
 Target (the issue): live agreement of the predicted models within 2 points of the new
 bundle's profile: **{verdict}**{"" if not gaps else f" (largest gap {100 * max(gaps):.1f} points)"}.
