@@ -3,9 +3,10 @@
 Relinked on the recent rows, a target's new links can serve it worse than the links in force
 (benchmarks/results/relink.md: the pedestrian count at 2 x 1600 evening rows), and one such
 target can make the whole new bundle lose. So, per target, the links into it are taken from
-whichever bundle serves it better on the validation slice — the training rows' calibration
-slice (`calibration_split`), which the new links were not fit on and which is not the
-held-out slice the decision is measured on (the figure: `relinker.bundle_figure`). Where
+whichever bundle serves it better on a validation slice (`Relinker.relink` chooses: the
+calibration rows, `calibration_split`, of the newer half of the training rows), which the new
+links were not fit on and which is not the held-out slice the decision is measured on (the
+figure: `relinker.bundle_figure`). Where
 the bundle in force wins a target, its links into that target are copied into the new
 bundle, every link's outputs are taken again on the calibration and held-out rows, and the
 ensembles' weights, the profile and the manifest are made again by the trainer's own

@@ -32,6 +32,7 @@ from offline_trainer.train_links import calibration_split, train_on_rows
 log = logging.getLogger(__name__)
 
 ROLL_OUT, KEEP, WAIT = "roll_out", "keep", "wait"
+MIN_VALIDATION_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,16 @@ class Relinker:
         kept: list[str] = []
         if self.per_target:  # per target, the better links on the validation slice
             _, calibration = calibration_split(train, self.training.seed)
-            was = bundle_figure(in_force, merged, calibration).per_model
-            now = bundle_figure(out, merged, calibration).per_model
+            # the validation slice: the calibration rows of the newer half of the training
+            # rows (the stream as it is now), where they are enough
+            recent = calibration[calibration >= train[len(train) // 2]]
+            validation = recent if len(recent) >= MIN_VALIDATION_ROWS else calibration
+            was = bundle_figure(in_force, merged, validation).per_model
+            now = bundle_figure(out, merged, validation).per_model
             kept = sorted(m for m in models if was[m] > now[m])
             if kept:
                 log.info("links into %s kept from the bundle in force: on %d validation "
-                         "rows %s", ", ".join(kept), len(calibration), ", ".join(
+                         "rows %s", ", ".join(kept), len(validation), ", ".join(
                              f"{m} {was[m]:.4f} vs new {now[m]:.4f}" for m in kept))
                 keep_in_force(report, set(kept), in_force, out, merged, train, calibration,
                               held_out, self.training.seed,
