@@ -10,7 +10,8 @@ figure: `relinker.bundle_figure`). Where
 the bundle in force wins a target, its links into that target are copied into the new
 bundle, every link's outputs are taken again on the calibration and held-out rows, and the
 ensembles' weights, the profile and the manifest are made again by the trainer's own
-pipeline (`fit_ensembles`, `profile_ensembles`, `write_bundle`)."""
+pipeline (`fit_ensembles`, `profile_ensembles`, `write_bundle`). Vector targets only: the
+links into a sequence target (a decoder, a bag read-out) are always the new ones."""
 
 from __future__ import annotations
 

@@ -134,7 +134,8 @@ class Relinker:
             validation = recent if len(recent) >= MIN_VALIDATION_ROWS else calibration
             was = bundle_figure(in_force, merged, validation).per_model
             now = bundle_figure(out, merged, validation).per_model
-            kept = sorted(m for m in models if was[m] > now[m])
+            spec = load_bundle(in_force).models  # a sequence target takes its new links
+            kept = sorted(m for m in models if was[m] > now[m] and spec[m].kind != "sequence")
             if kept:
                 log.info("links into %s kept from the bundle in force: on %d validation "
                          "rows %s", ", ".join(kept), len(validation), ", ".join(
