@@ -18,7 +18,10 @@ how each was marked, the losses the agent counted, lost without a count (a `seq`
 received and not counted: must be 0), the agent's peak RSS and the outbox's peak depth. A
 SIGKILL loses what the loop had made but the sender not yet written (at most one wake-up of
 the sender, 5 ms and a transaction): those messages never left the box and their `seq`s are
-given again by the next start, so they show as frames not processed, not as gaps.
+given again by the next start, so they show as frames not processed, not as gaps. After each
+broker start the agent is paused (SIGSTOP) until the counter is subscribed again: Mosquitto
+2.0.11 loses what it accepts for a persistent session restored from disk while that client
+is still away (Phases._start_broker).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import platform
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -72,19 +76,20 @@ class Counter:
         self.extra = {"marked": 0, "redelivered": 0, "unmarked": 0}
         self.lock = threading.Lock()
         self.last = time.monotonic()
-        ready = threading.Event()
+        self.back = threading.Event()  # subscribed on the current connection
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="soak-counter", protocol=mqtt.MQTTv311,
                                   clean_session=False)
         self.status: dict | None = None  # the agent's latest (retained) status
         self.client.on_connect = lambda c, *_: c.subscribe(
             [(f"mlink/{device}/frames/+", 1), (f"mlink/{device}/status", 1)])
-        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_subscribe = lambda *_: self.back.set()
+        self.client.on_disconnect = lambda *_: self.back.clear()
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        if not ready.wait(10):
+        if not self.back.wait(10):
             raise RuntimeError("the counter could not subscribe")
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage
@@ -135,6 +140,22 @@ def _depth(path: Path) -> int:
         box.close()
 
 
+def _seqs_left(path: Path) -> str:
+    """What a killed process left in its outbox: the rows and their first and last `seq`, and
+    the highest `seq` ever stored (the next process numbers on from it)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows, first, last = db.execute(
+                "SELECT COUNT(*), MIN(key), MAX(key) FROM outbox").fetchone()
+            stored = db.execute("SELECT value FROM counters WHERE name = 'key'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"unreadable ({exc})"
+    return f"{rows} left (seq {first}..{last}), stored up to {stored[0] if stored else '-'}"
+
+
 def _fill(path: Path) -> None:
     """Fill the file system under `path` to the last byte."""
     with path.open("wb", buffering=0) as ballast:
@@ -151,10 +172,11 @@ class AgentRun:
     """The agent as a process, started again after each SIGKILL for the frames left; its
     log and, per process, the last status seen (what it counted dies with it)."""
 
-    def __init__(self, config: Path, frames: int, counter: Counter) -> None:
-        self.config, self.frames, self.counter = config, frames, counter
+    def __init__(self, config: Path, frames: int, counter: Counter, outbox: Path) -> None:
+        self.config, self.frames, self.counter, self.outbox = config, frames, counter, outbox
         self.log_lines: list[str] = []
         self.killed: list[dict] = []  # the last status of each killed process
+        self.left: list[str] = []  # per SIGKILL: the seqs left on disk, the last received
         self.process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
         self.start(frames)
@@ -176,6 +198,9 @@ class AgentRun:
         self.process.wait(30)
         if self._reader is not None:
             self._reader.join(5)
+        with self.counter.lock:
+            received = max(self.counter.seen, default=0)
+        self.left.append(f"{_seqs_left(self.outbox)}, last received {received}")
         self.log_lines.append("soak: SIGKILL\n")
         with self.counter.lock:
             self.counter.status = None  # the next is the new process's
@@ -195,12 +220,13 @@ class Phases:
     def __init__(self, broker: LocalBroker, acl: Path, state: Path, restarts: int,
                  outage_s: float, every_s: float, deny_s: float, full_s: float,
                  tmpfs: bool, flowing: Callable[[], bool], agent: AgentRun,
-                 kills: int, device: str) -> None:
+                 kills: int, device: str, denies: int = 1) -> None:
         self.broker, self.acl, self.state, self.agent = broker, acl, state, agent
+        self.counter = agent.counter
         self.device = device
         # the full disk first: later, the outbox's file has free pages from its peak to reuse
         plan: list[tuple[str, float]] = [("full", full_s)] if full_s > 0 and tmpfs else []
-        plan += [("deny", deny_s)] if deny_s > 0 else []
+        plan += [("deny", deny_s)] * denies if deny_s > 0 else []
         # restarts and kills in turn: a kill while outputs flow, a broker restart after
         others = [("restart", outage_s)] * restarts
         kills_left = [("kill", 0.0)] * kills
@@ -249,14 +275,35 @@ class Phases:
 
     def _end(self, kind: str) -> None:
         if kind == "restart":
-            self.broker.start()
+            self._start_broker()
         elif kind == "deny":
             self.acl.write_text(ALLOW)
             self.broker._process.send_signal(signal.SIGHUP)
         elif kind == "full":
             (self.state / "ballast").unlink()
-            self.broker.start()
+            self._start_broker()
         self.done[kind] += 1
+
+    def _start_broker(self) -> None:
+        """Start Mosquitto again with the agent paused (SIGSTOP) until the counter is
+        subscribed again: Mosquitto 2.0.11 acknowledges (PUBACK 0) what arrives for a
+        persistent session restored from disk while that client is still away, and never
+        sends it to the client when it is back (seen with `log_type all`: 1,414 messages
+        PUBACKed to the agent in that window, none sent to the counter after its CONNACK with
+        the session present). The agent reconnecting first would lose messages in the
+        broker, not in the agent."""
+        process = self.agent.process
+        paused = process is not None and process.poll() is None
+        if paused:
+            assert process is not None
+            process.send_signal(signal.SIGSTOP)
+        try:
+            self.broker.start()
+            self.counter.back.wait(10)
+        finally:
+            if paused:
+                assert process is not None
+                process.send_signal(signal.SIGCONT)
 
     def finish(self) -> None:
         if self.current is not None:
@@ -265,7 +312,8 @@ class Phases:
 
 
 def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: float,
-         deny_s: float, full_s: float, disk_mb: int, kills: int) -> dict[str, object]:
+         deny_s: float, full_s: float, disk_mb: int, kills: int, denies: int = 1
+         ) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="mlink-soak-"))
     store = work / "mosquitto-db"
     store.mkdir()
@@ -283,11 +331,12 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
     device = load_config(config).device_id
     counter = Counter(broker.port, device)
     started = time.monotonic()
-    agent = AgentRun(config, frames, counter)
-    peak_rss, peak_depth = 0, 0
     outbox = state / "outbox.sqlite"
+    agent = AgentRun(config, frames, counter, outbox)
+    peak_rss, peak_depth = 0, 0
     phases = Phases(broker, acl, state, restarts, outage_s, every_s, deny_s, full_s, tmpfs,
-                    lambda: time.monotonic() - counter.last < 0.5, agent, kills, device)
+                    lambda: time.monotonic() - counter.last < 0.5, agent, kills, device,
+                    denies)
     while agent.poll() is None:
         try:
             assert agent.process is not None
@@ -350,7 +399,7 @@ def soak(build: Path, frames: int, restarts: int, outage_s: float, every_s: floa
         "unmarked": extra["unmarked"], **counted,
         "skipped_by": skipped_by, "refused": refused,
         "lost": missing - counted["unstored"] - counted["outbox_dropped"],
-        "gaps": gaps[:10],
+        "gaps": gaps[:10], "left_at_kills": agent.left,
         "peak_rss_mb": peak_rss / 2**20, "outbox_peak": peak_depth,
         "outbox_left": left, "log_tail": log[-2000:],
     }
@@ -394,6 +443,8 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
             ("- neither", result["unmarked"]),
             ("lost without a count (seqs never received - counted)", result["lost"]),
             ("seqs never received (first runs)", result["gaps"] or "-"),
+            ("at each SIGKILL: the outbox's rows, the last `seq` received",
+             "; ".join(result["left_at_kills"]) or "-"),  # type: ignore[arg-type]
             ("peak agent RSS", f"{result['peak_rss_mb']:.0f} MB"),
             ("outbox peak depth", result["outbox_peak"]),
             ("left in the outbox at exit", result["outbox_left"]),
@@ -415,7 +466,9 @@ def report(result: dict[str, object], frames: int, restarts: int, every_s: float
         "grow: its WAL is reused), "
         "then Mosquitto's ACL denies the frames topic (reloaded with SIGHUP), then, in turn, "
         "the agent is killed (SIGKILL) and started again for the frames left and Mosquitto "
-        "is stopped and started again, with service in between; a subscriber with a "
+        "is stopped and started again (the agent paused until the subscriber is back: "
+        "Mosquitto 2.0.11 loses what it accepts for a persistent session restored from disk "
+        "while that client is away), with service in between; a subscriber with a "
         "persistent QoS 1 session counts every frame message by its `seq` (frame ids start "
         "again at each start of the agent, `seq` goes on from the outbox's last). A "
         "SIGKILL loses what the loop made and the sender had not yet written (at most one "
@@ -445,6 +498,8 @@ def main() -> int:
                         help="seconds of service between two outages")
     parser.add_argument("--deny", type=float, default=5.0,
                         help="seconds the broker's ACL denies the outputs (0: no such phase)")
+    parser.add_argument("--denies", type=int, default=1,
+                        help="times the ACL denies the frames topic (each --deny seconds)")
     parser.add_argument("--full", type=float, default=5.0,
                         help="seconds the state dir's disk is full (0: no such phase; root)")
     parser.add_argument("--disk-mb", type=int, default=96, help="the state dir's tmpfs size")
@@ -452,7 +507,8 @@ def main() -> int:
                         help="times the agent is killed (SIGKILL) and started again")
     args = parser.parse_args()
     result = soak(args.build.resolve(), args.frames, args.restarts, args.outage, args.every,
-                  args.deny, args.full, args.disk_mb, args.kills)
+                  args.deny, args.full, args.disk_mb, args.kills, args.denies)
+    result["build"] = str(args.build)  # as given (build/soak), not where a link points
     text = report(result, args.frames, args.restarts, args.every)
     old = RESULTS.read_text() if RESULTS.exists() else ""
     kept = old[old.index(KEPT_SECTION):] if KEPT_SECTION in old else ""  # another run's

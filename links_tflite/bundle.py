@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from links_tflite.bag import BAG_OUTPUT, BagDecoding, parse_tokens
 from links_tflite.tasks import TaskSpec, TaskSpecError, parse_tasks
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class LinkEntry:
     ops: tuple[str, ...] = ()
     architecture: str = "vec2vec"
     decoder: str = ""  # the one-step decoder file of a sequence target ("" otherwise)
+    output: str = ""  # "logits", "tokens" (a decoder) or "bag" (links_tflite.bag)
+    bag: BagDecoding | None = None  # a bag link's tokens and threshold
 
     @property
     def name(self) -> str:
@@ -265,6 +268,9 @@ def _parse_links(manifest: dict[str, Any], models: dict[str, TaskSpec]) -> tuple
     for index, raw in enumerate(manifest.get("links", [])):
         where = f"{MANIFEST}: links[{index}]"
         try:
+            output = str(raw.get("output", ""))
+            bag = (BagDecoding(parse_tokens(raw["tokens"]), float(raw["threshold"]))
+                   if output == BAG_OUTPUT else None)
             entry = LinkEntry(
                 source=str(raw["source"]),
                 target=str(raw["target"]),
@@ -273,13 +279,22 @@ def _parse_links(manifest: dict[str, Any], models: dict[str, TaskSpec]) -> tuple
                 ops=tuple(raw.get("ops", ())),
                 architecture=str(raw.get("architecture", "vec2vec")),
                 decoder=str(raw.get("decoder", "")),
+                output=output,
+                bag=bag,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{where}: missing or malformed field {exc}") from None
         for role in ("source", "target"):
             if getattr(entry, role) not in models:
                 raise BundleError(f"{where}.{role}: unknown model {getattr(entry, role)!r}")
-        if (models[entry.target].kind == "sequence") != bool(entry.decoder):
+        if entry.bag is not None:
+            target = models[entry.target]
+            problem = ("a bag link predicts a sequence target" if target.kind != "sequence"
+                       else "a bag link has no decoder" if entry.decoder
+                       else entry.bag.check(target.vocab_size))
+            if problem:
+                raise BundleError(f"{where}: {problem}")
+        elif (models[entry.target].kind == "sequence") != bool(entry.decoder):
             raise BundleError(f"{where}: a link into a {models[entry.target].kind} target "
                               f"{'needs' if not entry.decoder else 'has no use for'} a decoder")
         entries.append(entry)

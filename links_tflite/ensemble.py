@@ -38,6 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from links_tflite.agreement import box_area
+from links_tflite.bag import BagDecoding, BagLink
 from links_tflite.bundle import Bundle, LinkEntry, Profile
 from links_tflite.decoding import SequenceDecoder
 from links_tflite.interpreter import TFLiteRunner
@@ -122,9 +123,17 @@ class LastOutput:
 
 
 def open_link_files(spec: TaskSpec, file: Path, decoder: Path | None = None,
-                    num_threads: int = 1, bounds: Bounds | None = None) -> LinkRunner:
+                    num_threads: int = 1, bounds: Bounds | None = None,
+                    bag: BagDecoding | None = None) -> LinkRunner:
     """A link's files as a callable: activated outputs (within `bounds`, where given), or
-    token ids for a sequence target."""
+    token ids for a sequence target (decoded by its decoder file, or read out of a bag
+    link's logits by `bag`)."""
+    if bag is not None:
+        runner = TFLiteRunner(file, num_threads)
+        problem = bag.check(spec.vocab_size, int(np.prod(runner.output_shape)))
+        if problem:
+            raise ValueError(f"{file}: {problem}")
+        return BagLink(runner, bag, spec.max_len)
     if spec.kind == "sequence":
         if decoder is None:
             raise ValueError(f"{file}: a link into a sequence target needs its decoder file")
@@ -139,7 +148,7 @@ def open_link(bundle: Bundle, link: LinkEntry, num_threads: int = 1) -> LinkRunn
     decoder = bundle.decoder_path_of(link) if link.decoder else None
     prior = bundle.priors.get(link.target)
     return open_link_files(spec, bundle.path_of(link), decoder, num_threads,
-                           prior.bounds if prior is not None else None)
+                           prior.bounds if prior is not None else None, link.bag)
 
 
 def normalised(weights: list[float]) -> np.ndarray:

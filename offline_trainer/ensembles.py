@@ -12,14 +12,17 @@ on the fitting frames, and the ensemble takes the present source with the larges
 
 The fitting frames are the calibration frames: training frames the links did not train on
 (`train_links.calibration_split`). On the links' own training frames an overfit link looks
-best and takes the weight. `calibrated_weights` then checks the learned weights on those
-frames for every subset: where some subset's ensemble falls more than `SUBSET_SLACK` below
-its best single link, it moves the weight towards the best links (by calibration agreement),
-down to "the best present link alone", which never falls below it.
+best and takes the weight. `calibrated_weights` then ranks the links (on the calibration
+frames where they can tell two links apart, else by their agreement over all training
+frames) and keeps a mixture of links only where, on the calibration frames, no subset's
+ensemble falls more than `SUBSET_SLACK` below its best single link and the mixture beats the
+best link alone by more than one standard error; otherwise the best link serves alone
+(a sequence target always reads one: the best ranked present source).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -105,6 +108,9 @@ def fit_source_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
 
 
 SUBSET_SLACK = 0.005  # an ensemble may lose half a point to the best link of its subset
+# A mixture of links must beat the best link alone, and one link another, by this many
+# standard errors of the mean per-frame gain on the calibration frames to be told apart.
+TIE_STANDARD_ERRORS = 1.0
 RANK_SHARPNESS = (0.5, 1.0, 2.0, 4.0)  # decades of weight between successive ranks
 
 
@@ -116,50 +122,97 @@ def ranked_weights(scores: Mapping[str, float], decades: float) -> dict[str, flo
     return {s: w / total for s, w in raw.items()}
 
 
-def subset_deficits(spec: TaskSpec, weights: Mapping[str, float],
-                    outputs: Mapping[str, np.ndarray], exact: np.ndarray,
-                    singles: Mapping[str, float], subsets: list[frozenset[str]],
-                    min_share: float) -> tuple[float, float]:
-    """(mean agreement over the subsets, worst shortfall of a subset's ensemble below its
-    best single link) of `weights` on these frames, pooled as shipped."""
-    from links_tflite.ensemble import combine_outputs
+def link_order(calibration: Mapping[str, np.ndarray],
+               fitting: Mapping[str, np.ndarray] | None = None,
+               standard_errors: float = TIE_STANDARD_ERRORS) -> list[str]:
+    """The sources best first, from their links' per-frame agreement on the calibration
+    frames: one link goes before another where its mean gain over it there (paired, frame by
+    frame) is more than `standard_errors` standard errors of that mean; where the calibration
+    frames cannot tell the two apart, by their agreement over the fitting and calibration
+    frames together (`fitting`: per-frame agreement on the frames the links fit on, an
+    optimistic figure but from more frames); then by name."""
+    def overall(source: str) -> float:
+        scores = calibration[source]
+        if fitting is not None and source in fitting:
+            scores = np.concatenate([fitting[source], scores])
+        return float(scores.mean()) if len(scores) else 0.0
 
-    values, worst = [], 0.0
-    for subset in subsets:
-        value = mean_agreement(spec, combine_outputs(spec, weights,
-                                                     {s: outputs[s] for s in subset},
-                                                     min_share=min_share), exact)
-        values.append(value)
-        worst = max(worst, max(singles[s] for s in subset) - value)
-    return float(np.mean(values)), worst
+    def compare(a: str, b: str) -> int:
+        gain = np.asarray(calibration[a], np.float64) - calibration[b]
+        spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else np.inf
+        if len(gain) and abs(float(gain.mean())) > standard_errors * spread:
+            return -1 if gain.mean() > 0 else 1
+        first, second = overall(a), overall(b)
+        if first != second:
+            return -1 if first > second else 1
+        return -1 if a < b else 1 if a > b else 0
+
+    return sorted(calibration, key=functools.cmp_to_key(compare))
 
 
 def calibrated_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact: np.ndarray,
-                       seed: int = 0, min_share: float = 0.0,
-                       slack: float = SUBSET_SLACK) -> dict[str, float]:
-    """Weights fit on calibration frames (`fit_source_weights`), then checked there on every
-    (profiled) subset: among the learned weights, the learned weights times rank weights of
-    growing sharpness, and the rank weights alone, the best on average of those whose every
-    subset is within `slack` of its best single link (else the one closest to that)."""
+                       seed: int = 0, min_share: float = 0.0, slack: float = SUBSET_SLACK,
+                       fitting: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Weights for one target from its links' outputs on the calibration frames (`exact`:
+    the target's outputs there; `fitting`: each link's per-frame agreement on the frames it
+    fit on, which breaks the calibration frames' ties, `link_order`).
+
+    The links are ranked (`link_order`); the candidates are the learned weights
+    (`fit_source_weights`), the learned weights times rank weights of growing sharpness and
+    the rank weights alone, the sharpest of which is the best link alone (the others under
+    `min_share`). A candidate that mixes links is kept only where, on the calibration frames,
+    every profiled subset's ensemble is within `slack` of its best single link and its gain
+    over the best link alone (per frame, averaged over the subsets) is more than
+    `TIE_STANDARD_ERRORS` standard errors: where the calibration frames cannot tell the
+    mixture from the best link, the best link serves. A sequence target (one present source
+    read) gets the rank weights."""
+    sources = sorted(outputs)
+    if len(sources) < 2:
+        return fit_source_weights(spec, outputs, exact, seed=seed)
+    from links_tflite.agreement import agreement
+
+    per_frame = {s: agreement(spec, outputs[s], exact) for s in sources}
+    order = link_order(per_frame, fitting)
+    rank = {s: float(len(order) - i) for i, s in enumerate(order)}
+    if POOLING[spec.kind] == "heaviest_source":
+        return ranked_weights(rank, 1.0)
     learned = fit_source_weights(spec, outputs, exact, seed=seed)
-    if len(learned) < 2 or POOLING[spec.kind] == "heaviest_source":
-        return learned
-    singles = {s: mean_agreement(spec, outputs[s], exact) for s in outputs}
-    subsets, _ = profiled_subsets(sorted(outputs), seed)
     candidates = [learned]
     for decades in RANK_SHARPNESS:
-        ranked = ranked_weights(singles, decades)
+        ranked = ranked_weights(rank, decades)
         mixed = {s: learned[s] * ranked[s] for s in learned}
         total = sum(mixed.values()) or 1.0
         candidates += [{s: w / total for s, w in mixed.items()}, ranked]
-    scored = [(subset_deficits(spec, w, outputs, exact, singles, subsets, min_share), i)
-              for i, w in enumerate(candidates)]
-    within = [(mean, -i) for (mean, worst), i in scored if worst <= slack]
-    closest = min(scored, key=lambda item: (item[0][1], item[1]))[1]
-    chosen = -max(within)[1] if within else closest
-    if chosen:
-        log.debug("ensemble weights sharpened (candidate %d): %s", chosen, candidates[chosen])
+    subsets, _ = profiled_subsets(sources, seed)
+    best_single = np.array([max(float(per_frame[s].mean()) for s in subset)
+                            for subset in subsets])
+    scored = [subset_scores(spec, w, outputs, exact, subsets, min_share) for w in candidates]
+    alone = scored[-1]
+    kept = []
+    for i, frames in enumerate(scored[:-1]):
+        worst = float((best_single - frames.mean(axis=1)).max())
+        gain = (frames - alone).mean(axis=0)
+        spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else np.inf
+        if worst <= slack and float(gain.mean()) > TIE_STANDARD_ERRORS * spread:
+            kept.append((float(gain.mean()), -i))
+    chosen = -max(kept)[1] if kept else len(candidates) - 1
+    log.debug("ensemble weights (candidate %d of %d): %s", chosen, len(candidates),
+              candidates[chosen])
     return candidates[chosen]
+
+
+def subset_scores(spec: TaskSpec, weights: Mapping[str, float],
+                  outputs: Mapping[str, np.ndarray], exact: np.ndarray,
+                  subsets: list[frozenset[str]], min_share: float) -> np.ndarray:
+    """(subsets, frames): the per-frame agreement of each subset's ensemble, pooled as
+    shipped."""
+    from links_tflite.agreement import agreement
+    from links_tflite.ensemble import combine_outputs
+
+    return np.stack([agreement(spec, combine_outputs(spec, weights,
+                                                     {s: outputs[s] for s in subset},
+                                                     min_share=min_share), exact)
+                     for subset in subsets])
 
 
 def profiled_subsets(sources: list[str], seed: int = 0,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from links_tflite.bag import BagDecoding
 from links_tflite.tasks import TaskSpec, gate_box, link_width
 from offline_trainer.mlp import train_mlp
 from offline_trainer.seq_links import (
@@ -220,6 +221,7 @@ class TrainedLink:
     parts: list[ExportPart]
     predict: Callable[[np.ndarray], np.ndarray]  # float Keras link: activated output or ids
     check_inputs: np.ndarray  # recorded source rows to compare the files with `predict` on
+    bag: BagDecoding | None = None  # a bag link's read-out (`offline_trainer.bag_links`)
 
 
 def train_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,

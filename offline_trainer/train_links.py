@@ -11,8 +11,10 @@ and the rest is held out. On the calibration frames, through the exported files:
   `dropped_links` with its figures;
 - the ensembles' weights are fit (`offline_trainer.ensembles.calibrated_weights`).
 Every link's architecture follows the two models' output formats (vec2vec, seq2vec, vec2seq,
-seq2seq). All agreement figures of the profile, the priors' included, are measured on the
-held-out frames (never trained or calibrated on), through the exported files and the LiteRT
+seq2seq); a link into a sequence target may instead be a bag-of-tokens link (vec2bag,
+seq2bag: `train_sequence_link`), the decoder left untrained on a large vocabulary.
+All agreement figures of the profile, the priors' included, are measured on the held-out
+frames (never trained or calibrated on), through the exported files and the LiteRT
 interpreter, with the same ensemble code the agent runs
 (`links_tflite.ensemble.combine_outputs`).
 """
@@ -32,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from links_tflite.agreement import agreement, mean_agreement
+from links_tflite.bag import BAG_OUTPUT, BagDecoding
 from links_tflite.bundle import PROFILE, Profile, link_name, write_manifest
 from links_tflite.ensemble import (
     LEARNED,
@@ -43,9 +46,10 @@ from links_tflite.ensemble import (
 from links_tflite.prior import clamp, fit_prior, output_range, prior_outputs
 from links_tflite.recording import Recording, RecordingError
 from links_tflite.tasks import TaskSpec
+from offline_trainer.bag_links import bag_link, fit_bag, ordered_oracle_scores
 from offline_trainer.ensembles import calibrated_weights, profiled_subsets, subset_case
 from offline_trainer.export import export_link
-from offline_trainer.links import LinkTraining, architecture, train_link
+from offline_trainer.links import LinkTraining, TrainedLink, architecture, train_link
 from offline_trainer.probe import probe_scores
 from offline_trainer.zoo import measure_delay_ms
 
@@ -54,6 +58,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_SHARE = 0.2  # of the training frames: what links are checked on, not fit on
 PRIOR_MARGIN = 0.01  # a link ships only if it beats its target's prior by this much...
 PRIOR_STANDARD_ERRORS = 1.0  # ... and by this many standard errors of the per-frame gain
+LARGE_VOCABULARY = 512  # a sequence target with this many tokens: the bag link first
+BAG_STANDARD_ERRORS = 1.0  # on a smaller one, the bag must beat the decoder by this much
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,12 @@ class LinkResult:
     calibration_scores: np.ndarray  # ... their per-frame agreement with the target model's
     exported: bool = True  # False: the float link did not beat the prior, no file was made
     probed_out: bool = False  # True: not even trained, a linear probe did not beat the prior
+    bag: BagDecoding | None = None  # a bag link's read-out (links_tflite.bag)
+    choice: str = ""  # into a sequence target: bag link or decoder, and why
+
+    @property
+    def output(self) -> str:
+        return BAG_OUTPUT if self.bag is not None else "tokens" if self.decoder else "logits"
 
     @property
     def calibration_agreement(self) -> float:
@@ -179,8 +191,12 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
                 float_agreement=figure, int8_vs_float=1.0, held_out_outputs=nothing,
                 held_out_float=nothing, calibration_outputs=nothing, calibration_scores=probed,
                 exported=False, probed_out=True)
-    trained = train_link(tasks[source], spec, x[fit], y[fit], training,
-                         (x[calibration], y[calibration]))
+    if spec.kind == "sequence":
+        trained, choice = train_sequence_link(tasks[source], spec, x, y, fit, calibration,
+                                              training, prior)
+    else:
+        trained, choice = train_link(tasks[source], spec, x[fit], y[fit], training,
+                                     (x[calibration], y[calibration])), ""
     bounds = output_range(y[train]) if spec.kind == "regression" else None
     floating = clamp(trained.predict(x[held_out]), bounds)
     if prior is not None:
@@ -194,12 +210,13 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
                 size_bytes=0, fallback="", delay_ms=0.0, agreement=float_agreement,
                 float_agreement=float_agreement, int8_vs_float=1.0,
                 held_out_outputs=floating, held_out_float=floating,
-                calibration_outputs=calibrated, calibration_scores=scores, exported=False)
+                calibration_outputs=calibrated, calibration_scores=scores, exported=False,
+                bag=trained.bag, choice=choice)
     exported = export_link(trained, spec, bundle_dir, f"{source}__{target}",
                            check=(x[calibration], y[calibration]))
     runner = open_link_files(spec, bundle_dir / exported.file,
                              bundle_dir / exported.decoder if exported.decoder else None,
-                             bounds=bounds)
+                             bounds=bounds, bag=trained.bag)
     shipped = runner(x[held_out])
     calibrated = runner(x[calibration])
     return LinkResult(
@@ -221,7 +238,55 @@ def train_one_link(recording: Recording, source: str, target: str, train: np.nda
         held_out_float=floating,
         calibration_outputs=calibrated,
         calibration_scores=agreement(spec, calibrated, y[calibration]),
+        bag=trained.bag,
+        choice=choice,
     )
+
+
+def train_sequence_link(source: TaskSpec, target: TaskSpec, x: np.ndarray, y: np.ndarray,
+                        fit: np.ndarray, calibration: np.ndarray, training: LinkTraining,
+                        prior: TargetPrior | None) -> tuple[TrainedLink, str]:
+    """A link into a sequence target: the bag link (`offline_trainer.bag_links`, seconds in
+    numpy) or the decoder (vec2seq / seq2seq), whichever agrees better with the target on
+    the calibration frames, with why: on a vocabulary of `LARGE_VOCABULARY` tokens or more
+    the bag on a tie (one small file, no loop); on a smaller one the decoder unless the bag
+    is better by `BAG_STANDARD_ERRORS` standard errors of the paired per-frame gain (with
+    few calibration frames a tie is luck, and the decoder also learns order and repeats).
+    On a large vocabulary the decoder is not trained where the bag already
+    beats the prior, nor where even the bag's tokens put in the target's own order
+    (`ordered_oracle_scores`) do not: it could not beat the prior either."""
+    check = (x[calibration], y[calibration])
+    bag = fit_bag(source, target, x[fit], y[fit], training, check)
+    if bag is None:
+        return train_link(source, target, x[fit], y[fit], training, check), (
+            "decoder: no token is held by enough training frames for a bag link")
+    bag_predicted = bag.predict(check[0])
+    bag_scores = agreement(target, bag_predicted, check[1])
+    if target.vocab_size >= LARGE_VOCABULARY:
+        large = f"vocabulary of {target.vocab_size} tokens"
+        if prior is None or beats_prior(bag_scores, prior):
+            return bag_link(bag, x[fit], training), (
+                f"bag {bag_scores.mean():.3f} on calibration frames; decoder not trained "
+                f"({large}, the bag beats the prior)")
+        oracle = ordered_oracle_scores(bag_predicted, check[1])
+        if not beats_prior(oracle, prior):
+            return bag_link(bag, x[fit], training), (
+                f"bag {bag_scores.mean():.3f} on calibration frames; decoder not trained "
+                f"({large}: the bag's tokens in the target's own order reach "
+                f"{oracle.mean():.3f}, not better than the prior)")
+    decoder = train_link(source, target, x[fit], y[fit], training, check)
+    decoder_scores = agreement(target, decoder.predict(check[0]), check[1])
+    figures = (f"bag {bag_scores.mean():.3f}, decoder {decoder_scores.mean():.3f} on "
+               "calibration frames")
+    gain = bag_scores - decoder_scores
+    spread = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else np.inf
+    # on a large vocabulary the bag wins a tie (it is cheaper); on a small one the decoder,
+    # which also learns the order and the repeats, unless the bag is better by one standard
+    # error
+    needed = 0.0 if target.vocab_size >= LARGE_VOCABULARY else BAG_STANDARD_ERRORS * spread
+    if float(gain.mean()) >= needed:
+        return bag_link(bag, x[fit], training), figures
+    return decoder, figures
 
 
 def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MARGIN,
@@ -234,16 +299,41 @@ def beats_prior(scores: np.ndarray, prior: TargetPrior, margin: float = PRIOR_MA
     return float(gain.mean()) >= margin + standard_errors * spread
 
 
+def fit_agreements(recording: Recording, results: list[LinkResult], fit: np.ndarray,
+                   bundle_dir: Path, priors: dict[str, TargetPrior],
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """Per target with two shipped links or more, each link's per-frame agreement on the
+    frames it fit on, through its exported files (what breaks the calibration frames' ties
+    between links, `offline_trainer.ensembles.link_order`)."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.target] = counts.get(r.target, 0) + 1
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for r in results:
+        if counts[r.target] < 2:
+            continue
+        spec = recording.tasks[r.target]
+        runner = open_link_files(spec, bundle_dir / r.file,
+                                 bundle_dir / r.decoder if r.decoder else None,
+                                 bounds=priors[r.target].bounds, bag=r.bag)
+        scores.setdefault(r.target, {})[r.source] = agreement(
+            spec, runner(recording.outputs[r.source][fit]), recording.outputs[r.target][fit])
+    return scores
+
+
 def fit_ensembles(recording: Recording, results: list[LinkResult], calibration: np.ndarray,
-                  seed: int) -> dict[str, dict[str, float]]:
+                  seed: int, fitting: dict[str, dict[str, np.ndarray]] | None = None,
+                  ) -> dict[str, dict[str, float]]:
     """Per-source weights for every target, fit on the calibration frames (which the links
-    did not train on)."""
+    did not train on); the links' agreement on the frames they fit on (`fitting`, by target
+    and source) breaks the calibration frames' ties (`calibrated_weights`)."""
     return {
         target: calibrated_weights(
             recording.tasks[target],
             {r.source: r.calibration_outputs for r in results if r.target == target},
             recording.outputs[target][calibration],
             seed=seed, min_share=MIN_SHARE,
+            fitting=(fitting or {}).get(target),
         )
         for target in recording.models
     }
@@ -304,8 +394,10 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
             "links": [
                 {"source": r.source, "target": r.target, "file": r.file,
                  **({"decoder": r.decoder} if r.decoder else {}),
-                 "architecture": r.architecture,
-                 "output": "tokens" if r.decoder else "logits",
+                 "architecture": r.architecture, "output": r.output,
+                 **({"tokens": list(r.bag.tokens), "threshold": r.bag.threshold}
+                    if r.bag is not None else {}),
+                 **({"choice": r.choice} if r.choice else {}),
                  "quantization": r.quantization, "parts": r.parts, "ops": list(r.ops),
                  **({"fallback": r.fallback} if r.fallback else {})}
                 for r in report.links
@@ -316,6 +408,7 @@ def write_bundle(recording: Recording, report: TrainReport, staging: Path, out: 
                             "prior on calibration frames" if r.probed_out else
                             f"not better than the prior by {PRIOR_MARGIN} + "
                             f"{PRIOR_STANDARD_ERRORS:g} standard error on calibration frames"),
+                 **({"choice": r.choice} if r.choice else {}),
                  "calibration_agreement": r.calibration_agreement,
                  "prior_calibration_agreement": report.priors[r.target].calibration,
                  "held_out_agreement": r.agreement}
@@ -396,7 +489,9 @@ def train_on_rows(recording: Recording, train: np.ndarray, held_out: np.ndarray,
             for file in (r.file, r.decoder):
                 if file:
                     (staging / file).unlink()
-        weights = fit_ensembles(recording, kept, calibration, training.seed)
+        fit, _ = calibration_split(train, training.seed)
+        weights = fit_ensembles(recording, kept, calibration, training.seed,
+                                fit_agreements(recording, kept, fit, staging, priors))
         profile = profile_ensembles(recording, kept, held_out, weights, training.seed,
                                     {m: p.held_out for m, p in priors.items()})
         report = TrainReport(kept, weights, profile, dropped, priors)

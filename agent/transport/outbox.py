@@ -122,11 +122,12 @@ class Outbox:
         return self.store([(topic, payload, qos, None) for topic, payload, qos in messages])
 
     def store(self, messages: Sequence[Staged], sent: bool = False,
-              acked: list[int] | None = None) -> list[int]:
-        """Delete acknowledged rows and store new messages in one transaction (the sender's
-        one write per wake-up; `sent`: they are handed to MQTT right after the commit), then
-        drop the oldest beyond the bound. Returns the new rows' ids."""
-        if not messages and not acked:
+              acked: list[int] | None = None, unsent: list[int] | None = None) -> list[int]:
+        """Delete acknowledged rows, mark refused ones not sent (`unsent`: no copy of them was
+        delivered) and store new messages in one transaction (the sender's one write per
+        wake-up; `sent`: they are handed to MQTT right after the commit), then drop the oldest
+        beyond the bound. Returns the new rows' ids."""
+        if not messages and not acked and not unsent:
             return []
         now = time.time()
         with self._lock:
@@ -135,6 +136,9 @@ class Outbox:
                 removed = self._db.executemany(
                     "DELETE FROM outbox WHERE id = ?", [(i,) for i in acked]
                 ).rowcount if acked else 0
+                if unsent:
+                    self._db.executemany("UPDATE outbox SET sent = 0 WHERE id = ?",
+                                         [(i,) for i in unsent])
                 ids = [int(self._db.execute(
                     "INSERT INTO outbox (topic, payload, qos, created, sent, key) "
                     "VALUES (?, ?, ?, ?, ?, ?)",

@@ -18,6 +18,8 @@ from agent.transport.topics import Topics
 
 log = logging.getLogger(__name__)
 
+DRAIN_DISK_FULL_S = 3.0  # a drain gives up after the outbox's disk was full this long
+
 
 class Publisher:
     def __init__(self, config: MqttConfig, device_id: str, outbox: Outbox | None = None,
@@ -154,15 +156,21 @@ class Publisher:
     # -- shutdown ------------------------------------------------------------------------------
     def drain(self, timeout_s: float = 30.0) -> bool:
         """Wait until every output is acknowledged; False if time ran out (with an outbox,
-        what is left stays on disk and is replayed at the next start)."""
-        deadline = time.monotonic() + timeout_s
+        what is left stays on disk and is replayed at the next start). While the outbox's
+        disk is full nothing can be stored nor deleted: after DRAIN_DISK_FULL_S of it the
+        wait ends early (a stop on a full disk takes seconds, not the whole `timeout_s`)."""
+        started = time.monotonic()
+        full_since: float | None = None
         while self.pending:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            full_since = (full_since or now) if self.disk_full else None
+            if now - started > timeout_s or (
+                    full_since is not None and now - full_since > DRAIN_DISK_FULL_S):
                 if self.sender is None:
                     log.error("%d messages still unacknowledged after %.0fs", self.pending,
-                              timeout_s)
+                              now - started)
                 else:
-                    self.sender.drain_log(timeout_s)
+                    self.sender.drain_log(now - started)
                 return False
             self._wake()
             time.sleep(0.01)

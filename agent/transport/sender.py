@@ -12,8 +12,9 @@ resend them unchanged) and published again from the outbox marked `"possible_dup
 true`: each may have reached the broker with its PUBACK lost. Rows handed to MQTT by an
 earlier process are marked the same way when replayed; rows never sent are not. So a
 subscriber sees every output at least once, and every extra copy carries the mark. A PUBACK
-with a failure reason code is not a delivery: the row stays, unmarked, and is sent again
-after a back-off.
+with a failure reason code is not a delivery: the row stays and is sent again after a
+back-off, unmarked where the refused copy was its first (a refused resend stays marked: an
+earlier copy may have reached the broker with its PUBACK lost).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class OutboxSender:
         self._staged: deque[Staged] = deque()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row id (sender thread only)
         self._row_topics: dict[int, str] = {}  # outbox row id in flight -> its topic
+        self._first_copies: set[int] = set()  # rows in flight whose copy is their first
         self._cursor = 0  # highest outbox row id handed to paho in this process
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -79,7 +81,10 @@ class OutboxSender:
         self._retry_delay = REFUSED_RETRY_S[0]
         self.disk_full = False  # the outbox cannot be written (state dir's disk full)
         self.unstored = 0  # outputs dropped because they could not be stored
-        self._unapplied_acks: list[int] = []  # acknowledged rows whose delete failed
+        # taken from paho's PUBACKs, applied to the outbox in the next write (kept for the one
+        # after where that write fails: a full disk never makes the sender forget a row)
+        self._acked_rows: list[int] = []  # acknowledged: to delete
+        self._unsent_rows: list[int] = []  # refused: to mark not sent (no copy delivered)
         self._storing = 0  # outputs taken from `_staged` by the sender, not yet in the outbox
         self.frames_skipped: dict[str, int] = {}  # by reason: outbox_full, disk_full
         self._holding: str | None = None  # why the loop skips frames now
@@ -226,33 +231,38 @@ class OutboxSender:
         deleted. Where nothing older waits to be sent and the window has room, the new rows
         are stored as sent and handed to MQTT from memory (a frame's outputs cost one write,
         not an insert, a read, a mark and a delete)."""
+        self._take_answers()
         batch = []
         while self._staged:  # counted in `pending` all along (see `_storing`)
             batch.append(self._staged.popleft())
             self._storing += 1
-        acked = self._unapplied_acks + self._take_acked()
-        self._unapplied_acks = []
-        self._take_refused()
+        acked, unsent = self._acked_rows, self._unsent_rows
         direct = (bool(batch) and self.mqtt.connected and not self._closing
                   and not self.mqtt.taken_back and self._cursor >= self.outbox.last_id
                   and len(self._inflight) + len(batch) <= WINDOW)
         try:
-            ids = self.outbox.store(batch, sent=direct, acked=acked)
+            ids = self.outbox.store(batch, sent=direct, acked=acked, unsent=unsent)
         except BaseException:
             self._staged.extendleft(reversed(batch))  # keep them, in order, for the retry
-            self._storing = 0
-            self._unapplied_acks = acked
-            raise
+            raise  # the answers stay in _acked_rows and _unsent_rows for the next write
         finally:
             self._storing = 0
-        if self.disk_full and (batch or acked):
+        self._acked_rows, self._unsent_rows = [], []
+        if self.disk_full and (batch or acked or unsent):
             self.disk_full = False
             log.warning("the outbox is written again (disk no longer full)")
         if direct:
             self._hand_over([Message(i, topic, data, qos, False)
                              for i, (topic, data, qos, _) in zip(ids, batch, strict=True)])
 
-    def _take_acked(self) -> list[int]:
+    def _take_answers(self) -> None:
+        """The broker's answers since the last wake-up, in memory only (never fails): rows
+        acknowledged go to `_acked_rows`, rows refused to `_refused_rows` and `_unsent_rows`;
+        the next write of the outbox applies them."""
+        self._take_acked()
+        self._take_refused()
+
+    def _take_acked(self) -> None:
         """The outbox rows of the PUBACKs received since the last wake-up."""
         rows = []
         acked = self.mqtt.acked_mids
@@ -262,20 +272,17 @@ class OutboxSender:
             if row is not None:
                 rows.append(row)
                 self._row_topics.pop(row, None)
+                self._first_copies.discard(row)
             else:
                 self.mqtt.settle_direct(mid)
         if rows:
+            self._acked_rows.extend(rows)
             self._retry_delay = REFUSED_RETRY_S[0]  # the broker takes outputs again
-        return rows
-
-    def _apply_acks(self) -> None:
-        self.outbox.ack(self._take_acked())
-        self._take_refused()
 
     def _take_refused(self) -> None:
-        """PUBACKs with a failure reason code: an output's row stays in the outbox, unmarked
-        (it was not delivered), to be sent again after a back-off; a response or a retained
-        message is counted and dropped."""
+        """PUBACKs with a failure reason code: an output's row stays in the outbox, to be
+        sent again after a back-off, and marked not sent where the refused copy was its first
+        (no copy was delivered); a response or a retained message is counted and dropped."""
         refused_rows = []
         refusals = self.mqtt.refused_mids
         while refusals:
@@ -284,10 +291,13 @@ class OutboxSender:
             if row is not None:
                 refused_rows.append(row)
                 self.mqtt.count_refused(self._row_topics.pop(row, "?"), code, name)
+                if row in self._first_copies:  # its only copy was refused: not sent
+                    self._first_copies.discard(row)
+                    self._unsent_rows.append(row)
+                # (a refused resend stays marked: an earlier copy may have been delivered)
             else:
                 self.mqtt.refused_direct(mid, code, name)
         if refused_rows:
-            self.outbox.mark_sent(refused_rows, sent=False)
             self._refused_rows.update(refused_rows)
             if self._retry_at is None:
                 self._retry_at = time.monotonic() + self._retry_delay
@@ -306,29 +316,33 @@ class OutboxSender:
         """Forget what was in flight before the reconnect (paho no longer holds it): the rows
         are read again from the outbox, marked, by _send_more. Responses taken back with them
         are published again as they were; retained messages are resent by the client."""
-        while self.mqtt.taken_back:
-            taken = self.mqtt.taken_back.popleft()
-            self._apply_acks()  # PUBACKs that arrived before the connection dropped
-            outbox_mids, rows = set(self._inflight), list(self._inflight.values())
-            self._inflight.clear()
-            self._row_topics.clear()
-            if self._refused_rows:  # a reconnect is a retry for refused outputs too
-                self._cursor = min(self._cursor, min(self._refused_rows) - 1)
-                self._refused_rows.clear()
-                self._retry_at = None
-            if rows:
-                self._cursor = min(self._cursor, min(rows) - 1)
-                log.info("%d outputs in flight at the disconnect: sent again, marked %s",
-                         len(rows), POSSIBLE_DUPLICATE)
-            self.mqtt.resend_taken_back(taken, outbox_mids)
+        if not self.mqtt.taken_back:
+            return
+        taken: list[mqtt.MQTTMessage] = []  # of every reconnect since the last wake-up: an
+        while self.mqtt.taken_back:  # output's copy taken back at the second is in flight too
+            taken += self.mqtt.taken_back.popleft()
+        self._take_answers()  # PUBACKs that arrived before the connection dropped
+        outbox_mids, rows = set(self._inflight), list(self._inflight.values())
+        self._inflight.clear()
+        self._row_topics.clear()
+        self._first_copies.clear()
+        if self._refused_rows:  # a reconnect is a retry for refused outputs too
+            self._cursor = min(self._cursor, min(self._refused_rows) - 1)
+            self._refused_rows.clear()
+            self._retry_at = None
+        if rows:
+            self._cursor = min(self._cursor, min(rows) - 1)
+            log.info("%d outputs in flight at the disconnect: sent again, marked %s",
+                     len(rows), POSSIBLE_DUPLICATE)
+        self.mqtt.resend_taken_back(taken, outbox_mids)
 
     def _send_more(self) -> None:
         """Hand the next outbox rows to paho, up to WINDOW in flight; rows sent before (by this
         process before a reconnect, or by an earlier one) go out marked."""
         room = WINDOW - len(self._inflight)
-        if room <= 0 or self._cursor >= self.outbox.last_id:
-            return
-        busy = set(self._inflight.values())
+        if room <= 0 or self._cursor >= self.outbox.last_id or self._unsent_rows:
+            return  # refusals not yet written: their rows' `sent` on disk is still true
+        busy = set(self._inflight.values()).union(self._acked_rows)  # acked, not yet deleted
         batch = [m for m in self.outbox.after(self._cursor, room) if m.id not in busy]
         self.outbox.mark_sent([m.id for m in batch if not m.sent])
         self._hand_over(batch)
@@ -348,6 +362,10 @@ class OutboxSender:
                 return
             self._inflight[info.mid] = message.id
             self._row_topics[message.id] = message.topic
+            if message.sent:
+                self._first_copies.discard(message.id)
+            else:
+                self._first_copies.add(message.id)
             self._cursor = max(self._cursor, message.id)
 
     def drain_log(self, timeout_s: float) -> None:

@@ -2,19 +2,23 @@
 failure reason code (135 Not authorized) is not a delivery. The outputs stay in the outbox,
 the health says degraded with the refusals by reason code, the log says it once per topic,
 and once the ACL allows the topics again the outputs waiting are delivered, unmarked (no copy
-of them reached anyone). A response the broker refuses is counted and dropped, never sent
+of them reached anyone); refusals that come while the outbox cannot be written are kept in
+memory until it can. A response the broker refuses is counted and dropped, never sent
 again. A full disk under the outbox: the status says `disk_full`, the loop is not blocked,
-outputs beyond the staging bound are dropped and counted, and everything else is delivered
-once the disk has room again."""
+outputs beyond the staging bound are dropped and counted, a drain gives up within seconds,
+and everything else is delivered once the disk has room again."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.publish import single
 
 from agent.config import MqttConfig
 from agent.transport import Publisher
@@ -35,30 +39,59 @@ ALLOW_ALL = f"user box\ntopic readwrite mlink/{DEVICE}/#\n\nuser watcher\ntopic 
 
 
 def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.transport.sender.REFUSED_RETRY_S", (0.5, 1.0))  # 5 s, 60 s
     acl = tmp_path / "acl"
-    acl.write_text(DENY_OUTPUTS)
+    acl.write_text(ALLOW_ALL)
     passwords = password_file(tmp_path / "passwords", USERS)
     (tmp_path / "box-password").write_text(USERS["box"])
     with LocalBroker(anonymous=False, extra_config=f"password_file {passwords}\n"
                                                    f"acl_file {acl}\n") as broker:
+        config = MqttConfig(port=broker.port, username="box",
+                            password_file=tmp_path / "box-password")
         watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i",
                              client_id="watcher", login=("watcher", USERS["watcher"]))
+        # an output delivered whose PUBACK never came back (the agent died first): its row
+        # is in the outbox, sent; the next process sends it again, marked, and that copy is
+        # refused: it stays marked when it goes again (the first copy was delivered)
         outbox = Outbox(tmp_path / "outbox.sqlite")
-        publisher = Publisher(MqttConfig(port=broker.port, username="box",
-                                         password_file=tmp_path / "box-password"),
-                              DEVICE, outbox)
+        publisher = Publisher(config, DEVICE, outbox)
+        first = (publisher.topics.output("digit"), json.dumps({"i": 100}).encode(), 1, None)
+        outbox.store([first], sent=True)
+        single(first[0], first[1], qos=1, port=broker.port, protocol=mqtt.MQTTv311,
+               auth={"username": "box", "password": USERS["box"]})
+        assert watcher.wait_for(1) == {100}, "the first copy was delivered"
+        acl.write_text(DENY_OUTPUTS)
+        broker._process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
+        time.sleep(0.3)
         caplog.set_level(logging.ERROR, logger="agent.transport")
         publisher.connect(10)
         try:
-            for i in range(30):
-                publisher.publish(publisher.topics.output("digit" if i % 2 else "parity"),
-                                  {"i": i})
-            wait_until(lambda: sum(publisher.refused.values()) >= 30, 10, "30 refusals")
+            wait_until(lambda: sum(publisher.refused.values()) >= 1, 10, "the resend refused")
+            # the refusals come while the outbox cannot be written (SQLite refuses writes, as
+            # on a full disk whose WAL cannot grow): the broker is paused while 30 outputs
+            # go out, the outbox is made read-only, then the broker answers
+            broker._process.send_signal(signal.SIGSTOP)
+            try:
+                for i in range(30):
+                    publisher.publish(publisher.topics.output("digit" if i % 2 else "parity"),
+                                      {"i": i})
+                wait_until(lambda: outbox.depth == 31 and not publisher.pending - 31, 10,
+                           "30 outputs stored and sent")
+                read_only(outbox, True)
+            finally:
+                broker._process.send_signal(signal.SIGCONT)
+            wait_until(lambda: sum(publisher.refused.values()) >= 31, 10, "30 refusals")
+            for i in range(30, 35):  # waiting in memory for the outbox
+                publisher.publish(publisher.topics.output("digit"), {"i": i})
+            time.sleep(1.0)  # the sender tries to write, and fails, a few times
+            read_only(outbox, False)
+            wait_until(lambda: sum(publisher.refused.values()) >= 36, 10, "35 refusals")
             health = publisher.health()
             assert health["state"] == "degraded", health
             assert set(health["refused"]) == {"135 Not authorized"}, health
-            assert outbox.depth == 30 and publisher.pending == 30, "refused is not delivered"
+            assert outbox.depth == 36 and publisher.pending == 36, "refused is not delivered"
             refusal_lines = [r for r in caplog.records if "refused a publication" in r.message]
             assert len(refusal_lines) == 2, "logged once per topic"  # digit and parity
             # a response on a denied topic: counted, dropped, not sent again
@@ -68,10 +101,14 @@ def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
             acl.write_text(ALLOW_ALL)
             broker._process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL
             assert publisher.drain(30), "the refused outputs are sent again once allowed"
-            assert watcher.wait_for(30) == set(range(30))
+            assert watcher.wait_for(36) == set(range(35)) | {100}
             time.sleep(0.5)
-            assert not any(p.get("possible_duplicate") for p in watcher.payloads), \
+            assert not any(p.get("possible_duplicate") for p in watcher.payloads
+                           if p["i"] != 100), \
                 "a refused output reached no one: its next copy is not a duplicate"
+            copies = [p for p in watcher.payloads if p["i"] == 100]
+            assert len(copies) == 2 and copies[1].get("possible_duplicate"), \
+                "the refused resend of a delivered output is still marked when it goes"
             assert publisher.responses_dropped == 1
             assert publisher.health()["refused_waiting"] == 0
         finally:
@@ -79,12 +116,21 @@ def test_refused_outputs_stay_in_the_outbox_and_are_sent_once_allowed(
             watcher.stop()
 
 
+def read_only(outbox: Outbox, on: bool) -> None:
+    """SQLite refuses every write to the outbox (`on`), or takes them again."""
+    with outbox._lock:
+        outbox._db.execute(f"PRAGMA query_only = {int(on)}")
+
+
 def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
                                                       tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite's own "database or disk is full" (SQLITE_FULL, made by a page limit on the
     outbox) during a broker outage."""
     from agent.transport import STAGED_MAX
+
+    monkeypatch.setattr("agent.transport.publisher.DRAIN_DISK_FULL_S", 0.5)  # 3 s in service
 
     broker = persistent_broker
     watcher = Subscriber(broker.port, f"mlink/{DEVICE}/models/#", key="i", client_id="w2")
@@ -111,6 +157,9 @@ def test_a_full_disk_is_reported_counted_and_survived(persistent_broker,
         wait_until(lambda: outbox.depth + publisher.sender.staged + publisher.unstored
                    == total, 10, "every output stored, waiting or counted")
         assert sum("cannot be written" in r.message for r in caplog.records) == 1
+        started = time.monotonic()  # a stop (SIGTERM) now: nothing can be stored nor deleted
+        assert not publisher.drain(30)
+        assert time.monotonic() - started < 5, "a drain on a full disk gives up early"
 
         with outbox._lock:
             outbox._db.execute("PRAGMA max_page_count = 1073741823")

@@ -64,3 +64,32 @@ def make_recording(n: int = 240, seed: int = 0,
 
 def save_recording(path: Path, **kwargs: object) -> Path:
     return make_recording(**kwargs).save(path)  # type: ignore[arg-type]
+
+
+LARGE_VOCAB, SCENES = 2000, 25
+
+
+def large_vocabulary_recording(n: int = 600, seed: int = 0) -> Recording:
+    """`scene` (single_label) picks a caption template (the token 2, then three words of the
+    first thousand ids); 30% of captions have their last word replaced by one of a thousand
+    rare ids, which makes the vocabulary large. `keywords` (sequence, same ids) holds the
+    caption's words, largest id first: a source whose tokens a link can copy."""
+    rng = np.random.default_rng(seed)
+    scene = rng.integers(0, SCENES, n)
+    soft = np.eye(SCENES)[scene] * 0.8 + rng.dirichlet(np.ones(SCENES), n) * 0.2
+    words = rng.choice(np.arange(3, 1000), (SCENES, 3), replace=False)
+    caption = np.zeros((n, 8), np.float32)
+    keywords = np.zeros((n, 8), np.float32)
+    for i, c in enumerate(scene):
+        row = [2, *words[c]]
+        if rng.random() < 0.3:
+            row[3] = int(rng.integers(1000, LARGE_VOCAB))
+        caption[i, :4] = row
+        keywords[i, :3] = sorted(row[1:], reverse=True)
+    sequence = TaskSpec("sequence", dim=0, vocab_size=LARGE_VOCAB, max_len=8)
+    return Recording(
+        workload="synthetic-large-vocabulary", frame_ids=np.arange(n, dtype=np.int64),
+        ts=np.arange(n, dtype=np.float64),
+        tasks={"scene": TaskSpec("single_label", SCENES), "caption": sequence,
+               "keywords": sequence},
+        outputs={"scene": soft.astype(np.float32), "caption": caption, "keywords": keywords})

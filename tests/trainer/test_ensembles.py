@@ -195,3 +195,44 @@ def test_profile_is_measured_with_the_shipped_ensemble(digits_build) -> None:
             measured = mean_agreement(bundle.models[target], predicted,
                                       recording.outputs[target][held_out])
             assert measured == pytest.approx(bundle.profile.ensembles[target][subset], abs=0.01)
+
+
+def test_links_the_calibration_frames_cannot_tell_apart_are_ranked_on_all_frames() -> None:
+    """On calibration frames a clear gain decides, even against the fitting frames (where an
+    overfit link looks best); a gain within one standard error does not: the agreement over
+    fitting and calibration frames together does."""
+    from offline_trainer.ensembles import link_order
+
+    rng = np.random.default_rng(0)
+    close_a = (rng.random(60) < 0.80).astype(float)
+    close_b = close_a.copy()
+    close_b[np.flatnonzero(close_a == 1)[:2]] = 0.0  # two frames worse, one better:
+    close_b[np.flatnonzero(close_a == 0)[0]] = 1.0  # within one standard error
+    fitting = {"a": np.full(200, 0.70), "b": np.full(200, 0.90)}
+    assert link_order({"a": close_a, "b": close_b}, fitting) == ["b", "a"]
+    clear_a, clear_b = np.ones(60), np.r_[np.ones(30), np.zeros(30)]
+    overfit = {"a": np.full(200, 0.5), "b": np.ones(200)}
+    assert link_order({"a": clear_a, "b": clear_b}, overfit) == ["a", "b"]
+    assert link_order({"b": close_a, "a": close_a}) == ["a", "b"]  # a tie: by name
+
+
+def test_a_mixture_the_calibration_frames_cannot_tell_from_the_best_link_is_not_kept() -> None:
+    """Two links, one better; on 6 calibration frames nothing a mixture gains can be told
+    apart from luck, so the best link serves alone (every other under the read share)."""
+    from offline_trainer.ensembles import calibrated_weights
+
+    spec = TaskSpec("single_label", 4)
+    rng = np.random.default_rng(1)
+    exact = np.eye(4)[rng.integers(0, 4, 6)]
+    good = 0.6 * exact + 0.4 * rng.dirichlet(np.ones(4), 6)
+    weak = 0.3 * exact + 0.7 * rng.dirichlet(np.ones(4), 6)
+    weights = calibrated_weights(spec, {"good": good, "weak": weak}, exact,
+                                 min_share=MIN_SHARE,
+                                 fitting={"good": np.full(24, 0.9), "weak": np.full(24, 0.5)})
+    assert contributing_sources("log_linear", weights, ["good", "weak"], MIN_SHARE) == ["good"]
+    # a sequence target reads one link: the best ranked
+    sequence = TaskSpec("sequence", 0, vocab_size=5, max_len=3)
+    tokens = np.array([[2, 3, 0]] * 6, np.float32)
+    ranked = calibrated_weights(sequence, {"x": tokens, "y": tokens}, tokens,
+                                fitting={"x": np.full(24, 0.5), "y": np.full(24, 0.9)})
+    assert contributing_sources("heaviest_source", ranked, ["x", "y"]) == ["y"]
