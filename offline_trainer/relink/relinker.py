@@ -25,12 +25,14 @@ from links_tflite.ensemble import EnsemblePredictor
 from links_tflite.recording import Recording
 from offline_trainer.evaluation.actions import measure_actions
 from offline_trainer.links import LinkTraining
+from offline_trainer.relink.choice import keep_in_force
 from offline_trainer.relink.store import Stored, merge, time_split
-from offline_trainer.train_links import train_on_rows
+from offline_trainer.train_links import calibration_split, train_on_rows
 
 log = logging.getLogger(__name__)
 
 ROLL_OUT, KEEP, WAIT = "roll_out", "keep", "wait"
+MIN_VALIDATION_ROWS = 20
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,13 @@ class Decision:
     old: Figure | None = None
     new: Figure | None = None
     bundle: Path | None = None  # the new bundle (roll_out and keep)
+    # targets whose links the new bundle takes from the bundle in force (module doc)
+    kept_in_force: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"decision": self.action, "why": self.why, "rows": self.rows,
                 "train_rows": self.train_rows, "held_out_rows": self.held_out_rows,
-                "uploads": self.uploads,
+                "uploads": self.uploads, "kept_in_force": self.kept_in_force,
                 "old": None if self.old is None else self.old.to_dict(),
                 "new": None if self.new is None else self.new.to_dict(),
                 "bundle": None if self.bundle is None else self.bundle.name}
@@ -85,7 +89,8 @@ def bundle_figure(bundle_dir: Path, recording: Recording, rows: Any) -> Figure:
 
 class Relinker:
     def __init__(self, training: LinkTraining, min_rows: int = 1000, holdout: float = 0.3,
-                 margin: float = 0.01, max_rows: int = 200_000) -> None:
+                 margin: float = 0.01, max_rows: int = 200_000,
+                 per_target: bool = True) -> None:
         if not 0.0 < holdout < 1.0:
             raise ValueError(f"--holdout must be in (0, 1), got {holdout}")
         if not 20 <= min_rows <= max_rows:
@@ -95,6 +100,7 @@ class Relinker:
             raise ValueError(f"--margin must be in [0, 1), got {margin}")
         self.training, self.min_rows, self.holdout, self.margin, self.max_rows = (
             training, min_rows, holdout, margin, max_rows)
+        self.per_target = per_target
 
     def relink(self, stored: list[Stored], in_force: Path, out: Path) -> Decision:
         """Train on the stored recordings' older rows into `out`, measure both bundles on
@@ -116,9 +122,27 @@ class Relinker:
         train, held_out = time_split(len(merged), self.holdout)
         log.info("relinking on %d rows (%d held out, the newest) from %s", rows, len(held_out),
                  ", ".join(uploads))
-        train_on_rows(merged, train, held_out, out, self.training,
-                      meta={"relinked_from": uploads, "held_out": "the newest "
-                            f"{self.holdout:g} of the rows by time"})
+        report = train_on_rows(merged, train, held_out, out, self.training,
+                               meta={"relinked_from": uploads, "held_out": "the newest "
+                                     f"{self.holdout:g} of the rows by time"})
+        kept: list[str] = []
+        if self.per_target:  # per target, the better links on the validation slice
+            _, calibration = calibration_split(train, self.training.seed)
+            # the validation slice: the calibration rows of the newer half of the training
+            # rows (the stream as it is now), where they are enough
+            recent = calibration[calibration >= train[len(train) // 2]]
+            validation = recent if len(recent) >= MIN_VALIDATION_ROWS else calibration
+            was = bundle_figure(in_force, merged, validation).per_model
+            now = bundle_figure(out, merged, validation).per_model
+            spec = load_bundle(in_force).models  # a sequence target takes its new links
+            kept = sorted(m for m in models if was[m] > now[m] and spec[m].kind != "sequence")
+            if kept:
+                log.info("links into %s kept from the bundle in force: on %d validation "
+                         "rows %s", ", ".join(kept), len(validation), ", ".join(
+                             f"{m} {was[m]:.4f} vs new {now[m]:.4f}" for m in kept))
+                keep_in_force(report, set(kept), in_force, out, merged, train, calibration,
+                              held_out, self.training.seed,
+                              {"links_kept_in_force": kept})
         old = bundle_figure(in_force, merged, held_out)
         new = bundle_figure(out, merged, held_out)
         wins = new.mean >= old.mean + self.margin
@@ -126,4 +150,4 @@ class Relinker:
                f"rows: {'beats' if wins else 'does not beat'} it by the margin {self.margin:g}")
         return Decision(ROLL_OUT if wins else KEEP, why, rows=len(merged), train_rows=len(train),
                         held_out_rows=len(held_out), uploads=uploads, old=old, new=new,
-                        bundle=out)
+                        bundle=out, kept_in_force=kept)

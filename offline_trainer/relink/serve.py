@@ -53,6 +53,9 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
                        help="by how much the new bundle's figure must beat the one in force")
     serve.add_argument("--holdout", type=float, default=0.3,
                        help="the newest share of the rows, held out to judge both bundles")
+    serve.add_argument("--all-new", action="store_true",
+                       help="take every new link; by default, per target, the links in force "
+                            "are kept where they serve it better on the validation slice")
     serve.add_argument("--epochs", type=int, default=LinkTraining.epochs)
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--collect-timeout", type=float, default=30.0,
@@ -80,7 +83,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     host, port = args.broker
     relinker = Relinker(LinkTraining(epochs=args.epochs, seed=args.seed), args.min_rows,
-                        args.holdout, args.margin, args.max_rows)  # ValueError: exit 2
+                        args.holdout, args.margin, args.max_rows,
+                        per_target=not args.all_new)  # ValueError: exit 2
     policy = Policy(canary_share=args.canary, waves=args.waves,
                     response_timeout_s=args.timeout, window_s=args.window,
                     agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)

@@ -80,6 +80,32 @@ def test_drift_changes_agreement_and_selection(digits_fixture, heavy_models,
     assert agent.cost_figures()["models"]["parity"]["runs"] > 0
 
 
+def test_a_new_bundle_drops_the_online_figures(digits_fixture, heavy_models,
+                                               tmp_path: Path) -> None:
+    """The online figures measured the previous bundle's links: after a bundle swap the
+    agent selects on the new bundle's profile, and the live figures are of its links only."""
+    import shutil
+
+    from links_tflite.bundle import load_bundle
+
+    config = load_config(python_config(
+        tmp_path, digits_fixture.root, policy="exact", budget="memory_mb = 40.0",
+        profiling="period_frames = 0\nsample_frames = 12\nmin_samples = 8\nagreement_window = 12"))
+    agent = Agent.from_config(config)
+    frames = agent.start()
+    (target,) = agent.selection.predicted
+    sources = frozenset(agent.selection.active)
+    pm.DRIFT[target] = True  # the live figure falls far below the bundle's
+    run_window(agent, frames, 12)
+    assert agent.profile.ensemble_agreement(target, sources) < 0.3
+
+    new = load_bundle(shutil.copytree(digits_fixture.root / "bundle", tmp_path / "new"))
+    agent.swap_bundle(new)
+    assert agent.window.online.figure(target, sources) is None
+    figure = new.profile.ensemble_agreement(target, sources)
+    assert figure > 0.5 and agent.profile.ensemble_agreement(target, sources) == figure
+
+
 def test_unloading_gives_memory_back(digits_fixture, heavy_models, tmp_path: Path) -> None:
     """Each window reloads the model left out and unloads it again: the box gets its memory
     back every time, and every reload is charged in full. (Before agent.heap, the reload came
