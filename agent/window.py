@@ -5,9 +5,10 @@ Every `[profiling] period_frames` frames or `period_s` seconds, or on request, t
 the window, measuring their memory and delay), run every link between vector models that ran,
 and score the ensemble of each source subset, and each model's prior, against the exact
 outputs (agent.profiling). At the end of the window the online figures replace the bundle's
-where they rest on enough frames (`profile`); the agent then selects again. The window's extra work is timed and reported.
-The window's consecutive exact outputs also measure each model's reuse curve (`reuse`,
-agent.profiling.ReuseMeter): what a plan's `run/p` serves between its runs. Given a store
+where they rest on enough frames (`profile`); the agent then selects again. The window's
+extra work is timed and reported. The window's consecutive exact outputs also measure each
+model's reuse curve (`reuse`, agent.profiling.ReuseMeter): what a plan's `run/p` serves
+between its runs. Given a store
 (agent.windowstore, `[fleet] keep_windows`), the window hands it its frames at its end: every
 model's exact outputs, the rows links are trained on when the box's links are relinked.
 """
