@@ -116,6 +116,11 @@ class StateConfig(Strict):
         "normal", description="SQLite fsync policy: normal survives a crash, full a power cut"
     )
     max_bundle_mb: float = Field(64.0, gt=0.0, le=4096.0)
+    stop_drain_s: float = Field(
+        30.0, gt=0.0, le=50.0,
+        description="on stop, how long the agent waits for the outbox's outputs to be "
+                    "acknowledged before it exits and keeps the rest for the next start; keep "
+                    "it 10 s under the unit's TimeoutStopSec (60)")
 
 
 class FleetConfig(Strict):

@@ -240,7 +240,7 @@ def run(config_path: str | Path, frames: int | None = None,
         if uploader is not None:
             uploader.close()
         agent.close()
-        drained = publisher.drain()
+        drained = publisher.drain(config.state.stop_drain_s)
         if counters is not None and drained:
             agent.publish_status("stopped")  # again: the retained one shows the drained outbox
         # one drain only: a second full wait would overrun the unit's stop timeout

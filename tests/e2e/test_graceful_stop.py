@@ -22,12 +22,13 @@ pytestmark = pytest.mark.broker  # each test starts its own Mosquitto
 
 
 @contextlib.contextmanager
-def backlog(digits_build, tmp_path: Path) -> Iterator[tuple[LocalBroker, AgentProcess, Path]]:
+def backlog(digits_build, tmp_path: Path, extra: str = ""
+            ) -> Iterator[tuple[LocalBroker, AgentProcess, Path]]:
     """An agent whose broker went away after its first outputs, with at least 30 outputs
     waiting in its outbox; the agent and the client are stopped on the way out."""
     state = tmp_path / "state"
     with LocalBroker() as broker:
-        config = write_config(digits_build.root, broker.port, state)
+        config = write_config(digits_build.root, broker.port, state, extra=extra)
         client = Client(broker.port)
         agent = AgentProcess(config)
         try:
@@ -59,17 +60,17 @@ def test_sigterm_drains_a_backlog_then_publishes_stopped(digits_build, tmp_path:
 
 def test_sigterm_with_the_broker_gone_ends_within_the_stop_timeout(digits_build,
                                                                      tmp_path: Path) -> None:
-    """The broker does not come back: the agent drains once (30 s), says truthfully what it
-    keeps, and exits before systemd's TimeoutStopSec=60 would kill it; the backlog stays in
-    the outbox for the next start."""
+    """The broker does not come back: the agent drains once (`[state] stop_drain_s`, 30 s by
+    default, 4 s here), says truthfully what it keeps, and exits well before systemd's
+    TimeoutStopSec=60 would kill it; the backlog stays in the outbox for the next start."""
     import time
 
-    with backlog(digits_build, tmp_path) as (_, agent, outbox):
+    with backlog(digits_build, tmp_path, extra="stop_drain_s = 4") as (_, agent, outbox):
         started = time.monotonic()
         agent.signal(signal.SIGTERM)
         code, log = agent.stop(timeout_s=60)
         took = time.monotonic() - started
-    assert agent.process.returncode is not None and took < 45, (took, log[-2000:])
+    assert agent.process.returncode is not None and 4 <= took < 19, (took, log[-2000:])
     assert code == 1, log[-3000:]  # 1: outputs left unacknowledged
     assert "kept in the outbox for the next start" in log and "Traceback" not in log
     assert log.count("still unacknowledged") == 1, "drained once, not twice"
