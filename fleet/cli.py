@@ -159,9 +159,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                                                        previous)
     else:
         change = ConfigChange(read_change(Path(args.change)))
-    policy = Policy(canary_share=args.canary, waves=args.waves,
-                    response_timeout_s=args.timeout, window_s=args.window,
-                    agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)
+    policy = rollout_policy(args)
     link = _connect(args)
     try:
         devices = targets(args, link.boxes())
@@ -204,15 +202,27 @@ def parser() -> argparse.ArgumentParser:
                              help="the bundle: its folder or its tar archive")
             sub.add_argument("--previous", help="the bundle in force now (folder or archive): "
                                                 "pushed back to a wave that fails")
-        sub.add_argument("--canary", type=float, default=0.1, help="share of boxes first")
-        sub.add_argument("--waves", type=int, default=2, help="waves after the canary")
-        sub.add_argument("--window", type=float, default=12.0,
-                         help="seconds of health watched per wave")
-        sub.add_argument("--timeout", type=float, default=20.0,
-                         help="seconds to wait for each response")
-        sub.add_argument("--agreement-margin", type=float, default=0.02)
-        sub.add_argument("--fps-margin", type=float, default=0.25)
+        add_rollout_options(sub)
     return top
+
+
+def add_rollout_options(parser: argparse.ArgumentParser) -> None:
+    """The staged rollout's options (`apply`, `push`, and `mlink-train serve`'s rollouts)."""
+    parser.add_argument("--canary", type=float, default=0.1, help="share of boxes first")
+    parser.add_argument("--waves", type=int, default=2, help="waves after the canary")
+    parser.add_argument("--window", type=float, default=12.0,
+                        help="seconds of health watched per wave")
+    parser.add_argument("--timeout", type=float, default=20.0,
+                        help="seconds to wait for each response")
+    parser.add_argument("--agreement-margin", type=float, default=0.02)
+    parser.add_argument("--fps-margin", type=float, default=0.25)
+
+
+def rollout_policy(args: argparse.Namespace) -> Policy:
+    """The policy those options give."""
+    return Policy(canary_share=args.canary, waves=args.waves,
+                  response_timeout_s=args.timeout, window_s=args.window,
+                  agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)
 
 
 def main(argv: list[str] | None = None) -> int:

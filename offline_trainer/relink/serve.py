@@ -8,8 +8,8 @@ import socket
 import sys
 from pathlib import Path
 
+from fleet.cli import add_rollout_options, rollout_policy
 from fleet.link import FleetLink
-from fleet.rollout import Policy
 from links_tflite.bundle import BundleError, load_bundle
 from offline_trainer.links import LinkTraining
 from offline_trainer.relink.collector import UploadCollector
@@ -64,13 +64,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
                        help="handle one job of the group, then leave the share and exit")
     serve.add_argument("--max-wait", type=float, default=0.0,
                        help="exit 3 once no job came for this many seconds (0: wait for ever)")
-    # the rollout, as `mlink-fleet push`
-    serve.add_argument("--canary", type=float, default=0.1)
-    serve.add_argument("--waves", type=int, default=2)
-    serve.add_argument("--window", type=float, default=12.0)
-    serve.add_argument("--timeout", type=float, default=20.0)
-    serve.add_argument("--agreement-margin", type=float, default=0.02)
-    serve.add_argument("--fps-margin", type=float, default=0.25)
+    add_rollout_options(serve)  # the rollout, as `mlink-fleet push`
     serve.add_argument("--settle", type=float, default=1.0,
                        help="seconds to collect the boxes' retained status before a rollout")
 
@@ -85,9 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     relinker = Relinker(LinkTraining(epochs=args.epochs, seed=args.seed), args.min_rows,
                         args.holdout, args.margin, args.max_rows,
                         per_target=not args.all_new)  # ValueError: exit 2
-    policy = Policy(canary_share=args.canary, waves=args.waves,
-                    response_timeout_s=args.timeout, window_s=args.window,
-                    agreement_margin=args.agreement_margin, fps_margin=args.fps_margin)
+    policy = rollout_policy(args)
     rollout = GroupRollout(
         lambda: FleetLink(host, port, args.prefix, args.username, args.password), policy,
         args.settle, progress=lambda line: print(line, file=sys.stderr, flush=True))

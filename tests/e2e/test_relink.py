@@ -18,7 +18,6 @@ import json
 import threading
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from devtools.broker import LocalBroker
@@ -29,6 +28,7 @@ from offline_trainer.relink.link import TrainerLink
 from tests.support.agent_process import AgentProcess, wait_until
 from tests.support.contract import validate
 from tests.support.uploads import (
+    listen_to_results,
     manifest,
     publish_upload,
     retained,
@@ -65,12 +65,7 @@ def test_drift_relinked_from_uploads_and_rolled_out(city_build, tmp_path: Path) 
         agents = [AgentProcess(agent_config(city_build, tmp_path, d, i + 1, broker.port),
                                log_file=tmp_path / f"{d}.log") for i, d in enumerate(BOXES)]
         results: list[dict] = []
-        listener = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                               protocol=mqtt.MQTTv5)
-        listener.on_message = lambda _c, _u, m: results.append(json.loads(m.payload))
-        listener.connect("127.0.0.1", broker.port)
-        listener.loop_start()
-        listener.subscribe("mlink/fleet/relink/results", qos=1)
+        listener = listen_to_results(broker.port, results)
         link = FleetLink("127.0.0.1", broker.port)
         try:
             # The workers' sessions exist before the jobs: the share keeps each one's jobs

@@ -96,3 +96,15 @@ def retained(port: int, topic_filter: str, wait_s: float = 1.0) -> dict[str, byt
     client.disconnect()
     client.loop_stop()
     return {t: p for t, p in seen.items() if p}
+
+
+def listen_to_results(port: int, results: list[dict]) -> mqtt.Client:
+    """A client on the local broker appending every relinking result to `results`; the
+    caller disconnects it and stops its loop."""
+    listener = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                           protocol=mqtt.MQTTv5)
+    listener.on_message = lambda _c, _u, m: results.append(json.loads(m.payload))
+    listener.connect("127.0.0.1", port)
+    listener.loop_start()
+    listener.subscribe("mlink/fleet/relink/results", qos=1)
+    return listener

@@ -30,7 +30,13 @@ from offline_trainer.relink.rollout import GroupRollout
 from offline_trainer.relink.store import WorkDir, merge, time_split
 from offline_trainer.relink.worker import Worker
 from tests.support.contract import validate
-from tests.support.uploads import manifest, publish_upload, retained, upload_bytes
+from tests.support.uploads import (
+    listen_to_results,
+    manifest,
+    publish_upload,
+    retained,
+    upload_bytes,
+)
 
 CHUNK = 4096
 
@@ -134,12 +140,7 @@ def test_two_workers_on_one_share_take_distinct_jobs(digits_fixture, tmp_path: P
     bundle = digits_fixture.bundle
     with LocalBroker() as broker:
         results: list[dict] = []
-        listener = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                               protocol=mqtt.MQTTv5)
-        listener.on_message = lambda _c, _u, m: results.append(json.loads(m.payload))
-        listener.connect("127.0.0.1", broker.port)
-        listener.loop_start()
-        listener.subscribe("mlink/fleet/relink/results", qos=1)
+        listener = listen_to_results(broker.port, results)
         workdir = WorkDir(tmp_path / "work", bundle)
         workers, links = [], []
         for name in ("trainer-a", "trainer-b"):
