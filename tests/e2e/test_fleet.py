@@ -179,7 +179,9 @@ def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
     # each on its own response topic; the other boxes never see it.
     link = FleetLink("127.0.0.1", central.port)
     try:
-        wait_until(lambda: len(link.boxes()) == len(BOXES), 20, "the inventory")
+        wait_until(lambda: len(link.boxes()) == len(BOXES)
+                   and all(link.box(d).version is not None for d in BOXES), 20,
+                   "the inventory with every box's version")
         before = {d: link.box(d).version for d in BOXES}
         transaction = link.request_group("north", "config/set", {"publish": {"decoded": True}})
         answers = wait_until(lambda: (r := link.responses(transaction)) and len(r) == len(NORTH)
