@@ -358,8 +358,10 @@ class ProfilingConfig(Strict):
                                                    "once they rest on this many frames")
     agreement_window: int = Field(60, ge=1, le=100_000, description="frames per online figure")
     online_subsets_max_sources: int = Field(8, ge=1, le=16)
-    ema_alpha: float = Field(0.2, gt=0.0, le=1.0)
-    delay_window: int = Field(200, ge=1, le=100_000)
+    ema_alpha: float = Field(0.2, gt=0.0, le=1.0, description="the memory figure's weight of a "
+                                                                 "new load (an EMA over loads)")
+    delay_window: int = Field(200, ge=1, le=100_000, description="runs a delay's median is taken "
+                                                                  "over (what selection reads)")
     memory_probe: ProbeName = "auto"
 
 

@@ -63,7 +63,8 @@ class CostBook:
 
     def _with_cost(self, stats: CostStats | None, cost: Cost) -> CostStats:
         stats = stats if stats is not None else self._new()
-        stats.memory_mb, stats.delay_ema_ms = cost.memory_mb, cost.delay_ms
+        stats.memory_mb = cost.memory_mb
+        stats.set_delay(cost.delay_ms)
         return stats
 
     def keep_only(self, model_ids: Iterable[str]) -> None:

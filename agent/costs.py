@@ -13,8 +13,8 @@ and running it once. Probes sit behind one interface, registered by name
 
 `auto` picks jetson, then nvml, then pss, then rss, whichever is available first. Every
 probe degrades to None for a figure it cannot read, never to an exception. The delay is the
-single-frame inference time: warm-up runs excluded, then an EMA (what selection uses) and
-p50/p95 over a sliding window (what the status reports).
+single-frame inference time: warm-up runs excluded, then the median over a sliding window
+of runs (what selection uses) and its p95 (`CostStats`).
 """
 
 from __future__ import annotations
@@ -301,14 +301,19 @@ def median_delay_ms(run: Callable[[], object], warmup: int, runs: int) -> float 
 # -- running figures -----------------------------------------------------------------------
 @dataclass
 class CostStats:
-    """One model's or link's measured cost: memory (EMA over loads) and delay (EMA over runs,
-    the first `warmup` runs after each load excluded, p50/p95 over the last `window` runs)."""
+    """One model's or link's measured cost: memory (EMA over loads) and delay (the median of
+    the last `window` runs, the first `warmup` runs after each load excluded; p95 beside it).
 
-    alpha: float = 0.2
+    Selection reads the median, not an average: on a busy box one run in a few takes several
+    times the others (another process had the core), and an EMA follows the last few runs, so
+    a plan made right after such runs would drop a model that fits (status.py measured a
+    0.1 ms model read 0.10, 0.59 and 0.09 ms five seconds apart by its EMA). `window` sets
+    how soon a lasting change (a slower clock) shows: after half the window's runs."""
+
+    alpha: float = 0.2  # the memory EMA's weight of a new load
     window: int = 200
     warmup: int = 3
     memory_mb: float | None = None
-    delay_ema_ms: float | None = None
     runs: int = 0
     _to_skip: int = 0
     _recent: deque[float] = field(default_factory=deque)
@@ -330,20 +335,30 @@ class CostStats:
             self._to_skip -= 1
             return
         self.runs += 1
-        self.delay_ema_ms = ms if self.delay_ema_ms is None else (
-            self.alpha * ms + (1 - self.alpha) * self.delay_ema_ms)
         self._recent.append(ms)
+
+    def set_delay(self, ms: float | None) -> None:
+        """A figure from elsewhere (put back, or given) in place of the recent runs: it counts
+        as one run, so the runs that follow move the median away from it one by one."""
+        self._recent.clear()
+        if ms is not None:
+            self._recent.append(ms)
+
+    @property
+    def delay_ms(self) -> float | None:
+        """What selection reads: the median of the recent runs."""
+        return self.percentile(50)
 
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(list(self._recent), q)) if self._recent else None
 
     def cost(self) -> Cost:
-        return Cost(self.memory_mb, self.delay_ema_ms)
+        return Cost(self.memory_mb, self.delay_ms)
 
     def to_dict(self) -> dict[str, float | int | None]:
         def rounded(v: float | None) -> float | None:
             return None if v is None else round(v, 6)
 
-        return {"memory_mb": rounded(self.memory_mb), "delay_ms": rounded(self.delay_ema_ms),
+        return {"memory_mb": rounded(self.memory_mb), "delay_ms": rounded(self.delay_ms),
                 "delay_p50_ms": rounded(self.percentile(50)),
                 "delay_p95_ms": rounded(self.percentile(95)), "runs": self.runs}

@@ -155,9 +155,8 @@ class StatusBuilder:
 
 # A cost figure has moved when it differs from the one last published by more than this
 # share of it and by more than its floor. The delay compared is the median over the recent
-# runs: the EMA (what the selection reads) follows the last few runs, and on a busy box it
-# swings by several times from one status to the next (a 0.1 ms model read 0.10, 0.59 and
-# 0.09 ms five seconds apart) while the median stays within a few percent.
+# runs (what the selection reads, agent.costs.CostStats), which stays within a few percent
+# between statuses on a busy box.
 COSTS_RELATIVE_CHANGE = 0.2
 COSTS_FLOOR = {"memory_mb": 0.1, "delay_p50_ms": 0.01}
 

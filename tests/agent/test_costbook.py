@@ -29,7 +29,7 @@ def test_new_figures_follow_the_settings_and_skip_the_warm_up() -> None:
     stats.begin_load()
     for ms in (100.0, 2.0, 4.0):  # the first run after a load is warm-up
         stats.add_delay(ms)
-    assert stats.runs == 2 and stats.delay_ema_ms == 3.0
+    assert stats.runs == 2 and stats.cost().delay_ms == 3.0
 
 
 def test_set_costs_keeps_the_running_figures_and_replaces_the_rest() -> None:

@@ -155,11 +155,36 @@ def test_cost_stats_exclude_warmup_and_track_percentiles() -> None:
         stats.add_delay(ms)
     assert stats.runs == 5  # the two warm-up runs are left out
     assert stats.percentile(50) == pytest.approx(3.5)  # window: the last four
-    assert stats.delay_ema_ms == pytest.approx(((((1 + 2) / 2 + 3) / 2 + 4) / 2 + 5) / 2)
+    assert stats.cost().delay_ms == pytest.approx(3.5)  # selection reads the median
     stats.record_memory(10.0)
     stats.record_memory(20.0)
     assert stats.memory_mb == pytest.approx(15.0)
     assert stats.to_dict()["delay_p95_ms"] is not None
+
+
+def test_a_few_slow_runs_do_not_move_the_delay_selection_reads() -> None:
+    """On a busy box one run in a few takes several times the others: the figure a plan is
+    made with stays the model's usual time (an average of the last runs would not)."""
+    stats = CostStats(window=20, warmup=0)
+    for ms in [4.0] * 16 + [30.0, 4.0, 25.0, 40.0]:
+        stats.add_delay(ms)
+    assert stats.cost().delay_ms == pytest.approx(4.0)
+    for _ in range(12):  # a lasting change shows once it is over half the window's runs
+        stats.add_delay(9.0)
+    assert stats.cost().delay_ms == pytest.approx(9.0)
+
+
+def test_a_figure_put_back_counts_as_one_run() -> None:
+    stats = CostStats(window=20, warmup=0)
+    for ms in (1.0, 1.0, 1.0):
+        stats.add_delay(ms)
+    stats.set_delay(6.0)
+    assert stats.cost().delay_ms == 6.0 and stats.runs == 3
+    stats.add_delay(2.0)
+    stats.add_delay(2.0)
+    assert stats.cost().delay_ms == 2.0  # the runs that follow outvote it
+    stats.set_delay(None)
+    assert stats.cost().delay_ms is None
 
 
 def test_reloads_are_measured_after_large_frees() -> None:
