@@ -68,6 +68,7 @@ from agent.window import ProfilingWindow
 from agent.windowstore import WindowStore
 from links_tflite.bundle import Bundle, LinkEntry, Profile, load_bundle
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
+from links_tflite.prior import prior_outputs
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class Agent:
             unavailable=self.executor.unavailable(),
             ensembles={t: self.ensembles.rule(t) for t in self.models},
             priors={m: self.profile.priors[m] for m in self.models
-                    if m in self.bundle.priors and m in self.profile.priors},
+                    if self._has_prior(m) and m in self.profile.priors},
             reuse=self.reuse_curves(),
         )
 
@@ -492,7 +493,7 @@ class Agent:
         if not sources:
             return None
         prior = self.profile.priors.get(target)
-        if versus_prior and prior is not None and target in self.bundle.priors and prior >= \
+        if versus_prior and prior is not None and self._has_prior(target) and prior >= \
                 self.profile.ensemble_agreement(target, frozenset(sources)):
             return None
         start = time.perf_counter()
@@ -533,8 +534,16 @@ class Agent:
 
         self.gate.calibrate(exact, self.bundle.models, predict)
 
+    def _has_prior(self, target: str) -> bool:
+        return target in self.bundle.priors or target in self.window.stream_priors
+
     def _prior(self, target: str) -> Output | None:
-        """The bundle's constant predictor for the target, free (none in older bundles)."""
+        """The target's constant predictor, free: the profiling windows' stream prior where
+        it agrees better than the bundle's (agent.window), else the bundle's (none in older
+        bundles)."""
+        if target in self.window.stream_priors:
+            value, figure = self.window.stream_priors[target]
+            return Output(target, prior_outputs(value), "prior", (), figure, 0.0)
         try:
             prediction = self.ensembles.prior(target, self.profile)
         except LookupError:

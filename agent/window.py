@@ -8,13 +8,16 @@ outputs (agent.profiling). At the end of the window the online figures replace t
 where they rest on enough frames (`profile`); the agent then selects again. The window's
 extra work is timed and reported. The window's consecutive exact outputs also measure each
 model's reuse curve (`reuse`, agent.profiling.ReuseMeter): what a plan's `run/p` serves
-between its runs. Given a store
+between its runs; and each model's stream prior (`stream_priors`, links_tflite.prior
+.stream_prior): the constant that stands for the window's outputs, served in place of the
+bundle's prior where it agrees better on frames it was not fit on. Given a store
 (agent.windowstore, `[fleet] keep_windows`), the window hands it its frames at its end: every
 model's exact outputs, the rows links are trained on when the box's links are relinked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -31,7 +34,7 @@ from agent.windowstore import WindowFrame, WindowStore
 from links_tflite.agreement import mean_agreement
 from links_tflite.bundle import Bundle, Profile
 from links_tflite.ensemble import EnsemblePredictor, LinkRunner, open_link
-from links_tflite.prior import prior_outputs
+from links_tflite.prior import prior_outputs, stream_prior
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class ProfilingWindow:
         self.online = OnlineAgreement(settings.agreement_window, settings.min_samples)
         self.reuse = ReuseMeter(settings.agreement_window)
         self.profile = profile  # the bundle's, then online where measured
+        # the windows' constants that agree better than the bundle's priors: model ->
+        # (output, its figure on the window's frames it was not fit on)
+        self.stream_priors: dict[str, tuple[np.ndarray, float]] = {}
         self.stats = ProfilingStats()
         self.left = 0  # frames left in the window in progress
         self.frames_since = 0  # since the last window
@@ -67,10 +73,21 @@ class ProfilingWindow:
 
     def rebase(self, profile: Profile) -> None:
         """Another bundle's profile in force: the online figures, measured on its
-        predecessor's links and priors, are dropped (the reuse curves stay: they are the
-        models' own)."""
-        self.profile = profile
+        predecessor's links and priors, are dropped (the reuse curves and stream priors stay:
+        they are the models' own)."""
         self.online = OnlineAgreement(self.settings.agreement_window, self.settings.min_samples)
+        self.profile = self._with_stream_priors(profile)
+
+    def _with_stream_priors(self, profile: Profile) -> Profile:
+        """`profile` with each stream prior's figure where it beats the prior figure there.
+        A stream prior that no longer does is dropped."""
+        priors = dict(profile.priors)
+        for model, (_, figure) in list(self.stream_priors.items()):
+            if model in priors and priors[model] >= figure:
+                del self.stream_priors[model]
+            else:
+                priors[model] = figure
+        return dataclasses.replace(profile, priors=priors)
 
     @property
     def open(self) -> bool:
@@ -152,11 +169,13 @@ class ProfilingWindow:
 
     def end(self, bundle: Bundle, extra_memory_mb: float) -> None:
         self._links = {}
-        self.profile = self.online.profile(bundle.profile)
         for model, rows in self._sequence.items():
             if model in bundle.models and len(rows) > 1:
-                self.reuse.add(bundle.models[model], model, np.stack([o for _, o in rows]),
+                outputs = np.stack([o for _, o in rows])
+                self.reuse.add(bundle.models[model], model, outputs,
                                np.array([c for c, _ in rows]))
+                self.stream_priors[model] = stream_prior(bundle.models[model], outputs)
+        self.profile = self._with_stream_priors(self.online.profile(bundle.profile))
         self._sequence = {}
         if self.store is not None:
             self.store.add({m: bundle.models[m] for m in sorted(self._models)
@@ -200,4 +219,5 @@ class ProfilingWindow:
             "share_of_loop_time": round(stats.cost_ms / loop_ms, 6) if loop_ms else 0.0,
             "online": self.online.summary(),
             "reuse": self.reuse.summary(),
+            "stream_priors": {m: round(f, 4) for m, (_, f) in sorted(self.stream_priors.items())},
         }

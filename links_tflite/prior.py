@@ -12,6 +12,8 @@ Per kind, the constant is:
   highest mean IoU against the training boxes (a medoid: boxes are continuous);
 - regression: the median of each output;
 - sequence: the most common sequence.
+The agent also fits one on each profiling window's exact outputs (`stream_prior`) and serves
+it where it agrees better on the stream than the bundle's.
 A regression target also has the range of outputs the model produced on the training
 frames: links into it are clamped to that range (`clamp`).
 """
@@ -22,7 +24,7 @@ from collections import Counter
 
 import numpy as np
 
-from links_tflite.agreement import iou
+from links_tflite.agreement import iou, mean_agreement
 from links_tflite.tasks import TaskSpec
 
 MAX_BOX_CANDIDATES = 256  # training boxes tried as the most common box (sampled beyond)
@@ -49,6 +51,23 @@ def fit_prior(spec: TaskSpec, outputs: np.ndarray, seed: int = 0) -> np.ndarray:
     candidates = np.concatenate([np.zeros((1, 4)), picked])
     scores = [iou(np.repeat(c[None, :], len(y), axis=0), y).mean() for c in candidates]
     return candidates[int(np.argmax(scores))].astype(np.float32)
+
+
+def stream_prior(spec: TaskSpec, outputs: np.ndarray) -> tuple[np.ndarray, float]:
+    """The constant that stands for a stretch of a stream (`outputs`: a model's exact outputs
+    in stream order, at least 2), and what it agrees on frames it was not fit on: each half's
+    constant scored on the other half, averaged. A stream is one place at one time of day
+    and often stays put where the recording a bundle's prior was fit on spans many; the
+    halves are split in time, so a stream that moves within the stretch shows in the figure
+    rather than being fit away."""
+    y = np.asarray(outputs)
+    if len(y) < 2:
+        raise ValueError("a stream prior needs at least two frames")
+    half = len(y) // 2
+    first, second = fit_prior(spec, y[:half]), fit_prior(spec, y[half:])
+    figure = (mean_agreement(spec, prior_outputs(first, len(y) - half), y[half:]) * (len(y) - half)
+              + mean_agreement(spec, prior_outputs(second, half), y[:half]) * half) / len(y)
+    return fit_prior(spec, y), float(figure)
 
 
 def prior_outputs(prior: np.ndarray, frames: int | None = None) -> np.ndarray:

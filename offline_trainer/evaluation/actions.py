@@ -6,7 +6,8 @@ On consecutive frames of each camera at the stream's rate, from the models' exac
 - `predict`: the ensemble over every subset of the sources linked into a target, through the
   bundle's link files and the agent's ensemble rule (weights, pooling, `min_share`), as the
   agent's profiling windows score them;
-- `prior`: the bundle's constant predictor.
+- `prior`: the constant predictor the agent serves: the bundle's, or the profiling
+  window's stream prior where the agent chose it (`with_priors`).
 Measured on the stream's profiling part they are what a plan is fitted with (the agent's
 re-profiling windows measure the same); measured on the part a plan is evaluated on, they
 give the ceiling: the best expected agreement any plan in the action space reaches there.
@@ -39,6 +40,12 @@ class ActionFigures:
     profile: Profile  # pairwise links and every source subset's ensemble, measured here
     priors: dict[str, float]
     reuse: dict[str, tuple[float, ...]]  # r(1), ..., r(MAX_AGE) per model
+
+    def with_priors(self, priors: Mapping[str, float]) -> ActionFigures:
+        """These figures with other constants' figures for some models' `prior`."""
+        merged = {**self.priors, **priors}
+        return dataclasses.replace(self, priors=merged,
+                                   profile=dataclasses.replace(self.profile, priors=merged))
 
     def problem(self, base: Problem, budget: Mapping[str, float]) -> Problem:
         """`base` (models, measured costs, ensemble rules) with these figures and budget."""

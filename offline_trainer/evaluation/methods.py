@@ -6,6 +6,10 @@ an activated set, optionally behind a frame filter:
   paper's baseline);
 - `standalone+prior`: the same set, the bundle's prior for every other model (as the agent
   serves it): the simplest thing a user could pick without training links;
+- `standalone+stream-prior`: the same set, and for every other model the constant that
+  stood for its outputs on the profiling window (every model run there; the agent's stream
+  prior, `agent.window`) where it agreed better there than the bundle's prior: what a user
+  could pick without a bundle at all, by running every model for a while;
 - `mlink-activation` / `mlink-exact`: the agent's selection policies under the budget;
 - `filtering`: every model, but only on the frames the filter lets through; the others reuse
   the last processed frame's outputs;
@@ -16,7 +20,8 @@ an activated set, optionally behind a frame filter:
   (`plans.profile_and_plan`): it plans at start-up from the bundle's figures, measures its
   own time per frame, measures the ensembles and reuse curves in a profiling window over the
   stream's profiling part, plans again with them (an action per model: `run`, `run/p` with
-  its output reused in between, `predict`, `prior`; under a delay budget its own time per
+  its output reused in between, `predict`, `prior` (the bundle's or the window's stream
+  prior, whichever agreed better in the window); under a delay budget its own time per
   frame reserved out of the budget first), and runs that plan on the test part;
 - `all`: every model on every frame, the reference.
 Beside them, at each budget (the agent's reserve taken off a delay budget, as for its plan):
@@ -56,16 +61,19 @@ from agent.scheduler import Agent
 from agent.selection import RESOURCES, Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
 from links_tflite.agreement import mean_agreement
+from links_tflite.bundle import Bundle
+from links_tflite.prior import prior_outputs, stream_prior
 from offline_trainer.evaluation.actions import ActionFigures, measure_actions
 from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
-from offline_trainer.evaluation.plans import profile_and_plan
+from offline_trainer.evaluation.plans import own_frame_count, profile_and_plan
 from offline_trainer.evaluation.stream import Stream
 
 log = logging.getLogger(__name__)
 
-METHODS = ("standalone", "standalone+prior", "mlink-activation", "mlink-exact", "filtering",
-           "mlink+filtering", "plan", "all")
+METHODS = ("standalone", "standalone+prior", "standalone+stream-prior", "mlink-activation",
+           "mlink-exact", "filtering", "mlink+filtering", "plan", "all")
 POLICY_OF = {"standalone": "standalone", "standalone+prior": "standalone",
+             "standalone+stream-prior": "standalone",
              "mlink-activation": "activation", "mlink-exact": "exact", "all": "all"}
 # strictly (what must be resident at once within a memory budget), a method whose peak does
 # not fit keeps the models that fit: this method's result stands for it
@@ -166,6 +174,23 @@ def score_frames(agent: Agent, frames: Sequence[Frame], exact: dict[str, np.ndar
     )
 
 
+def window_priors(bundle: Bundle, window: dict[str, np.ndarray]
+                  ) -> dict[str, tuple[np.ndarray, float]]:
+    """The stream priors the agent's profiling window keeps on these rows (agent.window):
+    each model's, where its figure beats the bundle's prior's agreement on the same rows."""
+    kept = {}
+    for model, rows in window.items():
+        if len(rows) < 2:  # as the window: a constant needs two frames to be scored
+            continue
+        spec = bundle.models[model]
+        value, figure = stream_prior(spec, rows)
+        prior = bundle.priors.get(model)
+        if prior is None or figure > mean_agreement(spec, prior_outputs(prior.output,
+                                                                         len(rows)), rows):
+            kept[model] = (value, figure)
+    return kept
+
+
 def _score(agent: Agent, values: dict[str, list[np.ndarray | None]],
            reference: dict[str, np.ndarray]) -> float:
     """Mean over models of the per-frame agreement with the reference; a frame without an
@@ -224,11 +249,22 @@ class Evaluator:
         self._results: dict[tuple[str, str, float], MethodResult] = {}
         rules = {t: self.agent.ensembles.rule(t) for t in self.agent.models}
         stream = self.stream
+        # the stream priors the plan's window keeps (its frames: the profiling part after
+        # the agent's own frames); their figure there, and on the test part
+        bundle = self.agent.bundle
+        own = own_frame_count(len(stream.calibration))
+        self.stream_priors = window_priors(
+            bundle, {m: v[own:] for m, v in stream.calibration_exact.items()})
         # the offline plan's figures: the profiling part; the ceiling's: the test part itself
-        self.profiled = measure_actions(self.agent.bundle, rules, stream.calibration_exact,
-                                        np.array([f.camera for f in stream.calibration]))
-        self.tested = measure_actions(self.agent.bundle, rules, stream.exact,
-                                      np.array([f.camera for f in stream.test]))
+        self.profiled = measure_actions(
+            bundle, rules, stream.calibration_exact,
+            np.array([f.camera for f in stream.calibration]),
+        ).with_priors({m: f for m, (_, f) in self.stream_priors.items()})
+        self.tested = measure_actions(
+            bundle, rules, stream.exact, np.array([f.camera for f in stream.test]),
+        ).with_priors({m: mean_agreement(bundle.models[m], prior_outputs(v, len(stream.test)),
+                                         stream.exact[m])
+                       for m, (v, _) in self.stream_priors.items()})
         self._costs = self.agent.costs.snapshot()
         self._offline: dict[tuple[str, float], MethodResult] = {}
 
@@ -285,13 +321,23 @@ class Evaluator:
         raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
 
     def _policy(self, method: str, resource: str, share: float, budget: float) -> MethodResult:
+        if method == "standalone+stream-prior":  # served as the agent serves its own
+            self.agent.window.stream_priors = dict(self.stream_priors)
+        try:
+            return self._policy_run(method, resource, share, budget)
+        finally:
+            self.agent.window.stream_priors = {}
+
+    def _policy_run(self, method: str, resource: str, share: float, budget: float
+                    ) -> MethodResult:
         policy = POLICY_OF[method]
         selection = select(self.problem({} if policy == "all" else {resource: budget}), policy)
-        if selection is None and method == "standalone+prior":  # the priors, free
+        if selection is None and method != "standalone" and policy == "standalone":
+            figures = {**self.agent.bundle.profile.priors,  # the priors, free
+                       **{m: f for m, (_, f) in self.agent.window.stream_priors.items()}}
             plan = Plan({m: Action(PRIOR) for m in self.agent.models},
-                        {r: 0.0 for r in RESOURCES}, float(np.mean(
-                            [self.agent.bundle.profile.priors.get(m, 0.0)
-                             for m in self.agent.models])))
+                        {r: 0.0 for r in RESOURCES},
+                        float(np.mean([figures.get(m, 0.0) for m in self.agent.models])))
             scored = run_frames(self.agent, self.stream.test, plan_selection(plan),
                                 self.stream.exact, self.stream.truth)
             return self._plan_result(method, resource, share, budget, plan, scored, 0.0)

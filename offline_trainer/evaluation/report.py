@@ -165,7 +165,11 @@ def actions_section(ev: Evaluation) -> list[str]:
              f"fitted with) / the test part ({ev.tested.frames} frames; the ceiling's). "
              "*reuse a* = the model's own exact output a frames of its camera earlier; "
              "*best predict* = the best ensemble over any subset of the other models; *prior* "
-             "= the bundle's constant predictor.", "",
+             "= the constant the agent serves: the bundle's, or its window's stream prior (fit "
+             "on the window's exact outputs; on the profiling part its figure on the window's "
+             "frames it was not fit on) where that agreed better in the window: "
+             + (", ".join(f"{m} (stream prior)" for m in sorted(ev.stream_priors)) or "none")
+             + ".", "",
              "| model | " + " | ".join(f"reuse {a}" for a in ages)
              + " | prior | best predict |", "| --- | " + " | ".join("---:" for _ in ages)
              + " | ---: | ---: |"]

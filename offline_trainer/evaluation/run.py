@@ -75,6 +75,7 @@ class Evaluation:
     offline: list[MethodResult]  # the offline plan at each budget of `table`
     profiled: ActionFigures  # per-action agreements on the profiling part (the offline plan's)
     tested: ActionFigures  # ... and on the test part (the ceiling's)
+    stream_priors: dict[str, float]  # the plan window's stream priors kept: their figure there
     rss: list[dict[str, object]] = field(default_factory=list)
     machine: str = field(default_factory=lambda: (
         f"{platform.machine()}, {platform.platform()}, Python {platform.python_version()}"))
@@ -157,4 +158,5 @@ def evaluate(settings: EvaluationSettings) -> Evaluation:
         reuse_agreement=reuse_agreement(stream, agent.bundle.models),
         table=table, curve=curve, ceilings=ceilings, offline=offline,
         profiled=evaluator.profiled, tested=evaluator.tested, rss=rss,
+        stream_priors={m: f for m, (_, f) in evaluator.stream_priors.items()},
     )

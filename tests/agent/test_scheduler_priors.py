@@ -10,13 +10,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent.config import load_config
 from agent.output import model_entries
 from agent.scheduler import Agent
 from agent.selection import Selection
 from links_tflite.bundle import MANIFEST, PROFILE, write_manifest
-from tests.agent.test_scheduler_failures import python_config
+from tests.agent.test_scheduler_failures import by_model, python_config
 from tests.support.contract import validate
 
 PARITY_PRIOR = [0.0, 1.0]  # "odd"
@@ -91,3 +92,31 @@ def test_without_priors_nothing_changes(digits_fixture, models, tmp_path: Path) 
     _, payloads = run_with(python_config(tmp_path, digits_fixture.root), {"digit"},
                            uses_links=False)
     assert {p["model"] for p in payloads} == {"digit"}  # an older bundle: as before
+
+
+def test_a_window_stream_prior_is_served_in_place_of_the_bundles(digits_fixture, models,
+                                                                 tmp_path: Path) -> None:
+    """After a profiling window, a model's prior is the constant that stood for its outputs
+    there (agent.window) where that agreed better than the bundle's prior: served with its
+    own figure, and in the plan's problem."""
+    build = with_priors(digits_fixture.root, tmp_path / "build")
+    config = python_config(tmp_path, build, policy="standalone",
+                           profiling="period_frames = 0\nsample_frames = 12\nmin_samples = 2")
+    agent = Agent.from_config(load_config(config))
+    stream = agent.start()
+    agent.request_reprofile()
+    for _ in range(12):  # the window: every model runs
+        agent.process(next(stream))
+    assert agent.window.stats.windows == 1
+    # the bundle's inkbox prior is a fixed box most of the stream's boxes barely overlap
+    assert "inkbox" in agent.window.stream_priors
+    value, figure = agent.window.stream_priors["inkbox"]
+    assert agent.problem().priors["inkbox"] == figure
+    agent.apply(Selection("test", frozenset({"digit"}), ("parity", "inkbox"), {}, 0.0, False))
+    served = by_model(agent.process(next(stream)))
+    agent.close()
+    assert served["inkbox"]["provenance"] == "prior"
+    assert served["inkbox"]["value"] == pytest.approx(value.tolist())
+    assert served["inkbox"]["est_agreement"] == pytest.approx(figure, abs=1e-4)
+    if "parity" not in agent.window.stream_priors:  # a coin: the bundle's may do as well
+        assert served["parity"]["value"] == PARITY_PRIOR

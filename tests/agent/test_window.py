@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -96,4 +97,42 @@ def test_a_prior_scored_in_a_window_replaces_the_bundles_figure() -> None:
     assert w.profile.ensembles == BASE.ensembles  # no source set is not an ensemble
     other = Profile(pairwise={}, ensembles={}, priors={"a": 0.5})
     w.rebase(other)  # another bundle: its figures, none of the last one's online ones
-    assert w.profile is other and w.online.summary()["figures"] == 0
+    assert w.profile == other and w.online.summary()["figures"] == 0
+
+
+def test_the_end_keeps_a_stream_prior_where_it_beats_the_bundles_prior() -> None:
+    """Each model's window outputs give a constant (links_tflite.prior.stream_prior); it is
+    served in place of the bundle's prior where its out-of-sample figure is higher than the
+    bundle's prior measured in the same window, and survives a bundle swap."""
+    import numpy as np
+
+    from agent.sources import Frame
+    from links_tflite.tasks import TaskSpec
+
+    labels = TaskSpec("single_label", 2)
+
+    class WithModels(FakeBundle):
+        profile = Profile(pairwise=BASE.pairwise, ensembles=BASE.ensembles,
+                          priors={"a": 0.9, "b": 0.9})
+        models: ClassVar[dict[str, TaskSpec]] = {"a": labels, "b": labels}
+        links: ClassVar[list[object]] = []
+
+    w = ProfilingWindow(ProfilingConfig(period_frames=0, sample_frames=8, min_samples=2),
+                        WithModels.profile)
+    w.begin(WithModels(), [])  # type: ignore[arg-type]
+    for i in range(8):
+        frame = Frame(frame_id=i, ts=float(i), camera=0, modalities={})
+        w.record(frame, {"a": np.eye(2, dtype=np.float32)[1],  # stays put: a constant does
+                         "b": np.eye(2, dtype=np.float32)[i % 2]})  # flips: a constant cannot
+        w.online.add("a", PRIOR, 0.0)  # the bundle's priors on those frames
+        w.online.add("b", PRIOR, 0.5)
+    w.end(WithModels(), extra_memory_mb=0.0)  # type: ignore[arg-type]
+    assert set(w.stream_priors) == {"a"}
+    value, figure = w.stream_priors["a"]
+    assert int(np.argmax(value)) == 1 and figure == 1.0
+    assert w.profile.priors == {"a": 1.0, "b": 0.5}
+    assert w.to_dict(loop_ms=1.0)["stream_priors"] == {"a": 1.0}
+    w.rebase(Profile(pairwise={}, ensembles={}, priors={"a": 0.2, "b": 0.7}))
+    assert w.profile.priors == {"a": 1.0, "b": 0.7}  # the stream's own constant stays
+    w.rebase(Profile(pairwise={}, ensembles={}, priors={"a": 1.0}))
+    assert w.stream_priors == {} and w.profile.priors == {"a": 1.0}  # no longer better
