@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ ALLOWED_REPLIES = "fuzz/replies/#"
 
 class Watcher:
     """Keeps only what the checks need: replies by CorrelationData, counts of outputs and of
-    config/state messages."""
+    config/state messages. `wait` wakes on each message kept (a request's answer is seen when
+    it arrives, not at the next poll: hundreds of requests are sent one after another)."""
 
     def __init__(self, port: int) -> None:
         self.replies: dict[bytes, tuple[str, dict[str, Any]]] = {}
@@ -50,6 +51,7 @@ class Watcher:
         self.config_states: list[dict[str, Any]] = []
         self.status: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._arrived = threading.Condition()
         self._ready = threading.Event()
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="fuzz-watcher", protocol=mqtt.MQTTv5)
@@ -68,6 +70,19 @@ class Watcher:
             self._keep(message)
         except Exception as exc:
             self.errors.append(f"{message.topic[:100]}: {exc!r}")
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """As `wait_until`, checked again as each message is kept rather than every 50 ms."""
+        deadline = time.monotonic() + timeout_s
+        with self._arrived:
+            while not (value := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what} not met in {timeout_s:.0f} s")
+                self._arrived.wait(left)
+        return value
 
     def _keep(self, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
@@ -97,8 +112,8 @@ class Watcher:
 
     def reply(self, correlation: bytes, timeout_s: float = 15.0) -> tuple[str, dict[str, Any]]:
         try:
-            return wait_until(lambda: self.replies.get(correlation), timeout_s,
-                              f"the answer to request {correlation!r}")
+            return self.wait(lambda: self.replies.get(correlation), timeout_s,
+                             f"the answer to request {correlation!r}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc} (watcher connected: {self.client.is_connected()}, "
                                f"errors: {self.errors[-3:]})") from None
@@ -282,9 +297,9 @@ def test_hostile_requests_through_the_broker(run: Run) -> None:
         elif topic.endswith("config/set"):
             assert answer["version"] >= version_before
             if answer["applied"] or answer["version"] > version_before:
-                wait_until(lambda: run.watcher.config_states and
-                           run.watcher.config_states[-1]["version"] == answer["version"], 10,
-                           "config/state after an accepted change")
+                run.watcher.wait(lambda: run.watcher.config_states and
+                                 run.watcher.config_states[-1]["version"] == answer["version"],
+                                 10, "config/state after an accepted change")
             run.version = answer["version"]
             run.accepted.append(payload)
             if kind == "replay":
