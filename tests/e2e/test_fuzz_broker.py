@@ -40,6 +40,13 @@ ROOT = f"mlink/{DEVICE}"
 ALLOWED_REPLIES = "fuzz/replies/#"
 
 
+def often_status(config: Path) -> Path:
+    """The config with a status every second (5 s by default): the checks after the requests
+    wait for a status that counts them all."""
+    config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nstatus_every_s = 1\n", 1))
+    return config
+
+
 class Watcher:
     """Keeps only what the checks need: replies by CorrelationData, counts of outputs and of
     config/state messages. `wait` wakes on each message kept (a request's answer is seen when
@@ -140,9 +147,9 @@ class Run:
 def run(digits_build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     state = tmp_path_factory.mktemp("fuzz-broker") / "state"
     with LocalBroker() as broker:
-        config = write_config(digits_build.root, broker.port, state, extra=(
+        config = often_status(write_config(digits_build.root, broker.port, state, extra=(
             "max_bundle_mb = 0.25\n[control]\nrate_per_s = 0\n"
-            f'response_topics = ["{ALLOWED_REPLIES}"]\n'))
+            f'response_topics = ["{ALLOWED_REPLIES}"]\n')))
         watcher = Watcher(broker.port)
         agent = AgentProcess(config, log_file=state.parent / "agent.log")
         wait_until(lambda: watcher.outputs > 3, 120, "the first outputs")
@@ -333,8 +340,8 @@ def test_a_burst_of_requests_is_rate_limited_and_outputs_keep_flowing(
     """500 `reselect` requests at once (each takes the frame lock): beyond the rate per topic
     they are dropped unanswered and counted; the outputs keep flowing meanwhile."""
     with LocalBroker() as broker:
-        config = write_config(digits_build.root, broker.port, tmp_path / "state",
-                              extra="[control]\nrate_per_s = 5\nburst = 10\n")
+        config = often_status(write_config(digits_build.root, broker.port, tmp_path / "state",
+                                           extra="[control]\nrate_per_s = 5\nburst = 10\n"))
         watcher = Watcher(broker.port)
         agent = AgentProcess(config, log_file=tmp_path / "agent.log")
         try:
