@@ -85,6 +85,14 @@ class MqttConfig(Strict):
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(30, ge=5, le=3600)
     qos: Literal[0, 1] = 1
+    connect_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0,
+        description="at start, how long an unreachable broker is retried before the agent "
+                    "exits (status 2); later outages are reconnected with back-off")
+    status_every_s: float = Field(
+        5.0, ge=0.5, le=3600.0,
+        description="how often the retained status is published while running (also on each "
+                    "change, and at the end)")
     username: str | None = Field(None, min_length=1, max_length=256)
     password_file: Path | None = Field(None, description="a file holding only the password")
     password_credential: str | None = Field(

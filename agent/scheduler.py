@@ -72,7 +72,6 @@ from links_tflite.prior import prior_outputs
 
 log = logging.getLogger(__name__)
 
-STATUS_EVERY_S = 5.0
 OWN_FRAMES = 200  # frames the agent's own time per frame is the median of
 
 __all__ = ["Agent", "Counters", "Overhead", "check_models_in_bundle", "measure_link"]
@@ -761,7 +760,7 @@ class Agent:
                 self.payloads.send(message, self.publisher, self.config.publish)
             self.overhead.publish_ms += (time.perf_counter() - started) * 1e3
             self.counters.frames += 1
-            if time.monotonic() - last_status > STATUS_EVERY_S:
+            if time.monotonic() - last_status > self.config.mqtt.status_every_s:
                 self.publish_status("running")
                 last_status = time.monotonic()
             if limit is not None and self.counters.frames >= limit:

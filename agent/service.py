@@ -188,8 +188,7 @@ class Service:
                 log.exception("profiling windows: the rows could not be re-checked")
 
 
-def run(config_path: str | Path, frames: int | None = None,
-        connect_timeout_s: float = 10.0) -> tuple[Counters, bool]:
+def run(config_path: str | Path, frames: int | None = None) -> tuple[Counters, bool]:
     """Run the agent until its frames end or a signal stops it; return its counters and
     whether every output was acknowledged before exit."""
     config_path = Path(config_path)
@@ -223,7 +222,7 @@ def run(config_path: str | Path, frames: int | None = None,
     signal.signal(signal.SIGHUP, lambda *_: control.request_reload())
     notifier.status("connecting to the broker")
     try:
-        publisher.connect(connect_timeout_s)
+        publisher.connect(config.mqtt.connect_timeout_s)
     except Exception:
         publisher.close(0.0)  # what the outbox holds stays on disk for the next start
         raise

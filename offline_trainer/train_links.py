@@ -449,25 +449,32 @@ def load_for_training(recording_path: Path, train_fraction: float,
 
 def train_bundle_report(recording_path: Path, out: Path, train_fraction: float = 0.7,
                         training: LinkTraining | None = None,
-                        models: tuple[str, ...] = (), keep_all: bool = False) -> TrainReport:
+                        models: tuple[str, ...] = (), keep_all: bool = False,
+                        targets: tuple[str, ...] = ()) -> TrainReport:
     """The whole `mlink-train links` step (on `models` only, where given); returns links,
     ensemble weights and profile. `keep_all` ships every link, those not better than their
-    target's prior included (test bundles that need links into every target)."""
+    target's prior included (test bundles that need links into every target); `targets`,
+    where given, trains only the links into those (test bundles about one target)."""
     training = training or LinkTraining()
     recording = load_for_training(recording_path, train_fraction, models)
     train, held_out = split_rows(len(recording), train_fraction, training.seed)
     return train_on_rows(recording, train, held_out, out, training, keep_all,
-                         {"train_fraction": train_fraction})
+                         {"train_fraction": train_fraction}, targets)
 
 
 def train_on_rows(recording: Recording, train: np.ndarray, held_out: np.ndarray, out: Path,
                   training: LinkTraining, keep_all: bool = False,
-                  meta: dict[str, Any] | None = None) -> TrainReport:
+                  meta: dict[str, Any] | None = None,
+                  targets: tuple[str, ...] = ()) -> TrainReport:
     """The pipeline on a given split: the links fit on `train` less its calibration slice,
     the profile measured on `held_out` (rows never trained or calibrated on); the bundle is
     written to `out` (replaced whole). `mlink-train links` splits at random; the relinking
-    worker (offline_trainer.relink) holds out the newest rows."""
-    pairs = linkable_pairs(recording)
+    worker (offline_trainer.relink) holds out the newest rows. `targets`, where given, are
+    the only targets whose links are trained (every model is still a source)."""
+    unknown = sorted(set(targets) - set(recording.models))
+    if unknown:
+        raise ValueError(f"targets {unknown} are not in the recording")
+    pairs = [(s, t) for s, t in linkable_pairs(recording) if not targets or t in targets]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     _, calibration = calibration_split(train, training.seed)

@@ -62,6 +62,12 @@ def test_good_config_and_relative_paths(tmp_path: Path) -> None:
         (lambda t: t + "[fleet]\ndrift_margin = nan\n", "fleet.drift_margin", "finite"),
         (lambda t: t + "[fleet]\ndrift_min_interval_s = -1\n", "fleet.drift_min_interval_s",
          "greater than or equal to 0"),
+        (lambda t: t.replace("port = 1884", "port = 1884\nstatus_every_s = 0.1"),
+         "mqtt.status_every_s", "greater than or equal to 0.5"),
+        (lambda t: t.replace("port = 1884", "port = 1884\nstatus_every_s = nan"),
+         "mqtt.status_every_s", "finite"),
+        (lambda t: t.replace("port = 1884", "port = 1884\nconnect_timeout_s = 0"),
+         "mqtt.connect_timeout_s", "greater than 0"),
     ],
 )
 def test_errors_name_their_path(tmp_path: Path, edit, path: str, message: str) -> None:

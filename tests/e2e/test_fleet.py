@@ -24,6 +24,10 @@ pytestmark = pytest.mark.broker
 # Four agents in the suite; `MLINK_FLEET_AGENTS=20` runs the issue's twenty (fleet.md).
 BOXES = [f"box-{i:02d}" for i in range(1, int(os.environ.get("MLINK_FLEET_AGENTS", "4")) + 1)]
 MODELS = ("digit", "parity", "inkbox")
+# A rollout's health window must see one periodic status after the change's own: the boxes
+# publish theirs every STATUS_S (`[mqtt] status_every_s`; 5 s by default), the window is 2x.
+STATUS_S = 1
+WINDOW = str(2 * STATUS_S)
 
 
 NORTH = BOXES[1::2]  # every other box is also in the group `north`; every box is in `site`
@@ -34,7 +38,8 @@ def agent_config(fixture: Path, folder: Path, device: str, port: int) -> Path:
                      'input = "image"\n' for m in MODELS)
     path = folder / f"{device}.toml"
     path.write_text(
-        f'device_id = "{device}"\n[mqtt]\nport = {port}\n[bundle]\npath = "{fixture / "bundle"}"\n'
+        f'device_id = "{device}"\n[mqtt]\nport = {port}\nstatus_every_s = {STATUS_S}\n'
+        f'[bundle]\npath = "{fixture / "bundle"}"\n'
         f'[source]\ntype = "replay"\npath = "{fixture / "stream.npz"}"\nfps = 10\nloop = true\n'
         '[selection]\npolicy = "exact"\n[budget]\nmemory_mb = 1000\n'
         f'[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 0\n'
@@ -130,7 +135,7 @@ def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
         # model no longer fits, and standalone predicts nothing).
         bad = {"selection": {"policy": "standalone"}, "budget": {"memory_mb": 1.0}}
         lines: list[str] = []
-        policy = Policy(canary_share=0.2, waves=2, response_timeout_s=30, window_s=5.5)
+        policy = Policy(canary_share=0.2, waves=2, response_timeout_s=30, window_s=float(WINDOW))
         outcome = Rollout(link, bad, policy, progress=lines.append).run(BOXES)
         assert not outcome.ok and outcome.stopped_at == 0
         canary = {b.device for b in outcome.boxes if b.wave == 0}
@@ -161,7 +166,7 @@ def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
     change = tmp_path / "change.json"
     change.write_text(json.dumps({"publish": {"decoded": False}}))
     code = fleet_main(["apply", "--port", str(central.port), "--all", str(change),
-                       "--canary", "0.2", "--waves", "1", "--window", "5.5"])
+                       "--canary", "0.2", "--waves", "1", "--window", WINDOW])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "rollout complete" in out
@@ -207,7 +212,7 @@ def test_a_staged_rollout_through_a_bridge(site, digits_fixture, tmp_path: Path,
         len(BOXES) - 1
     bundle = digits_fixture.root / "bundle"
     assert fleet_main(["push", "--port", str(central.port), "--group", "site", str(bundle),
-                       "--canary", "1", "--window", "5.5"]) == 0, capsys.readouterr().out
+                       "--canary", "1", "--window", WINDOW]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert sum(line.startswith("box-") and " applied " in line
                for line in out.splitlines()) == len(BOXES)

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,17 @@ ROOT = f"mlink/{DEVICE}"
 ALLOWED_REPLIES = "fuzz/replies/#"
 
 
+def often_status(config: Path) -> Path:
+    """The config with a status every second (5 s by default): the checks after the requests
+    wait for a status that counts them all."""
+    config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nstatus_every_s = 1\n", 1))
+    return config
+
+
 class Watcher:
     """Keeps only what the checks need: replies by CorrelationData, counts of outputs and of
-    config/state messages."""
+    config/state messages. `wait` wakes on each message kept (a request's answer is seen when
+    it arrives, not at the next poll: hundreds of requests are sent one after another)."""
 
     def __init__(self, port: int) -> None:
         self.replies: dict[bytes, tuple[str, dict[str, Any]]] = {}
@@ -50,6 +58,7 @@ class Watcher:
         self.config_states: list[dict[str, Any]] = []
         self.status: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        self._arrived = threading.Condition()
         self._ready = threading.Event()
         self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                                   client_id="fuzz-watcher", protocol=mqtt.MQTTv5)
@@ -68,6 +77,19 @@ class Watcher:
             self._keep(message)
         except Exception as exc:
             self.errors.append(f"{message.topic[:100]}: {exc!r}")
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def wait(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        """As `wait_until`, checked again as each message is kept rather than every 50 ms."""
+        deadline = time.monotonic() + timeout_s
+        with self._arrived:
+            while not (value := predicate()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{what} not met in {timeout_s:.0f} s")
+                self._arrived.wait(left)
+        return value
 
     def _keep(self, message: mqtt.MQTTMessage) -> None:
         topic = message.topic
@@ -97,8 +119,8 @@ class Watcher:
 
     def reply(self, correlation: bytes, timeout_s: float = 15.0) -> tuple[str, dict[str, Any]]:
         try:
-            return wait_until(lambda: self.replies.get(correlation), timeout_s,
-                              f"the answer to request {correlation!r}")
+            return self.wait(lambda: self.replies.get(correlation), timeout_s,
+                             f"the answer to request {correlation!r}")
         except TimeoutError as exc:
             raise TimeoutError(f"{exc} (watcher connected: {self.client.is_connected()}, "
                                f"errors: {self.errors[-3:]})") from None
@@ -125,9 +147,9 @@ class Run:
 def run(digits_build, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     state = tmp_path_factory.mktemp("fuzz-broker") / "state"
     with LocalBroker() as broker:
-        config = write_config(digits_build.root, broker.port, state, extra=(
+        config = often_status(write_config(digits_build.root, broker.port, state, extra=(
             "max_bundle_mb = 0.25\n[control]\nrate_per_s = 0\n"
-            f'response_topics = ["{ALLOWED_REPLIES}"]\n'))
+            f'response_topics = ["{ALLOWED_REPLIES}"]\n')))
         watcher = Watcher(broker.port)
         agent = AgentProcess(config, log_file=state.parent / "agent.log")
         wait_until(lambda: watcher.outputs > 3, 120, "the first outputs")
@@ -282,9 +304,9 @@ def test_hostile_requests_through_the_broker(run: Run) -> None:
         elif topic.endswith("config/set"):
             assert answer["version"] >= version_before
             if answer["applied"] or answer["version"] > version_before:
-                wait_until(lambda: run.watcher.config_states and
-                           run.watcher.config_states[-1]["version"] == answer["version"], 10,
-                           "config/state after an accepted change")
+                run.watcher.wait(lambda: run.watcher.config_states and
+                                 run.watcher.config_states[-1]["version"] == answer["version"],
+                                 10, "config/state after an accepted change")
             run.version = answer["version"]
             run.accepted.append(payload)
             if kind == "replay":
@@ -318,8 +340,8 @@ def test_a_burst_of_requests_is_rate_limited_and_outputs_keep_flowing(
     """500 `reselect` requests at once (each takes the frame lock): beyond the rate per topic
     they are dropped unanswered and counted; the outputs keep flowing meanwhile."""
     with LocalBroker() as broker:
-        config = write_config(digits_build.root, broker.port, tmp_path / "state",
-                              extra="[control]\nrate_per_s = 5\nburst = 10\n")
+        config = often_status(write_config(digits_build.root, broker.port, tmp_path / "state",
+                                           extra="[control]\nrate_per_s = 5\nburst = 10\n"))
         watcher = Watcher(broker.port)
         agent = AgentProcess(config, log_file=tmp_path / "agent.log")
         try:

@@ -90,7 +90,9 @@ def test_unreachable_broker_is_a_clear_error(digits_build, tmp_path: Path) -> No
 
     config = tmp_path / "agent.toml"
     text = agent_config_text("digits", digits_build.recipes(), free_port(), 5.0)
+    text = text.replace("[mqtt]\n", "[mqtt]\nconnect_timeout_s = 1\n", 1)  # 10 s by default
     config.write_text(text.replace('path = "', f'path = "{digits_build.root}/'))
     result = run_agent(config, 5)
     assert result.returncode == 2
     assert "no connection to the MQTT broker" in result.stderr
+    assert "within 1s" in result.stderr  # the configured time, not the default

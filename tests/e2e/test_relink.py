@@ -44,6 +44,9 @@ EVENING = 17.0
 ROWS, STRIDE = 800, 18  # per box: a frame of each camera every 4.5 s, 17:00 to 18:00
 CHUNK = 128 * 1024
 WORKERS = ("trainer-a", "trainer-b")
+# The rollout's health window sees one periodic status after the change's own: the boxes
+# publish theirs every STATUS_S (`[mqtt] status_every_s`; 5 s by default), the window is 2x.
+STATUS_S = 1
 
 
 def agent_config(build, folder: Path, device: str, seed: int, port: int) -> Path:
@@ -51,7 +54,8 @@ def agent_config(build, folder: Path, device: str, seed: int, port: int) -> Path
                      f'path = "{build.model_file(m)}"\ninput = "image"\n' for m in MODELS)
     path = folder / f"{device}.toml"
     path.write_text(
-        f'device_id = "{device}"\n[mqtt]\nport = {port}\n[bundle]\npath = "{build.bundle}"\n'
+        f'device_id = "{device}"\n[mqtt]\nport = {port}\nstatus_every_s = {STATUS_S}\n'
+        f'[bundle]\npath = "{build.bundle}"\n'
         f'[source]\ntype = "city"\nseed = {seed}\ncameras = 4\nstart_day = 0\n'
         f"start_hour = {EVENING}\nfps = 8\nloop = true\n"
         '[selection]\npolicy = "exact"\n[budget]\nmemory_mb = 1000\n'
@@ -95,7 +99,7 @@ def test_drift_relinked_from_uploads_and_rolled_out(city_build, tmp_path: Path) 
                     "--bundle", str(city_build.bundle), "--workdir", str(workdir),
                     "--share", "trainers", "--client-id", name, "--min-rows", "1200",
                     "--epochs", "40", "--once", "--max-wait", "60", "--canary", "0.5",
-                    "--waves", "1", "--window", "5.5", "--settle", "0.5"])
+                    "--waves", "1", "--window", str(2 * STATUS_S), "--settle", "0.5"])
 
             threads = [threading.Thread(target=serve, args=(n,)) for n in WORKERS]
             for thread in threads:

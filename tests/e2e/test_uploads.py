@@ -37,14 +37,15 @@ def broker():
 
 def agent_config(fixture: Path, folder: Path, port: int) -> Path:
     """Windows back to back (a window of 50 frames after each frame outside one), at 100
-    frames a second: rows within a second of the start. (The stream's 60 frames
-    loop, so the rows compress into one 16 KiB chunk: tests/agent/test_uploads.py joins
-    several.)"""
+    frames a second: rows within a second of the start; a status every second (a test waits
+    for one that counts them). (The stream's 60 frames loop, so the rows compress into one
+    16 KiB chunk: tests/agent/test_uploads.py joins several.)"""
     models = "".join(f'[[models]]\nid = "{m}"\npath = "{fixture / "models" / (m + ".tflite")}"\n'
                      'input = "image"\n' for m in MODELS)
     path = folder / "agent.toml"
     path.write_text(
-        f'device_id = "{DEVICE}"\n[mqtt]\nport = {port}\n[bundle]\npath = "{fixture / "bundle"}"\n'
+        f'device_id = "{DEVICE}"\n[mqtt]\nport = {port}\nstatus_every_s = 1\n'
+        f'[bundle]\npath = "{fixture / "bundle"}"\n'
         f'[source]\ntype = "replay"\npath = "{fixture / "stream.npz"}"\nfps = 100\nloop = true\n'
         '[selection]\npolicy = "exact"\n[budget]\nmemory_mb = 1000\n'
         '[profiling]\nwarmup_runs = 1\ndelay_runs = 3\nperiod_frames = 1\nsample_frames = 50\n'

@@ -73,13 +73,16 @@ def test_only_the_links_an_ensemble_reads_are_loaded_and_run(tmp_path) -> None:
     and reported, and the prediction is the one every link would have given. The figure is
     still looked up for the whole present set (what the selection counted)."""
     from offline_trainer.links import LinkTraining
-    from offline_trainer.train_links import train_bundle
+    from offline_trainer.train_links import train_bundle_report
     from tests.support.synthetic import make_recording
 
     recording = make_recording(n=120, models=("digit", "reversed", "spelled"))
-    train_bundle(recording.save(tmp_path / "rec.npz"), tmp_path / "bundle", 0.7,
-                 LinkTraining(epochs=20))
+    # only the links into spelled, the target under test: the four others are never read
+    train_bundle_report(recording.save(tmp_path / "rec.npz"), tmp_path / "bundle", 0.7,
+                        LinkTraining(epochs=20), targets=("spelled",))
     bundle = load_bundle(tmp_path / "bundle")
+    assert {(link.source, link.target) for link in bundle.links} \
+        == {("digit", "spelled"), ("reversed", "spelled")}
     predictor = EnsemblePredictor(bundle)
     weights, pooling = predictor.weights("spelled")
     assert pooling == "heaviest_source"
@@ -110,6 +113,9 @@ def test_only_the_links_an_ensemble_reads_are_loaded_and_run(tmp_path) -> None:
         bundle, bundle.link(heaviest, "spelled")).run_one(changed[heaviest]))
     with pytest.raises(ValueError, match="read-only"):
         link.run_one(changed[heaviest])[0] = 1.0
+    with pytest.raises(ValueError, match=r"targets \['roman'\] are not in the recording"):
+        train_bundle_report(tmp_path / "rec.npz", tmp_path / "other", targets=("roman",))
+    assert not (tmp_path / "other").exists()
 
 
 def test_boxes_are_pooled_by_a_presence_vote_then_averaged() -> None:
