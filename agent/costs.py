@@ -352,6 +352,10 @@ class CostStats:
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(list(self._recent), q)) if self._recent else None
 
+    def recent(self) -> tuple[float, ...]:
+        """The runs the median is taken over, oldest first."""
+        return tuple(self._recent)
+
     def cost(self) -> Cost:
         return Cost(self.memory_mb, self.delay_ms)
 
