@@ -362,8 +362,10 @@ class ProfilingConfig(Strict):
     period_frames: int = Field(1000, ge=0, le=10**12)
     period_s: float = Field(0.0, ge=0.0, le=10**9)
     sample_frames: int = Field(20, ge=1, le=100_000)
-    min_samples: int = Field(20, ge=1, le=10**9, description="online figures replace the bundle's "
-                                                   "once they rest on this many frames")
+    min_samples: int = Field(20, ge=1, le=10**9, description="the frames the bundle's figure "
+                                                   "counts as beside the online ones (and "
+                                                   "those an online figure the bundle lacks "
+                                                   "needs)")
     agreement_window: int = Field(60, ge=1, le=100_000, description="frames per online figure")
     online_subsets_max_sources: int = Field(8, ge=1, le=16)
     ema_alpha: float = Field(0.2, gt=0.0, le=1.0, description="the memory figure's weight of a "

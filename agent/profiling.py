@@ -2,9 +2,13 @@
 
 During a profiling window every available model runs, so each target's exact output sits
 beside its links' predictions. Each (target, source subset) keeps the per-frame agreement of
-the ensemble over that subset on the last `window` profiling frames; once a figure rests on
-`min_samples` frames it replaces the bundle's offline figure in the profile the selection
-uses, so the choice follows the stream as it drifts. A target's prior (the bundle's constant
+the ensemble over that subset on the last `window` profiling frames. In the profile the
+selection uses, the figure is the online mean with the bundle's offline figure counted as
+`min_samples` more frames: (n x online + min_samples x offline) / (n + min_samples), so the
+choice follows the stream as it drifts, while a figure that rests on a few frames (a short
+window that happened to agree on all of them) cannot overrule the held-out profile alone.
+Where the bundle has no figure (a subset it did not profile), the online mean is used once it
+rests on `min_samples` frames. A target's prior (the bundle's constant
 predictor) is scored the same way, under the empty subset (`PRIOR`): a plan serves it, and a
 recording's figure for it can be far from the stream's (a constant agrees with a stream
 whose output stays put, not with one that moves).
@@ -72,14 +76,34 @@ class OnlineAgreement:
                                          rule.pooling, rule.min_share)
             self.add(target, subset, mean_agreement(spec, prediction, exact))
 
+    def blended(self, target: str, sources: frozenset[str], offline: float | None
+                ) -> float | None:
+        """The figure in force (module doc): the online mean with `offline` counted as
+        `min_samples` frames; without `offline`, the online mean once it rests on enough."""
+        samples = self._samples.get((target, sources))
+        if not samples:
+            return None
+        if offline is None:
+            return self.figure(target, sources)
+        n, weight = len(samples), self.min_samples
+        return float((n * np.mean(samples) + weight * offline) / (n + weight))
+
     def profile(self, base: Profile) -> Profile:
-        """The bundle's profile with every figure that has enough online samples replaced
-        (links, ensembles, priors)."""
+        """The bundle's profile with every figure measured online blended in (links,
+        ensembles, priors)."""
         pairwise = {t: dict(row) for t, row in base.pairwise.items()}
         ensembles = {t: dict(table) for t, table in base.ensembles.items()}
         priors = dict(base.priors)
         for (target, sources), _ in self._samples.items():
-            value = self.figure(target, sources)
+            if sources == PRIOR:
+                offline = base.priors.get(target)
+            elif sources in base.ensembles.get(target, {}):
+                offline = base.ensembles[target][sources]
+            elif len(sources) == 1:
+                offline = base.pairwise.get(target, {}).get(next(iter(sources)))
+            else:
+                offline = None
+            value = self.blended(target, sources, offline)
             if value is None:
                 continue
             if sources == PRIOR:

@@ -4,8 +4,9 @@ Every `[profiling] period_frames` frames or `period_s` seconds, or on request, t
 `sample_frames` frames run every available model (the agent loads the non-activated ones for
 the window, measuring their memory and delay), run every link between vector models that ran,
 and score the ensemble of each source subset, and each model's prior, against the exact
-outputs (agent.profiling). At the end of the window the online figures replace the bundle's
-where they rest on enough frames (`profile`); the agent then selects again. The window's
+outputs (agent.profiling). At the end of the window the online figures are blended into the
+bundle's, the bundle's counted as `min_samples` frames (`profile`); the agent then selects
+again. The window's
 extra work is timed and reported. The window's consecutive exact outputs also measure each
 model's reuse curve (`reuse`, agent.profiling.ReuseMeter): what a plan's `run/p` serves
 between its runs; and each model's stream prior (`stream_priors`, links_tflite.prior

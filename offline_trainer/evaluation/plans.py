@@ -52,8 +52,8 @@ def own_frame_count(frames: int, own_frames: int = OWN_FRAMES) -> int:
 def plan_config(config: AgentConfig, budget: dict[str, float], window_frames: int
                 ) -> AgentConfig:
     """The config with the `plan` policy, this budget, no periodic windows, and a requested
-    window of `window_frames` frames whose online figures rest on all of them (and are in
-    force however few they are)."""
+    window of `window_frames` frames whose online figures rest on all of them (blended with
+    the bundle's, counted as the config's `min_samples` frames, at most the window's)."""
     return config.model_copy(update={
         "selection": SelectionConfig.model_validate(
             {**config.selection.model_dump(), "policy": "plan"}),

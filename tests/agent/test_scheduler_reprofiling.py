@@ -65,8 +65,11 @@ def test_drift_changes_agreement_and_selection(digits_fixture, heavy_models,
     after = agent.selection
     online_after = agent.window.online.figure(target, sources)
     assert online_after is not None and online_after < 0.3
-    assert agent.bundle.profile.ensemble_agreement(target, sources) > 0.5  # offline unchanged
-    assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(online_after)
+    offline = agent.bundle.profile.ensemble_agreement(target, sources)
+    assert offline > 0.5  # offline unchanged
+    # the window's 12 frames beside the bundle's figure, counted as min_samples = 8 frames
+    assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(
+        (12 * online_after + 8 * offline) / 20)
     assert target in after.active and after.active != before.active
     for selection in (before, after):  # models and the links into the rest, within budget
         assert selection.use["memory_mb"] <= 40.0
@@ -97,7 +100,10 @@ def test_a_new_bundle_drops_the_online_figures(digits_fixture, heavy_models,
     sources = frozenset(agent.selection.active)
     pm.DRIFT[target] = True  # the live figure falls far below the bundle's
     run_window(agent, frames, 12)
-    assert agent.profile.ensemble_agreement(target, sources) < 0.3
+    live = agent.window.online.figure(target, sources)
+    assert live is not None and live < 0.3
+    assert agent.profile.ensemble_agreement(target, sources) < \
+        agent.bundle.profile.ensemble_agreement(target, sources) - 0.2
 
     new = load_bundle(shutil.copytree(digits_fixture.root / "bundle", tmp_path / "new"))
     agent.swap_bundle(new)
@@ -228,14 +234,20 @@ def test_city_drift_to_the_evening_rush(city_build, tmp_path: Path) -> None:
         assert online_after == pytest.approx(
             reference_agreement(city_build, evening, target, sources), abs=1e-6)
         assert online_after < online_before - 0.15  # the drift is in the data, and measured
-        assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(online_after)
+        def in_force(model: str, subset: frozenset[str], live: float) -> float:
+            """The window's figure beside the bundle's, counted as min_samples = 8 frames."""
+            offline = agent.bundle.profile.ensembles[model][subset]
+            return (CITY_WINDOW * live + 8 * offline) / (CITY_WINDOW + 8)
+
+        assert agent.profile.ensemble_agreement(target, sources) == pytest.approx(
+            in_force(target, sources, online_after))
 
         # the selection now rests on the evening's figures: the predicted model is the one
-        # the other two predict best on the evening's frames
+        # the other two predict best on the evening's frames (beside the bundle's figures)
         after = agent.selection
         (predicted,) = after.predicted
-        figures = {m: reference_agreement(city_build, evening, m,
-                                          frozenset(CITY_MODELS) - {m}) for m in CITY_MODELS}
+        figures = {m: in_force(m, frozenset(CITY_MODELS) - {m}, reference_agreement(
+            city_build, evening, m, frozenset(CITY_MODELS) - {m})) for m in CITY_MODELS}
         assert predicted == max(figures, key=figures.__getitem__), figures
         assert after.expected_agreement == pytest.approx((2 + figures[predicted]) / 3, abs=1e-6)
         assert after.use["memory_mb"] <= CITY_BUDGET_MB

@@ -58,17 +58,26 @@ def test_a_window_counts_its_frames_and_its_cost_then_closes() -> None:
     assert w.stats.last_window_cost_ms == 4.0
 
 
-def test_the_end_puts_the_online_figures_in_force_where_they_rest_on_enough_frames() -> None:
-    w = window()
+def test_the_end_blends_the_online_figures_into_the_bundles() -> None:
+    """The bundle's figure counts as `min_samples` frames beside the window's: a window
+    that agreed on its one frame does not overrule the held-out profile alone."""
+    w = window()  # min_samples 2
     w.online.add("b", frozenset({"a"}), 1.0)
     w.end(FakeBundle(), extra_memory_mb=12.0)  # type: ignore[arg-type]
-    assert w.profile.ensemble_agreement("b", frozenset({"a"})) == 0.5  # one sample: not yet
+    assert w.profile.ensemble_agreement("b", frozenset({"a"})) == pytest.approx((1 + 2 * 0.5) / 3)
     w.online.add("b", frozenset({"a"}), 1.0)
     w.end(FakeBundle(), extra_memory_mb=12.0)  # type: ignore[arg-type]
-    assert w.profile.ensemble_agreement("b", frozenset({"a"})) == 1.0
+    assert w.profile.ensemble_agreement("b", frozenset({"a"})) == pytest.approx(0.75)
+    assert w.profile.pairwise["b"]["a"] == pytest.approx(0.75)  # the single link's too
+    w.online.add("b", frozenset({"a", "c"}), 0.9)  # a subset the bundle has no figure for
+    w.end(FakeBundle(), extra_memory_mb=12.0)  # type: ignore[arg-type]
+    assert frozenset({"a", "c"}) not in w.profile.ensembles["b"]  # one frame: not yet
+    w.online.add("b", frozenset({"a", "c"}), 0.7)
+    w.end(FakeBundle(), extra_memory_mb=12.0)  # type: ignore[arg-type]
+    assert w.profile.ensembles["b"][frozenset({"a", "c"})] == pytest.approx(0.8)
     report = w.to_dict(loop_ms=100.0)
-    assert report["windows"] == 2 and report["last_window_extra_memory_mb"] == 12.0
-    assert report["in_window"] is False and report["online"]["figures_in_use"] == 1
+    assert report["windows"] == 4 and report["last_window_extra_memory_mb"] == 12.0
+    assert report["in_window"] is False and report["online"]["figures_in_use"] == 2
 
 
 def test_the_agreement_gap_compares_the_measured_ensembles_of_what_was_predicted() -> None:
@@ -81,8 +90,8 @@ def test_the_agreement_gap_compares_the_measured_ensembles_of_what_was_predicted
     assert w.agreement_gap(BASE, [], ["a"]) is None  # nothing predicted
 
 
-def test_a_prior_scored_in_a_window_replaces_the_bundles_figure() -> None:
-    """The empty source set is the prior's figure: measured on the stream, it replaces the
+def test_a_prior_scored_in_a_window_is_blended_with_the_bundles_figure() -> None:
+    """The empty source set is the prior's figure: measured on the stream, it moves the
     recording's (a constant agrees with a stream that stays put, not with one that moves)."""
     class WithPriors(FakeBundle):
         profile = Profile(pairwise=BASE.pairwise, ensembles=BASE.ensembles,
@@ -93,7 +102,7 @@ def test_a_prior_scored_in_a_window_replaces_the_bundles_figure() -> None:
     for value in (0.2, 0.4):
         w.online.add("a", PRIOR, value)
     w.end(WithPriors(), extra_memory_mb=0.0)  # type: ignore[arg-type]
-    assert w.profile.priors == {"a": pytest.approx(0.3), "b": 0.4}
+    assert w.profile.priors == {"a": pytest.approx((2 * 0.3 + 2 * 0.9) / 4), "b": 0.4}
     assert w.profile.ensembles == BASE.ensembles  # no source set is not an ensemble
     other = Profile(pairwise={}, ensembles={}, priors={"a": 0.5})
     w.rebase(other)  # another bundle: its figures, none of the last one's online ones
@@ -130,7 +139,7 @@ def test_the_end_keeps_a_stream_prior_where_it_beats_the_bundles_prior() -> None
     assert set(w.stream_priors) == {"a"}
     value, figure = w.stream_priors["a"]
     assert int(np.argmax(value)) == 1 and figure == 1.0
-    assert w.profile.priors == {"a": 1.0, "b": 0.5}
+    assert w.profile.priors == {"a": 1.0, "b": pytest.approx((8 * 0.5 + 2 * 0.9) / 10)}
     assert w.to_dict(loop_ms=1.0)["stream_priors"] == {"a": 1.0}
     w.rebase(Profile(pairwise={}, ensembles={}, priors={"a": 0.2, "b": 0.7}))
     assert w.profile.priors == {"a": 1.0, "b": 0.7}  # the stream's own constant stays
