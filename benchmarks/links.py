@@ -43,12 +43,11 @@ from links_tflite.bundle import link_name, load_bundle  # noqa: E402
 from links_tflite.ensemble import MIN_SHARE, POOLING  # noqa: E402
 from links_tflite.tasks import TaskSpec  # noqa: E402
 from offline_trainer.ensembles import (  # noqa: E402
-    RANK_SHARPNESS,
     SUBSET_SLACK,
     fit_source_weights,
     profiled_subsets,
-    ranked_weights,
     subset_scores,
+    weight_candidates,
 )
 from offline_trainer.links import LinkTraining  # noqa: E402
 from offline_trainer.train_links import (  # noqa: E402
@@ -373,12 +372,7 @@ def previous_rule_weights(spec: TaskSpec, outputs: dict[str, np.ndarray], exact:
         return learned
     singles = {s: mean_agreement(spec, outputs[s], exact) for s in outputs}
     subsets, _ = profiled_subsets(sorted(outputs), seed)
-    candidates = [learned]
-    for decades in RANK_SHARPNESS:
-        ranked = ranked_weights(singles, decades)
-        mixed = {s: learned[s] * ranked[s] for s in learned}
-        total = sum(mixed.values()) or 1.0
-        candidates += [{s: w / total for s, w in mixed.items()}, ranked]
+    candidates = weight_candidates(learned, singles)
     scored = []
     for i, w in enumerate(candidates):
         means = subset_scores(spec, w, outputs, exact, subsets, MIN_SHARE).mean(axis=1)

@@ -150,6 +150,20 @@ def link_order(calibration: Mapping[str, np.ndarray],
     return sorted(calibration, key=functools.cmp_to_key(compare))
 
 
+def weight_candidates(learned: dict[str, float], rank: dict[str, float]
+                      ) -> list[dict[str, float]]:
+    """The weights an ensemble rule chooses among: the learned ones, then for each
+    `RANK_SHARPNESS` the learned times the rank weights (normalised) and the rank weights
+    alone; the last is the sharpest ranking (the best link alone, in effect)."""
+    candidates = [learned]
+    for decades in RANK_SHARPNESS:
+        ranked = ranked_weights(rank, decades)
+        mixed = {s: learned[s] * ranked[s] for s in learned}
+        total = sum(mixed.values()) or 1.0
+        candidates += [{s: w / total for s, w in mixed.items()}, ranked]
+    return candidates
+
+
 def calibrated_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact: np.ndarray,
                        seed: int = 0, min_share: float = 0.0, slack: float = SUBSET_SLACK,
                        fitting: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
@@ -176,13 +190,7 @@ def calibrated_weights(spec: TaskSpec, outputs: Mapping[str, np.ndarray], exact:
     rank = {s: float(len(order) - i) for i, s in enumerate(order)}
     if POOLING[spec.kind] == "heaviest_source":
         return ranked_weights(rank, 1.0)
-    learned = fit_source_weights(spec, outputs, exact, seed=seed)
-    candidates = [learned]
-    for decades in RANK_SHARPNESS:
-        ranked = ranked_weights(rank, decades)
-        mixed = {s: learned[s] * ranked[s] for s in learned}
-        total = sum(mixed.values()) or 1.0
-        candidates += [{s: w / total for s, w in mixed.items()}, ranked]
+    candidates = weight_candidates(fit_source_weights(spec, outputs, exact, seed=seed), rank)
     subsets, _ = profiled_subsets(sources, seed)
     best_single = np.array([max(float(per_frame[s].mean()) for s in subset)
                             for subset in subsets])
