@@ -61,11 +61,10 @@ from agent.scheduler import Agent
 from agent.selection import RESOURCES, Problem, Selection, SelectionError, get_policy
 from agent.sources.base import Frame
 from links_tflite.agreement import mean_agreement
-from links_tflite.bundle import Bundle
-from links_tflite.prior import prior_outputs, stream_prior
+from links_tflite.prior import prior_outputs
 from offline_trainer.evaluation.actions import ActionFigures, measure_actions
 from offline_trainer.evaluation.filtering import FrameFilter, calibrate_threshold
-from offline_trainer.evaluation.plans import own_frame_count, profile_and_plan
+from offline_trainer.evaluation.plans import profile_and_plan
 from offline_trainer.evaluation.stream import Stream
 
 log = logging.getLogger(__name__)
@@ -174,23 +173,6 @@ def score_frames(agent: Agent, frames: Sequence[Frame], exact: dict[str, np.ndar
     )
 
 
-def window_priors(bundle: Bundle, window: dict[str, np.ndarray]
-                  ) -> dict[str, tuple[np.ndarray, float]]:
-    """The stream priors the agent's profiling window keeps on these rows (agent.window):
-    each model's, where its figure beats the bundle's prior's agreement on the same rows."""
-    kept = {}
-    for model, rows in window.items():
-        if len(rows) < 2:  # as the window: a constant needs two frames to be scored
-            continue
-        spec = bundle.models[model]
-        value, figure = stream_prior(spec, rows)
-        prior = bundle.priors.get(model)
-        if prior is None or figure > mean_agreement(spec, prior_outputs(prior.output,
-                                                                         len(rows)), rows):
-            kept[model] = (value, figure)
-    return kept
-
-
 def _score(agent: Agent, values: dict[str, list[np.ndarray | None]],
            reference: dict[str, np.ndarray]) -> float:
     """Mean over models of the per-frame agreement with the reference; a frame without an
@@ -249,12 +231,13 @@ class Evaluator:
         self._results: dict[tuple[str, str, float], MethodResult] = {}
         rules = {t: self.agent.ensembles.rule(t) for t in self.agent.models}
         stream = self.stream
-        # the stream priors the plan's window keeps (its frames: the profiling part after
-        # the agent's own frames); their figure there, and on the test part
+        self._costs = self.agent.costs.snapshot()
+        # the stream priors the plan's window keeps: the agent's own, from its loop over the
+        # profiling part (the window runs every model on the same frames at any budget)
+        window = profile_and_plan(self.agent, self._costs, {}, stream.calibration).agent.window
+        self.agent.costs.restore(self._costs)
+        self.stream_priors = dict(window.stream_priors)
         bundle = self.agent.bundle
-        own = own_frame_count(len(stream.calibration))
-        self.stream_priors = window_priors(
-            bundle, {m: v[own:] for m, v in stream.calibration_exact.items()})
         # the offline plan's figures: the profiling part; the ceiling's: the test part itself
         self.profiled = measure_actions(
             bundle, rules, stream.calibration_exact,
@@ -265,7 +248,6 @@ class Evaluator:
         ).with_priors({m: mean_agreement(bundle.models[m], prior_outputs(v, len(stream.test)),
                                          stream.exact[m])
                        for m, (v, _) in self.stream_priors.items()})
-        self._costs = self.agent.costs.snapshot()
         self._offline: dict[tuple[str, float], MethodResult] = {}
 
     def plan_budget(self, resource: str, share: float) -> dict[str, float]:

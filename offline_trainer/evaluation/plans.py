@@ -43,12 +43,6 @@ from links_tflite.ensemble import EnsemblePredictor
 OWN_FRAMES = 60  # profiling-part frames the agent's own time is measured on, before the window
 
 
-def own_frame_count(frames: int, own_frames: int = OWN_FRAMES) -> int:
-    """Of a profiling part of `frames` frames, those the agent's own time is measured on
-    before its window (the rest): at most half."""
-    return min(own_frames, frames // 2)
-
-
 def plan_config(config: AgentConfig, budget: dict[str, float], window_frames: int
                 ) -> AgentConfig:
     """The config with the `plan` policy, this budget, no periodic windows, and a requested
@@ -89,7 +83,7 @@ def profile_and_plan(agent: Agent, costs: CostSnapshot, budget: dict[str, float]
     """The profiling part as the service goes through it (module doc), from the costs
     `costs` (the evaluation's, measured once); `offline`: run this plan afterwards instead
     of the agent's own."""
-    own_frames = own_frame_count(len(frames), own_frames)
+    own_frames = min(own_frames, len(frames) // 2)
     agent.costs.restore(costs)
     loop = planning_agent(agent, budget, len(frames) - own_frames)
     first = loop.select()
